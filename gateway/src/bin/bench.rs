@@ -1,0 +1,314 @@
+//! `bench`: drives a real gateway end to end and prints figures.
+//!
+//! It starts its own `redis-server` on a free loopback port, a receiver on loopback that answers 200,
+//! and a gateway (in this process) with one route through the example filter plugin (when built) to
+//! the receiver. Then:
+//!
+//! 1. peak: `--producers` concurrent producers POST `--events` events as fast as they can; prints
+//!    events/s delivered end to end (first POST → last delivery received) and ingest latency;
+//! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
+//! 3. plugin calls: µs per call of each example plugin (fresh instance per call), p50/p99.
+//!
+//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin]`
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+
+struct Options {
+    events: usize,
+    producers: usize,
+    plugin: bool,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options { events: 20_000, producers: 32, plugin: true };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--events" => options.events = args.next().context("--events N")?.parse()?,
+            "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
+            "--no-plugin" => options.plugin = false,
+            other => bail!("unknown argument {other}; see the doc comment of bench.rs"),
+        }
+    }
+    Ok(options)
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_redis() -> anyhow::Result<(Redis, String)> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("failed to start redis-server (apt-get install redis-server)")?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str())?;
+    for _ in 0..500 {
+        if client.get_multiplexed_async_connection().await.is_ok() {
+            return Ok((Redis(child), url));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("redis-server did not come up")
+}
+
+/// A receiver that answers 200 and counts; `done` fires when `target` requests have arrived.
+async fn start_receiver(count: Arc<AtomicUsize>, target: Arc<AtomicUsize>, done: Arc<Notify>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (count, target, done) = (count.clone(), target.clone(), done.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (count, target, done) = (count.clone(), target.clone(), done.clone());
+                    async move {
+                        let _ = request.into_body().collect().await;
+                        if count.fetch_add(1, Ordering::Relaxed) + 1 == target.load(Ordering::Relaxed) {
+                            done.notify_one();
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn plugin_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist").join(format!("{name}.wasm"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Posts `events` events from `producers` tasks; `pace` spaces each producer's posts. Returns ingest latencies.
+async fn produce(gateway: SocketAddr, events: usize, producers: usize, pace: Option<Duration>) -> anyhow::Result<Vec<Duration>> {
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(producers).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..producers {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut ticker = pace.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= events {
+                    return anyhow::Ok(latencies);
+                }
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                }
+                let started = Instant::now();
+                let response = client
+                    .post(format!("http://{gateway}/v1/events/bench"))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"event":"order_created","order_id":{i},"amount":4200,"currency":"EUR"}}"#))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let _ = response.bytes().await?;
+                if status.as_u16() != 202 {
+                    bail!("ingest answered {status}");
+                }
+                latencies.push(started.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(events);
+    while let Some(result) = tasks.join_next().await {
+        all.extend(result??);
+    }
+    all.sort();
+    Ok(all)
+}
+
+fn gateway_toml(redis_url: &str, receiver: SocketAddr, with_plugin: bool) -> String {
+    let plugin = if with_plugin {
+        format!(
+            "[[plugins]]\nname = \"filter\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
+            plugin_path("rust-filter").display()
+        )
+    } else {
+        String::new()
+    };
+    let plugins = if with_plugin { "[\"filter\"]" } else { "[]" };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[redis]
+url = "{redis_url}"
+[security]
+allow_private_destinations = true
+[[endpoints]]
+name = "receiver"
+url = "http://{receiver}/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+timeout = "10s"
+{plugin}
+[[routes]]
+source = "bench"
+plugins = {plugins}
+endpoints = ["receiver"]
+"#
+    )
+}
+
+async fn end_to_end(options: &Options) -> anyhow::Result<()> {
+    let (_redis, redis_url) = start_redis().await?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(AtomicUsize::new(options.events));
+    let done = Arc::new(Notify::new());
+    let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
+    let with_plugin = options.plugin && plugin_path("rust-filter").exists();
+    if options.plugin && !with_plugin {
+        println!("note: plugins/dist/rust-filter.wasm not built (run plugins/build.sh); benchmarking without a plugin");
+    }
+    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, with_plugin))?;
+    let gateway = sluice::Gateway::start(config).await?;
+    let chain = if with_plugin { "1 plugin (rust-filter)" } else { "no plugin" };
+
+    // Warm up connections and code paths.
+    target.store(usize::MAX, Ordering::Relaxed);
+    produce(gateway.addr(), 500, options.producers, None).await?;
+    while count.load(Ordering::Relaxed) < 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    count.store(0, Ordering::Relaxed);
+    target.store(options.events, Ordering::Relaxed);
+
+    let started = Instant::now();
+    let latencies = produce(gateway.addr(), options.events, options.producers, None).await?;
+    let ingest_secs = started.elapsed().as_secs_f64();
+    tokio::time::timeout(Duration::from_secs(120), done.notified()).await.context("deliveries did not all arrive")?;
+    let total = started.elapsed().as_secs_f64();
+    let peak = options.events as f64 / total;
+    println!("end to end ({chain}, {} producers, {} events):", options.producers, options.events);
+    println!("  delivered        {:>9.0} events/s  ({:.2} s from first POST to last delivery)", peak, total);
+    println!("  ingested         {:>9.0} events/s", options.events as f64 / ingest_secs);
+    println!(
+        "  ingest latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+
+    // Half the peak rate, paced across the producers.
+    let half_rate = peak / 2.0;
+    let events = (half_rate * 5.0) as usize;
+    count.store(0, Ordering::Relaxed);
+    target.store(events, Ordering::Relaxed);
+    let pace = Duration::from_secs_f64(options.producers as f64 / half_rate);
+    let latencies = produce(gateway.addr(), events, options.producers, Some(pace)).await?;
+    tokio::time::timeout(Duration::from_secs(120), done.notified()).await.context("deliveries did not all arrive")?;
+    println!("at half the peak ({half_rate:.0} events/s offered, {events} events):");
+    println!(
+        "  ingest latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+    gateway.shutdown().await;
+    Ok(())
+}
+
+fn plugin_calls() -> anyhow::Result<()> {
+    println!("plugin calls (fresh instance per call, including instantiation):");
+    for (name, config) in [
+        ("rust-filter", r#"{"drop_types":["test.*"]}"#),
+        ("rust-transform", r#"{"set":{"version":2},"remove":["currency"]}"#),
+        ("rust-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
+    ] {
+        let path = plugin_path(name);
+        if !path.exists() {
+            println!("  {name:<16} not built (run plugins/build.sh)");
+            continue;
+        }
+        let plugin = sluice::config::PluginConfig {
+            name: name.to_string(),
+            path,
+            config: serde_json::from_str(config)?,
+            deadline: Duration::from_millis(100),
+            max_memory_mb: 64,
+        };
+        let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin))
+            .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+        let event = sluice::plugin::PluginEvent {
+            id: "evt_bench".into(),
+            source: "bench".into(),
+            event_type: "order_created".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            payload: br#"{"event":"order_created","order_id":1,"amount":4200,"currency":"EUR"}"#.to_vec(),
+        };
+        for _ in 0..200 {
+            set.call(name, &event)?;
+        }
+        let mut times: Vec<Duration> = (0..5000)
+            .map(|_| {
+                let started = Instant::now();
+                let result = set.call(name, &event);
+                let took = started.elapsed();
+                result.map(|_| took)
+            })
+            .collect::<Result<_, _>>()?;
+        times.sort();
+        println!(
+            "  {name:<16} p50 {:>6.1} µs  p99 {:>6.1} µs",
+            us(percentile(&times, 0.5)),
+            us(percentile(&times, 0.99))
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = options()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(end_to_end(&options))?;
+    plugin_calls()
+}

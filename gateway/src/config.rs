@@ -1,0 +1,490 @@
+//! Configuration: the serde model of `sluice.toml`, its loading (built-in defaults → TOML file →
+//! `SLUICE_*` environment) and its validation.
+//!
+//! Loading and validation are separate steps: [`load`] fails on syntax, unknown keys and wrong types
+//! (figment names the key), and [`Config::validate`] then reports every semantic problem at once, each
+//! with the path of the key it concerns.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::delivery::sign::Secret;
+use crate::route::TypePattern;
+
+/// Errors from loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, a key is unknown, or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The configuration parsed but is inconsistent; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration of one gateway process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP server: where it listens and what it accepts.
+    pub server: ServerConfig,
+    /// The Redis server that holds the queue.
+    pub redis: RedisConfig,
+    /// Queue and worker tuning.
+    pub queue: QueueConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// The default retry schedule of every endpoint.
+    pub retry: RetryConfig,
+    /// Where dead-letter alerts go.
+    pub alerts: AlertsConfig,
+    /// Outbound safety switches.
+    pub security: SecurityConfig,
+    /// Subscriber endpoints, each with a unique name.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Routes: which events go through which plugins to which endpoints.
+    pub routes: Vec<RouteConfig>,
+    /// Wasm plugins, each with a unique name.
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted event body in bytes; larger bodies get 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Prefix of every key Sluice writes. Default `sluice`.
+    pub prefix: String,
+    /// Connect and response timeout of one Redis call. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Number of shards (sorted sets with distinct hash tags). Fixed once data exists. Default 4.
+    pub shards: u32,
+    /// How long a claimed delivery stays leased to one worker. Must exceed every endpoint timeout
+    /// by at least 5 s. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Most deliveries claimed in one round trip. Default 128.
+    pub batch: usize,
+    /// Most deliveries in flight in this process. Default 512.
+    pub concurrency: usize,
+    /// How long finished deliveries and events are kept for the admin API. Default `7d`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token required by the admin API. Without it the admin API answers 401.
+    pub token: Option<String>,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delay before each attempt: the first entry for the first attempt, so N entries = N attempts.
+    /// Default `["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]`.
+    #[serde(with = "durations")]
+    pub schedule: Vec<Duration>,
+    /// Random spread applied to each delay, as a fraction: 0.1 = ±10 %. Default 0.1.
+    pub jitter: f64,
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// URL that receives a JSON POST for every dead-lettered delivery.
+    pub url: Option<Url>,
+    /// Secret (`whsec_…`) used to sign alerts like deliveries; unsigned when absent.
+    pub secret: Option<String>,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Allow deliveries to loopback, private, link-local and other non-public addresses. Default false.
+    pub allow_private_destinations: bool,
+}
+
+/// `[[endpoints]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique name, used by routes and plugins.
+    pub name: String,
+    /// Where deliveries are POSTed (http or https).
+    pub url: Url,
+    /// Signing secret, `whsec_<base64>` (Standard Webhooks).
+    pub secret: String,
+    /// Timeout of one delivery attempt. Default `30s`.
+    #[serde(default = "default_endpoint_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// This endpoint's retry schedule; `[retry] schedule` when absent.
+    #[serde(default, with = "opt_durations", skip_serializing_if = "Option::is_none")]
+    pub retry_schedule: Option<Vec<Duration>>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The source this route serves: `POST /v1/events/{source}`.
+    pub source: String,
+    /// Event types this route takes, `*` matching any run of characters. Default `["*"]`.
+    #[serde(default = "default_event_types")]
+    pub event_types: Vec<String>,
+    /// Plugins to run, in order, as a chain.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// Endpoints that receive what passes the chain.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// `[[plugins]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name, used by routes and in error messages.
+    pub name: String,
+    /// Path of the `.wasm` component (relative paths are relative to the config file).
+    pub path: PathBuf,
+    /// Table handed to the plugin as JSON on every call.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+    /// Wall-clock deadline of one call. Default `100ms`.
+    #[serde(default = "default_plugin_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Linear memory cap of one instance, in MiB. Default 64.
+    #[serde(default = "default_plugin_memory")]
+    pub max_memory_mb: u32,
+}
+
+fn default_endpoint_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_event_types() -> Vec<String> {
+    vec!["*".to_string()]
+}
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn default_plugin_deadline() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_plugin_memory() -> u32 {
+    64
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 1 << 20 }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".to_string(),
+            prefix: "sluice".to_string(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            shards: 4,
+            lease: Duration::from_secs(60),
+            batch: 128,
+            concurrency: 512,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+            .iter()
+            .map(|s| humantime::parse_duration(s).unwrap_or_default())
+            .collect();
+        Self { schedule, jitter: 0.1 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            redis: RedisConfig::default(),
+            queue: QueueConfig::default(),
+            admin: AdminConfig::default(),
+            retry: RetryConfig::default(),
+            alerts: AlertsConfig::default(),
+            security: SecurityConfig::default(),
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+/// The smallest margin by which a lease must outlast an endpoint's timeout.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Loads the configuration: built-in defaults, then the TOML file (if given), then `SLUICE_*`
+/// environment variables (`SLUICE_SERVER__LISTEN` overrides `server.listen`). Relative plugin paths
+/// are resolved against the file's directory.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Invalid(vec![format!("config file {} does not exist", path.display())]));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let figment = figment.merge(Env::prefixed("SLUICE_").split("__"));
+    let mut config: Config = figment.extract().map_err(Box::new)?;
+    if let Some(dir) = path.and_then(Path::parent) {
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = dir.join(&plugin.path);
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Parses a configuration from TOML text alone (no file, no environment); for tests and tools.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
+impl Config {
+    /// Checks everything that types alone cannot: names, references, secrets, URLs, timings.
+    /// Returns every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.validate_sections(&mut problems);
+        let endpoints = unique_names(self.endpoints.iter().map(|e| e.name.as_str()), "endpoints", &mut problems);
+        let plugins = unique_names(self.plugins.iter().map(|p| p.name.as_str()), "plugins", &mut problems);
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            self.validate_endpoint(i, endpoint, &mut problems);
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            validate_route(i, route, &endpoints, &plugins, &mut problems);
+        }
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            let at = format!("plugins[{i}] ({})", plugin.name);
+            if !plugin.config.is_object() {
+                problems.push(format!("{at}.config: must be a table"));
+            }
+            if plugin.deadline.is_zero() {
+                problems.push(format!("{at}.deadline: must be greater than zero"));
+            }
+            if plugin.max_memory_mb == 0 || plugin.max_memory_mb > 4096 {
+                problems.push(format!("{at}.max_memory_mb: must be between 1 and 4096"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn validate_sections(&self, problems: &mut Vec<String>) {
+        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
+            problems.push(format!("redis.url: {e}"));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}']) {
+            problems.push("redis.prefix: must be non-empty and free of `{` and `}`".to_string());
+        }
+        if self.queue.shards == 0 || self.queue.shards > 1024 {
+            problems.push("queue.shards: must be between 1 and 1024".to_string());
+        }
+        if self.queue.batch == 0 || self.queue.concurrency == 0 {
+            problems.push("queue.batch and queue.concurrency: must be at least 1".to_string());
+        }
+        if self.server.max_body_bytes == 0 {
+            problems.push("server.max_body_bytes: must be at least 1".to_string());
+        }
+        validate_schedule("retry.schedule", &self.retry.schedule, problems);
+        if !(0.0..1.0).contains(&self.retry.jitter) {
+            problems.push("retry.jitter: must be at least 0 and below 1".to_string());
+        }
+        if let Some(url) = &self.alerts.url {
+            validate_url("alerts.url", url, problems);
+        }
+        if let Some(secret) = &self.alerts.secret {
+            if let Err(e) = Secret::parse(secret) {
+                problems.push(format!("alerts.secret: {e}"));
+            }
+        }
+        if matches!(&self.admin.token, Some(t) if t.len() < 8) {
+            problems.push("admin.token: must be at least 8 characters".to_string());
+        }
+    }
+
+    fn validate_endpoint(&self, i: usize, endpoint: &EndpointConfig, problems: &mut Vec<String>) {
+        let at = format!("endpoints[{i}] ({})", endpoint.name);
+        validate_url(&format!("{at}.url"), &endpoint.url, problems);
+        if let Err(e) = Secret::parse(&endpoint.secret) {
+            problems.push(format!("{at}.secret: {e}"));
+        }
+        if endpoint.timeout.is_zero() {
+            problems.push(format!("{at}.timeout: must be greater than zero"));
+        }
+        if endpoint.timeout + LEASE_MARGIN > self.queue.lease {
+            problems.push(format!(
+                "{at}.timeout: {} plus a {}s margin exceeds queue.lease ({}); a lease shorter than a request \
+                 would let a second worker deliver the same attempt",
+                humantime::format_duration(endpoint.timeout),
+                LEASE_MARGIN.as_secs(),
+                humantime::format_duration(self.queue.lease)
+            ));
+        }
+        if let Some(schedule) = &endpoint.retry_schedule {
+            validate_schedule(&format!("{at}.retry_schedule"), schedule, problems);
+        }
+    }
+
+    /// The endpoint named `name`, if configured.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
+fn validate_route(
+    i: usize,
+    route: &RouteConfig,
+    endpoints: &HashSet<&str>,
+    plugins: &HashSet<&str>,
+    problems: &mut Vec<String>,
+) {
+    let at = format!("routes[{i}] ({})", route.source);
+    if route.source.is_empty() || !route.source.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        problems.push(format!("{at}.source: must be non-empty ASCII letters, digits, `-`, `_` or `.`"));
+    }
+    if route.event_types.is_empty() {
+        problems.push(format!("{at}.event_types: must list at least one pattern (\"*\" for all)"));
+    }
+    for pattern in &route.event_types {
+        if let Err(e) = TypePattern::parse(pattern) {
+            problems.push(format!("{at}.event_types: {e}"));
+        }
+    }
+    for name in &route.endpoints {
+        if !endpoints.contains(name.as_str()) {
+            problems.push(format!("{at}.endpoints: unknown endpoint `{name}`"));
+        }
+    }
+    for name in &route.plugins {
+        if !plugins.contains(name.as_str()) {
+            problems.push(format!("{at}.plugins: unknown plugin `{name}`"));
+        }
+    }
+    if route.endpoints.is_empty() && route.plugins.is_empty() {
+        problems.push(format!("{at}: names neither endpoints nor plugins, so it can deliver nothing"));
+    }
+}
+
+fn unique_names<'a>(names: impl Iterator<Item = &'a str>, what: &str, problems: &mut Vec<String>) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            problems.push(format!("{what}[{i}].name: must not be empty"));
+        } else if !seen.insert(name) {
+            problems.push(format!("{what}[{i}].name: `{name}` is used twice"));
+        }
+    }
+    seen
+}
+
+fn validate_url(at: &str, url: &Url, problems: &mut Vec<String>) {
+    if !matches!(url.scheme(), "http" | "https") {
+        problems.push(format!("{at}: scheme must be http or https, not `{}`", url.scheme()));
+    }
+    if url.host().is_none() {
+        problems.push(format!("{at}: has no host"));
+    }
+}
+
+fn validate_schedule(at: &str, schedule: &[Duration], problems: &mut Vec<String>) {
+    if schedule.is_empty() {
+        problems.push(format!("{at}: must have at least one entry (one per attempt)"));
+    }
+    if schedule.len() > 100 {
+        problems.push(format!("{at}: at most 100 attempts"));
+    }
+}
+
+/// (De)serialises a list of human-readable durations such as `["0s", "5m"]`.
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(value.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}"))))
+            .collect()
+    }
+}
+
+/// Like [`durations`], for an optional list.
+mod opt_durations {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<Duration>>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => super::durations::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
+        super::durations::deserialize(d).map(Some)
+    }
+}

@@ -1,0 +1,89 @@
+//! Admin alerts: when a delivery is dead-lettered, a JSON alert is POSTed to `alerts.url` (signed
+//! like a delivery when `alerts.secret` is set), with a few quick retries of its own.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use url::Url;
+
+use super::sign::Secret;
+
+/// Delays before the alert's retries.
+const ALERT_RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)];
+/// Timeout of one alert POST.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body of a dead-letter alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterAlert {
+    /// Always `delivery.dead`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Delivery id.
+    pub delivery_id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Endpoint URL.
+    pub url: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// What the last attempt ended with.
+    pub last_error: String,
+    /// When it was dead-lettered, ms since the epoch.
+    pub at: u64,
+}
+
+/// Sends alerts.
+#[derive(Clone)]
+pub struct Alerter {
+    client: reqwest::Client,
+    url: Url,
+    secret: Option<Secret>,
+}
+
+impl Alerter {
+    /// An alerter for `url`, signing with `secret` when given.
+    pub fn new(client: reqwest::Client, url: Url, secret: Option<Secret>) -> Self {
+        Self { client, url, secret }
+    }
+
+    /// Sends `alert` in the background; failures are logged at ERROR.
+    pub fn send(&self, alert: DeadLetterAlert) {
+        let this = self.clone();
+        tokio::spawn(async move { this.send_now(alert).await });
+    }
+
+    async fn send_now(&self, alert: DeadLetterAlert) {
+        let body = match serde_json::to_vec(&alert) {
+            Ok(body) => body,
+            Err(e) => return tracing::error!(error = %e, "Could not encode an alert."),
+        };
+        let alert_id = format!("alert_{}", alert.delivery_id);
+        for (attempt, delay) in std::iter::once(Duration::ZERO).chain(ALERT_RETRIES).enumerate() {
+            tokio::time::sleep(delay).await;
+            let mut request = self
+                .client
+                .post(self.url.clone())
+                .timeout(ALERT_TIMEOUT)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            if let Some(secret) = &self.secret {
+                let timestamp = super::unix_seconds();
+                request = request
+                    .header("webhook-id", &alert_id)
+                    .header("webhook-timestamp", timestamp)
+                    .header("webhook-signature", secret.sign(&alert_id, timestamp, &body));
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) => tracing::warn!(attempt, status = response.status().as_u16(), "Alert receiver refused the alert."),
+                Err(e) => tracing::warn!(attempt, error = %super::error_chain(&e), "Alert could not be sent."),
+            }
+        }
+        tracing::error!(delivery_id = %alert.delivery_id, url = %self.url, "Gave up sending a dead-letter alert.");
+    }
+}

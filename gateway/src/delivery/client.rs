@@ -1,0 +1,123 @@
+//! The outbound HTTP client: one connection pool for every endpoint (keep-alive reuse), no
+//! redirects, and a guard that refuses non-public destination addresses unless the config allows them.
+//!
+//! The guard runs after DNS resolution (a custom resolver drops refused addresses), and again for
+//! URLs whose host is an IP literal, which never reach the resolver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::Url;
+
+/// The `user-agent` of every delivery.
+pub const USER_AGENT: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
+
+/// Builds the shared client.
+pub fn build(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+        .build()
+}
+
+/// Why a destination is refused, or `None` when it may be contacted.
+pub fn refuse_literal(url: &Url, allow_private: bool) -> Option<String> {
+    let ip = match url.host()? {
+        url::Host::Ipv4(ip) => IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => IpAddr::V6(ip),
+        url::Host::Domain(_) => return None,
+    };
+    (!allow_private && !is_public(ip)).then(|| refused_message(ip))
+}
+
+fn refused_message(ip: IpAddr) -> String {
+    format!("destination address {ip} is not public; set security.allow_private_destinations to allow it")
+}
+
+/// Whether `ip` is a public unicast address (not loopback, private, link-local, CGNAT, multicast,
+/// documentation, unspecified or broadcast), looking through IPv4-mapped IPv6 forms.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
+            if allowed.is_empty() {
+                let reason = match found.first() {
+                    Some(addr) => format!("{host} resolves to {}", refused_message(addr.ip())),
+                    None => format!("{host} resolves to no address"),
+                };
+                return Err(reason.into());
+            }
+            let addrs: Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+            "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "ff02::1"]
+        {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} should not be public");
+        }
+        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} should be public");
+        }
+    }
+
+    #[test]
+    fn literal_hosts_are_checked_unless_allowed() {
+        let url = Url::parse("http://127.0.0.1:9/hook").unwrap();
+        assert!(refuse_literal(&url, false).is_some());
+        assert!(refuse_literal(&url, true).is_none());
+        assert!(refuse_literal(&Url::parse("http://example.com/").unwrap(), false).is_none());
+    }
+}

@@ -1,0 +1,43 @@
+//! Stage 4: delivery. Claimed deliveries are POSTed to their endpoints, signed, and settled by the
+//! outcome.
+//!
+//! - [`worker`]: the claim → POST → settle loop.
+//! - [`client`]: the shared HTTP client and its destination guard.
+//! - [`retry`]: what to do after an attempt (decision) and when (schedule).
+//! - [`sign`]: Standard Webhooks signatures.
+//! - [`alert`]: dead-letter alerts to the admin.
+
+pub mod alert;
+pub mod client;
+pub mod retry;
+pub mod sign;
+pub mod worker;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use worker::Worker;
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
+
+/// An error with its causes, `: `-separated (reqwest's own message alone says little).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,326 @@
+//! The delivery worker: claims due deliveries from every shard in batches, POSTs each to its endpoint
+//! (signed), and settles it: ack on 2xx, reschedule on failure, dead letter + alert when the schedule
+//! is exhausted. One loop claims; each delivery runs in its own task, bounded by a semaphore.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{watch, Notify, Semaphore};
+use url::Url;
+
+use super::alert::{Alerter, DeadLetterAlert};
+use super::retry::{self, Outcome, RetryAction};
+use super::sign::Secret;
+use super::{client, error_chain, unix_millis, unix_seconds};
+use crate::config::Config;
+use crate::id;
+use crate::queue::{AttemptRecord, Claimed, RedisQueue, Settle};
+
+/// Longest an idle worker sleeps before looking again (deliveries enqueued by other gateways and
+/// lease expiries are also found through the claim's next-due time).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Longest wait between claims while Redis is failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Most bytes of a receiver's answer kept in the attempt log.
+const RESPONSE_EXCERPT: usize = 1024;
+
+/// An endpoint as the worker needs it.
+struct Endpoint {
+    url: Url,
+    secret: Secret,
+    timeout: Duration,
+    schedule: Vec<Duration>,
+}
+
+/// What every delivery task shares.
+struct Shared {
+    queue: RedisQueue,
+    client: reqwest::Client,
+    endpoints: HashMap<String, Endpoint>,
+    jitter: f64,
+    allow_private: bool,
+    alerter: Option<Alerter>,
+}
+
+/// The delivery worker of one gateway process.
+pub struct Worker {
+    shared: Arc<Shared>,
+    lease: Duration,
+    batch: usize,
+    permits: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    name: String,
+}
+
+impl Worker {
+    /// Builds a worker from a validated config; `wake` is notified when ingest enqueues due work.
+    pub fn new(config: &Config, queue: RedisQueue, http: reqwest::Client, wake: Arc<Notify>) -> Self {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let secret = Secret::parse(&e.secret).ok()?;
+                let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
+                Some((e.name.clone(), Endpoint { url: e.url.clone(), secret, timeout: e.timeout, schedule }))
+            })
+            .collect();
+        let alerter = config.alerts.url.clone().map(|url| {
+            let secret = config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok());
+            Alerter::new(http.clone(), url, secret)
+        });
+        let shared = Shared {
+            queue,
+            client: http,
+            endpoints,
+            jitter: config.retry.jitter,
+            allow_private: config.security.allow_private_destinations,
+            alerter,
+        };
+        Self {
+            shared: Arc::new(shared),
+            lease: config.queue.lease,
+            batch: config.queue.batch,
+            permits: Arc::new(Semaphore::new(config.queue.concurrency)),
+            wake,
+            name: format!("w{:016x}", rand::thread_rng().gen::<u64>()),
+        }
+    }
+
+    /// Claims and delivers until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut claims: u64 = 0;
+        let mut backoff = Duration::ZERO;
+        let shards = self.shared.queue.shards();
+        while !*shutdown.borrow() {
+            if self.permits.available_permits() == 0 {
+                // Every slot is busy: wait for one to free up (or for shutdown) before claiming more.
+                tokio::select! {
+                    permit = self.permits.acquire() => drop(permit),
+                    _ = shutdown.changed() => break,
+                }
+            }
+            let mut sleep_for = IDLE_POLL;
+            let mut saturated = false;
+            let mut failed = false;
+            for shard in 0..shards {
+                let limit = self.batch.min(self.permits.available_permits());
+                if limit == 0 {
+                    saturated = true;
+                    break;
+                }
+                claims += 1;
+                let token = format!("{}.{claims}", self.name);
+                match self.shared.queue.claim(shard, limit, self.lease, &token).await {
+                    Ok(batch) => {
+                        saturated |= batch.deliveries.len() == limit;
+                        if let Some(next) = batch.next_due_in {
+                            sleep_for = sleep_for.min(next);
+                        }
+                        for claimed in batch.deliveries {
+                            self.spawn_delivery(claimed);
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        if backoff.is_zero() {
+                            tracing::warn!(error = %e, "Cannot claim deliveries; backing off until the queue answers.");
+                        }
+                    }
+                }
+            }
+            if failed {
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+                sleep_for = backoff;
+            } else {
+                if !backoff.is_zero() {
+                    tracing::info!("Queue reachable again; claiming resumed.");
+                }
+                backoff = Duration::ZERO;
+            }
+            if saturated && !failed {
+                continue;
+            }
+            tokio::select! {
+                // Timer: the next delivery (or lease) falls due, or the idle poll.
+                _ = tokio::time::sleep(sleep_for) => {}
+                // Ingest just enqueued something due now.
+                _ = self.wake.notified(), if !failed => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    fn spawn_delivery(&self, claimed: Claimed) {
+        let shared = self.shared.clone();
+        let permits = self.permits.clone();
+        // A permit is free: the claim asked for no more than the free permits, and only this loop takes them.
+        let Ok(permit) = permits.try_acquire_owned() else {
+            tracing::warn!(delivery_id = %id::format_delivery(claimed.id), "No free delivery slot; the lease will expire and it will be retried.");
+            return;
+        };
+        tokio::spawn(async move {
+            shared.deliver(claimed).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Shared {
+    async fn deliver(&self, claimed: Claimed) {
+        let delivery_id = id::format_delivery(claimed.id);
+        let event_id = id::format_event(claimed.event_id);
+        let started_at = unix_millis();
+        let Some(endpoint) = self.endpoints.get(&claimed.endpoint) else {
+            let record = failure_record(&claimed, started_at, "endpoint is no longer configured".into());
+            self.settle(&claimed, &record, Settle::Bury, None).await;
+            return;
+        };
+        let (outcome, record) = self.attempt(&claimed, endpoint, &delivery_id, started_at).await;
+        let roll = rand::thread_rng().gen_range(-1.0..=1.0);
+        let action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, self.jitter, roll) {
+            RetryAction::Done => Settle::Ack,
+            RetryAction::RetryIn(delay) => Settle::Retry(delay),
+            RetryAction::GiveUp => Settle::Bury,
+        };
+        match &action {
+            Settle::Ack => tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+                status = record.status, latency_ms = record.latency_ms, "Delivery succeeded."),
+            Settle::Retry(delay) => tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+                outcome = %record.outcome, error = record.error.as_deref().unwrap_or_default(), retry_in = ?delay,
+                "Delivery attempt failed; will retry."),
+            Settle::Bury => {}
+        }
+        self.settle(&claimed, &record, action, Some(endpoint)).await;
+    }
+
+    /// Makes one signed POST and records how it went.
+    async fn attempt(&self, claimed: &Claimed, endpoint: &Endpoint, delivery_id: &str, at: u64) -> (Outcome, AttemptRecord) {
+        if let Some(reason) = client::refuse_literal(&endpoint.url, self.allow_private) {
+            return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
+        }
+        let timestamp = unix_seconds();
+        let mut request = self
+            .client
+            .post(endpoint.url.clone())
+            .timeout(endpoint.timeout)
+            .header("content-type", "application/json");
+        for (name, value) in &claimed.headers {
+            if !is_reserved(name) {
+                request = request.header(name.as_str(), value.as_str());
+            }
+        }
+        let request = request
+            .header("webhook-id", delivery_id)
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", endpoint.secret.sign(delivery_id, timestamp, &claimed.payload))
+            .body(claimed.payload.clone());
+        let started = Instant::now();
+        let (outcome, excerpt) = match request.send().await {
+            Ok(response) => read_answer(response).await,
+            Err(e) if e.is_timeout() => (Outcome::Timeout, None),
+            Err(e) => (Outcome::Failed(error_chain(&e)), None),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (kind, status, error) = match &outcome {
+            Outcome::Success { status } => ("success", Some(*status), None),
+            Outcome::Status { status, .. } => ("http_error", Some(*status), Some(format!("HTTP {status}"))),
+            Outcome::Timeout => ("timeout", None, Some(format!("timed out after {:?}", endpoint.timeout))),
+            Outcome::Failed(message) => ("error", None, Some(message.clone())),
+        };
+        let record = AttemptRecord {
+            attempt: claimed.attempt,
+            at,
+            outcome: kind.to_string(),
+            status,
+            error,
+            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+            response: excerpt,
+        };
+        (outcome, record)
+    }
+
+    async fn settle(&self, claimed: &Claimed, record: &AttemptRecord, action: Settle, endpoint: Option<&Endpoint>) {
+        let delivery_id = id::format_delivery(claimed.id);
+        match self.queue.settle(claimed, record, action).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%delivery_id, "Lease expired before the attempt was recorded; another worker owns it now.");
+                return;
+            }
+            Err(e) => {
+                // Nothing is lost: the lease runs out and the delivery is attempted again.
+                tracing::warn!(%delivery_id, error = %e, "Could not record the attempt; it will be retried when the lease expires.");
+                return;
+            }
+        }
+        if action == Settle::Bury {
+            let last_error = record.error.clone().unwrap_or_default();
+            tracing::error!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
+                attempts = claimed.attempt, %last_error, "Delivery dead-lettered: retries exhausted.");
+            if let Some(alerter) = &self.alerter {
+                alerter.send(DeadLetterAlert {
+                    kind: "delivery.dead",
+                    delivery_id,
+                    event_id: id::format_event(claimed.event_id),
+                    event_type: claimed.event_type.clone(),
+                    endpoint: claimed.endpoint.clone(),
+                    url: endpoint.map(|e| e.url.to_string()).unwrap_or_default(),
+                    attempts: claimed.attempt,
+                    last_error,
+                    at: unix_millis(),
+                });
+            }
+        }
+    }
+}
+
+/// Reads the status and the first bytes of the answer (never the whole of a huge body).
+async fn read_answer(mut response: reqwest::Response) -> (Outcome, Option<String>) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| status == 429 || status == 503)
+        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
+    let mut excerpt = Vec::new();
+    let mut read_error = None;
+    while excerpt.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - excerpt.len())]),
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    let excerpt = (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned());
+    let outcome = match read_error {
+        // A 2xx whose body did not arrive in time still counts: the receiver has the event.
+        Some(e) if e.is_timeout() && !(200..300).contains(&status) => Outcome::Timeout,
+        _ if (200..300).contains(&status) => Outcome::Success { status },
+        _ => Outcome::Status { status, retry_after },
+    };
+    (outcome, excerpt)
+}
+
+fn failure_record(claimed: &Claimed, at: u64, error: String) -> AttemptRecord {
+    AttemptRecord {
+        attempt: claimed.attempt,
+        at,
+        outcome: "error".into(),
+        status: None,
+        error: Some(error),
+        latency_ms: 0.0,
+        response: None,
+    }
+}
+
+/// Headers a plugin may not set: the signature headers and those the client manages.
+fn is_reserved(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("webhook-") || ["content-length", "host", "transfer-encoding", "connection"].contains(&name.as_str())
+}

@@ -1,0 +1,164 @@
+//! The HTTP surface: the accept loop, request routing, and the one place that maps errors to HTTP
+//! statuses. Clients get a status and a short JSON message; internals go to the log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminError};
+use crate::ingest::{Ingest, IngestError};
+use crate::queue::RedisQueue;
+
+/// What request handlers share.
+pub struct AppState {
+    /// The ingest step.
+    pub ingest: Ingest,
+    /// The queue, for admin lookups.
+    pub queue: RedisQueue,
+    /// The admin bearer token.
+    pub admin_token: Option<String>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically out of file descriptors: pause briefly instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "Connection ended with an error.");
+            }
+        });
+    }
+}
+
+async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr) -> Reply {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::POST, ["v1", "events", source]) => ingest(state, source, request).await,
+        (&Method::GET, ["v1", "events", id]) => admin_call(state, &request, admin::event(&state.queue, id)).await,
+        (&Method::GET, ["v1", "deliveries", id]) => admin_call(state, &request, admin::delivery(&state.queue, id)).await,
+        (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
+        (_, ["v1", "events", _]) | (_, ["v1", "deliveries", _]) | (_, ["healthz"]) => {
+            error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        }
+        _ => error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> Reply {
+    let (parts, body) = request.into_parts();
+    if let Err(e) = state.ingest.precheck(source, &parts.headers) {
+        return ingest_error(source, e);
+    }
+    let body = match Limited::new(body, state.ingest.max_body_bytes()).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ingest_error(source, IngestError::TooLarge { limit: state.ingest.max_body_bytes() })
+        }
+        Err(e) => return ingest_error(source, IngestError::Body(e.to_string())),
+    };
+    match state.ingest.accept(source, &parts.headers, body).await {
+        Ok(accepted) => json_reply(StatusCode::ACCEPTED, serde_json::to_value(accepted).unwrap_or_default()),
+        Err(e) => ingest_error(source, e),
+    }
+}
+
+fn ingest_error(source: &str, error: IngestError) -> Reply {
+    let (status, code) = match &error {
+        IngestError::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
+        IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+        IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed"),
+        IngestError::Queue(q) if q.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
+        IngestError::Queue(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_error"),
+    };
+    let mut body = json!({"error": {"code": code, "message": error.to_string()}});
+    match &error {
+        IngestError::Plugin(plugin_error) => {
+            tracing::warn!(source, plugin = plugin_error.plugin(), kind = plugin_error.kind(), error = %plugin_error, "Plugin failed an event.");
+            body["error"]["plugin"] = json!(plugin_error.plugin());
+            body["error"]["kind"] = json!(plugin_error.kind());
+        }
+        IngestError::Queue(e) => {
+            tracing::error!(source, error = %e, "Event refused: the queue could not store it.");
+            body["error"]["message"] = json!("the queue is unavailable; the event was not accepted, retry later");
+        }
+        _ => tracing::debug!(source, error = %error, "Event refused."),
+    }
+    let mut reply = json_reply(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        reply.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    }
+    reply
+}
+
+async fn admin_call(
+    state: &AppState,
+    request: &Request<Incoming>,
+    call: impl std::future::Future<Output = Result<Value, AdminError>>,
+) -> Reply {
+    let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let result = match admin::authorize(state.admin_token.as_deref(), header) {
+        Ok(()) => call.await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(value) => json_reply(StatusCode::OK, value),
+        Err(AdminError::Unauthorized) => {
+            let mut reply = error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &AdminError::Unauthorized.to_string());
+            reply.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            reply
+        }
+        Err(e @ AdminError::NotFound(_)) => error_reply(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        Err(AdminError::Queue(e)) => {
+            tracing::error!(error = %e, "Admin lookup failed.");
+            let status = if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            error_reply(status, "queue_unavailable", "the queue could not answer")
+        }
+    }
+}
+
+fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {
+    json_reply(status, json!({"error": {"code": code, "message": message}}))
+}
+
+fn json_reply(status: StatusCode, body: Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    reply
+}

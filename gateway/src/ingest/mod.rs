@@ -1,0 +1,80 @@
+//! Stage 1: events in. Checks an ingest request (source, size, content type, JSON), works out the
+//! event type, runs the matching routes' plugin chains, and stores the event with one delivery per
+//! (event, endpoint) in the queue, answering only once the queue has them.
+//!
+//! - [`parse`]: request body and headers → event type and kept headers.
+//! - [`plan`]: routes and plugin verdicts → the deliveries to enqueue.
+//! - [`service`]: the whole ingest step, testable without a socket.
+
+pub mod parse;
+pub mod plan;
+pub mod service;
+
+use serde::Serialize;
+
+pub use service::Ingest;
+
+use crate::plugin::PluginError;
+use crate::queue::QueueError;
+
+/// Why an event was not accepted. Each variant maps to one HTTP status (see `http.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No route serves this source (404).
+    #[error("unknown source `{0}`: no route serves it")]
+    UnknownSource(String),
+    /// The body exceeds `server.max_body_bytes` (413).
+    #[error("body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The content type is not JSON (415).
+    #[error("content-type must be application/json, got `{0}`")]
+    ContentType(String),
+    /// The body is not valid JSON (400).
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    /// The body could not be read (400).
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    /// A plugin failed the event (422).
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The event fans out to more deliveries than one event may have (422).
+    #[error("the event fans out to {0} deliveries; at most {max} are allowed", max = crate::id::MAX_DELIVERIES_PER_EVENT)]
+    TooManyDeliveries(usize),
+    /// The queue could not store the event (503 when unreachable, else 500). Nothing was accepted.
+    #[error("the queue could not store the event: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// A stored event, as the producer is told (HTTP 202).
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    /// Event id.
+    pub id: String,
+    /// One entry per delivery.
+    pub deliveries: Vec<AcceptedDelivery>,
+    /// Routes whose chain dropped the event, with the plugin and its reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<Dropped>,
+}
+
+/// One delivery of an accepted event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedDelivery {
+    /// Delivery id.
+    pub id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+}
+
+/// A route's chain dropped the event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dropped {
+    /// The plugin that dropped it.
+    pub plugin: String,
+    /// Its reason.
+    pub reason: String,
+}

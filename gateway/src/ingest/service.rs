@@ -1,0 +1,129 @@
+//! The ingest step as a value: given a source, headers and a body, accept the event (stored in the
+//! queue) or say why not. The HTTP layer only reads the request and maps the result to a response.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::HeaderMap;
+use tokio::sync::Notify;
+
+use super::plan::plan;
+use super::{parse, Accepted, AcceptedDelivery, IngestError};
+use crate::config::Config;
+use crate::id;
+use crate::plugin::{PluginEvent, PluginSet};
+use crate::queue::{NewDelivery, NewEvent, RedisQueue};
+use crate::route::RouteTable;
+
+/// Everything ingest needs, shared by all connections.
+pub struct Ingest {
+    routes: RouteTable,
+    plugins: Arc<PluginSet>,
+    queue: RedisQueue,
+    /// Endpoint name → delay before its first attempt.
+    endpoints: HashMap<Arc<str>, Duration>,
+    max_body_bytes: usize,
+    wake_worker: Arc<Notify>,
+}
+
+impl Ingest {
+    /// Builds the ingest step from a validated config.
+    pub fn new(config: &Config, plugins: Arc<PluginSet>, queue: RedisQueue, wake_worker: Arc<Notify>) -> Self {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                let schedule = e.retry_schedule.as_ref().unwrap_or(&config.retry.schedule);
+                (Arc::from(e.name.as_str()), schedule.first().copied().unwrap_or_default())
+            })
+            .collect();
+        Self {
+            routes: RouteTable::new(config),
+            plugins,
+            queue,
+            endpoints,
+            max_body_bytes: config.server.max_body_bytes,
+            wake_worker,
+        }
+    }
+
+    /// Largest accepted body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Checks the parts of a request that need no body, so a bad request is refused before it is read.
+    pub fn precheck(&self, source: &str, headers: &HeaderMap) -> Result<(), IngestError> {
+        if !self.routes.knows_source(source) {
+            return Err(IngestError::UnknownSource(source.chars().take(100).collect()));
+        }
+        parse::check_content_type(headers)?;
+        let declared = headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(IngestError::TooLarge { limit: self.max_body_bytes });
+        }
+        Ok(())
+    }
+
+    /// Accepts one event: parse, route, run plugins, store. Returns once the queue holds every delivery.
+    pub async fn accept(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
+        self.precheck(source, headers)?;
+        if body.len() > self.max_body_bytes {
+            return Err(IngestError::TooLarge { limit: self.max_body_bytes });
+        }
+        let event_type = parse::event_type(headers, &body)?;
+        let kept = parse::kept_headers(headers);
+        let event_id = id::new_event();
+        let event = PluginEvent {
+            id: id::format_event(event_id),
+            source: source.to_string(),
+            event_type,
+            headers: kept,
+            payload: body.to_vec(),
+        };
+        let plan = plan(&self.routes, &self.plugins, &event, |name| {
+            self.endpoints.get_key_value(name).map(|(k, _)| k.clone())
+        })?;
+        if plan.deliveries.len() > id::MAX_DELIVERIES_PER_EVENT {
+            return Err(IngestError::TooManyDeliveries(plan.deliveries.len()));
+        }
+        let deliveries: Vec<NewDelivery> = plan
+            .deliveries
+            .into_iter()
+            .enumerate()
+            .map(|(i, planned)| NewDelivery {
+                id: id::delivery_of(event_id, i + 1),
+                delay: self.endpoints.get(&planned.endpoint).copied().unwrap_or_default(),
+                endpoint: planned.endpoint,
+                payload: planned.payload,
+                headers: planned.headers,
+            })
+            .collect();
+        if !deliveries.is_empty() {
+            let stored = NewEvent {
+                id: event_id,
+                source,
+                event_type: &event.event_type,
+                headers: &event.headers,
+                payload: &body,
+            };
+            self.queue.enqueue(&stored, &deliveries).await?;
+            if deliveries.iter().any(|d| d.delay.is_zero()) {
+                self.wake_worker.notify_one();
+            }
+        }
+        Ok(Accepted {
+            id: event.id,
+            deliveries: deliveries
+                .iter()
+                .map(|d| AcceptedDelivery { id: id::format_delivery(d.id), endpoint: d.endpoint.to_string() })
+                .collect(),
+            dropped: plan.dropped,
+        })
+    }
+}

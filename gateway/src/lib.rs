@@ -1,0 +1,134 @@
+//! Sluice: a self-hosted webhook gateway.
+//!
+//! An event arrives over HTTP, Wasm plugins filter, transform or route it, each resulting delivery
+//! waits in a Redis sorted set keyed by its next-attempt time, and a worker POSTs it, signed, to its
+//! endpoint, retrying on the endpoint's schedule until a 2xx, or dead-lettering it and alerting the
+//! admin when the schedule runs out.
+//!
+//! # Layout
+//! The modules follow one event through the pipeline:
+//!
+//! - [`ingest`]: stage 1, HTTP in: limits, JSON, event type, routes → deliveries → queue.
+//! - [`plugin`]: stage 2, the Wasm engine and plugin chains.
+//! - [`queue`]: stage 3, the Redis queue (sorted sets, Lua scripts, leases).
+//! - [`delivery`]: stage 4, the worker: claim → signed POST → ack / retry / dead letter + alert.
+//! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
+//! - [`config`], [`route`], [`id`], [`telemetry`]: configuration, the route table, ids, logging.
+//!
+//! [`Gateway::start`] wires the stages together with one shutdown signal.
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod id;
+pub mod ingest;
+pub mod plugin;
+pub mod queue;
+pub mod route;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::delivery::Worker;
+use crate::http::AppState;
+use crate::ingest::Ingest;
+use crate::plugin::{PluginError, PluginSet};
+use crate::queue::{QueueError, RedisQueue};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// One or more plugins failed to load.
+    #[error("plugins failed to load:\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    Plugins(Vec<PluginError>),
+    /// The queue could not be opened or holds incompatible data.
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The outbound HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// A running gateway: HTTP server and delivery worker.
+pub struct Gateway {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Validates `config`, loads plugins, opens the queue, binds the listener and starts serving
+    /// and delivering.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let plugins = Arc::new(PluginSet::load(&config.plugins).map_err(StartError::Plugins)?);
+        let queue = RedisQueue::open(&config.redis, &config.queue)?;
+        match queue.check_layout().await {
+            Ok(()) => {}
+            Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
+            // Redis may come later; the gateway answers 503 until it does.
+            Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),
+        }
+        let http = delivery::client::build(config.security.allow_private_destinations)?;
+        let wake = Arc::new(Notify::new());
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+
+        let (shutdown, watcher) = watch::channel(false);
+        let worker = Worker::new(&config, queue.clone(), http, wake.clone());
+        let state = Arc::new(AppState {
+            ingest: Ingest::new(&config, plugins, queue.clone(), wake),
+            queue,
+            admin_token: config.admin.token.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(http::serve(listener, state, watcher.clone())),
+            tokio::spawn(worker.run(watcher)),
+        ];
+        tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),
+            plugins = config.plugins.len(), "Sluice is listening.");
+        Ok(Self { addr, shutdown, tasks })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and claiming, and waits for the server and worker loops to end.
+    /// Deliveries in flight keep their leases; unfinished ones fall due again when the lease expires.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Loads every plugin of `config` and reports every problem with config and plugins at once.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    config.validate()?;
+    PluginSet::load(&config.plugins).map_err(StartError::Plugins)?;
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The Wasm engine and the loaded plugins: one wasmtime `Engine` with the pooling allocator and epoch
+//! interruption, a ticker thread that advances the epoch, and per plugin an `InstancePre` from which
+//! every call gets a fresh instance (no state leaks between events) in a fresh `Store` with a memory
+//! cap and a deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::sluice::plugin::host;
+use super::bindings::{Plugin, PluginPre};
+use super::{PluginError, PluginEvent, Verdict};
+use crate::config::PluginConfig;
+
+/// How often the epoch advances; deadlines are rounded up to whole ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// Instances alive at once across all plugins (calls run on the runtime's worker threads).
+const MAX_INSTANCES: u32 = 256;
+/// Most table elements one instance may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Longest log line a plugin may write; longer lines are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Per-call host state: WASI (granting nothing), the memory limiter and what log lines are tagged with.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    plugin: Arc<str>,
+    event_id: String,
+}
+
+struct Limits {
+    memory_bytes: usize,
+    memory_exceeded: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            // Remember why, so the trap that follows is reported as a memory overrun.
+            self.memory_exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.memory_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl super::bindings::sluice::plugin::types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let (plugin, event_id) = (&*self.plugin, self.event_id.as_str());
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, event_id, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, event_id, "{message}"),
+            host::Level::Info => tracing::info!(plugin, event_id, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, event_id, "{message}"),
+            host::Level::Error => tracing::error!(plugin, event_id, "{message}"),
+        }
+    }
+}
+
+/// One loaded plugin, ready to instantiate.
+struct LoadedPlugin {
+    name: Arc<str>,
+    pre: PluginPre<HostState>,
+    config_json: String,
+    deadline: Duration,
+    deadline_ticks: u64,
+    memory_bytes: usize,
+}
+
+/// Every configured plugin, compiled and linked, sharing one engine.
+pub struct PluginSet {
+    engine: Engine,
+    plugins: HashMap<Arc<str>, LoadedPlugin>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for PluginSet {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginSet {
+    /// Compiles and links every plugin. Returns every failure at once, each naming its plugin.
+    pub fn load(configs: &[PluginConfig]) -> Result<Self, Vec<PluginError>> {
+        let engine = new_engine(configs).map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        let linked = wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state));
+        linked.map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
+
+        let mut plugins = HashMap::new();
+        let mut errors = Vec::new();
+        for config in configs {
+            match load_one(&engine, &linker, config) {
+                Ok(plugin) => {
+                    plugins.insert(plugin.name.clone(), plugin);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop_ticker.clone());
+        Ok(Self { engine, plugins, stop_ticker })
+    }
+
+    /// Whether a plugin of this name is loaded.
+    pub fn contains(&self, name: &str) -> bool {
+        self.plugins.contains_key(name)
+    }
+
+    /// Calls plugin `name` on `event` in a fresh instance, within its deadline and memory cap.
+    pub fn call(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
+        let plugin = self.plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: Limits { memory_bytes: plugin.memory_bytes, memory_exceeded: false },
+            plugin: plugin.name.clone(),
+            event_id: event.id.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(plugin.deadline_ticks);
+        let started = Instant::now();
+        let result = plugin
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_handle(&mut store, &event.into(), &plugin.config_json));
+        match result {
+            Ok(Ok(verdict)) => Ok(verdict.into()),
+            Ok(Err(message)) => Err(PluginError::Rejected { plugin: name.to_string(), message }),
+            Err(error) => Err(classify(plugin, &store, error, started.elapsed())),
+        }
+    }
+}
+
+/// Turns a failed call into the error that says why.
+fn classify(plugin: &LoadedPlugin, store: &Store<HostState>, error: wasmtime::Error, took: Duration) -> PluginError {
+    let name = plugin.name.to_string();
+    if store.data().limits.memory_exceeded {
+        return PluginError::Memory { plugin: name, limit_mb: plugin.memory_bytes >> 20 };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout { plugin: name, deadline: plugin.deadline, took },
+        Some(trap) => PluginError::Trap { plugin: name, message: trap.to_string() },
+        None => PluginError::Trap { plugin: name, message: format!("{error:#}") },
+    }
+}
+
+fn new_engine(configs: &[PluginConfig]) -> wasmtime::Result<Engine> {
+    let largest_memory = configs.iter().map(|c| c.max_memory_mb as usize).max().unwrap_or(64) << 20;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * 4)
+        .total_memories(MAX_INSTANCES * 2)
+        .total_tables(MAX_INSTANCES * 4)
+        .max_memories_per_component(4)
+        .max_memory_size(largest_memory.max(1 << 20));
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
+    let failed = |message: String| PluginError::Load { plugin: config.name.clone(), message };
+    let bytes = std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {}: {e}", config.path.display())))?;
+    let component = Component::new(engine, &bytes).map_err(|e| {
+        failed(format!("{} is not a valid Wasm component: {e:#}", config.path.display()))
+    })?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| failed(format!("{} does not fit the sluice:plugin world: {e:#}", config.path.display())))?;
+    let pre = PluginPre::new(instance_pre)
+        .map_err(|e| failed(format!("{} does not export `handle` as the WIT says: {e:#}", config.path.display())))?;
+    let ticks = config.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+    Ok(LoadedPlugin {
+        name: Arc::from(config.name.as_str()),
+        pre,
+        config_json: config.config.to_string(),
+        deadline: config.deadline,
+        deadline_ticks: ticks,
+        memory_bytes: (config.max_memory_mb as usize) << 20,
+    })
+}
+
+/// Advances the engine's epoch every [`TICK`] until `stop` is set. A plain thread, not a task: it
+/// must keep ticking while a runaway plugin occupies a runtime worker.
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "Could not start the plugin epoch ticker; plugin deadlines will not fire.");
+    }
+}

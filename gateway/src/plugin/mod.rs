@@ -1,0 +1,144 @@
+//! Stage 2: Wasm plugins that filter, transform or route events.
+//!
+//! - [`engine`]: the wasmtime engine (pooling allocator, epoch deadlines, memory caps) and the set of
+//!   loaded plugins.
+//! - `bindings` (private): the only `bindgen!` site; `convert` maps its types to the ones below.
+//! - [`chain`]: runs a route's plugins in order.
+
+mod bindings;
+pub mod chain;
+mod convert;
+pub mod engine;
+
+use std::time::Duration;
+
+pub use chain::{run_chain, ChainEnd, ChainVerdict};
+pub use engine::PluginSet;
+
+/// An event as plugins see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginEvent {
+    /// Event id.
+    pub id: String,
+    /// Source name.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub payload: Vec<u8>,
+}
+
+/// One delivery chosen by a routing plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutedDelivery {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Body; the event's payload when `None`.
+    pub payload: Option<Vec<u8>>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A plugin's decision about an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Deliver nothing, for this reason.
+    Drop(String),
+    /// Go on with this (possibly rewritten) event.
+    Pass(PluginEvent),
+    /// Deliver exactly these.
+    Route(Vec<RoutedDelivery>),
+}
+
+/// Why a plugin failed an event (or failed to load). Every variant names the plugin.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin trapped (e.g. `unreachable`, out-of-bounds access, a panic in the guest).
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap.
+        message: String,
+    },
+    /// The plugin ran past its deadline and was interrupted.
+    #[error("plugin `{plugin}` exceeded its deadline of {deadline:?} (interrupted after {took:?})")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The configured deadline.
+        deadline: Duration,
+        /// How long it ran.
+        took: Duration,
+    },
+    /// The plugin tried to grow its memory past the cap.
+    #[error("plugin `{plugin}` exceeded its memory limit of {limit_mb} MiB")]
+    Memory {
+        /// Plugin name.
+        plugin: String,
+        /// The cap.
+        limit_mb: usize,
+    },
+    /// The plugin returned an error.
+    #[error("plugin `{plugin}` rejected the event: {message}")]
+    Rejected {
+        /// Plugin name.
+        plugin: String,
+        /// Its message.
+        message: String,
+    },
+    /// The plugin routed to an endpoint that is not configured.
+    #[error("plugin `{plugin}` routed to unknown endpoint `{endpoint}`")]
+    UnknownEndpoint {
+        /// Plugin name.
+        plugin: String,
+        /// The name it returned.
+        endpoint: String,
+    },
+    /// No plugin of this name is loaded.
+    #[error("no plugin named `{0}` is loaded")]
+    Unknown(String),
+    /// The plugin could not be loaded.
+    #[error("plugin `{plugin}` failed to load: {message}")]
+    Load {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+    /// The engine itself could not be set up.
+    #[error("the Wasm engine could not be set up: {0}")]
+    Engine(String),
+}
+
+impl PluginError {
+    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `rejected`, `unknown_endpoint`, …
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Trap { .. } => "trap",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::Memory { .. } => "memory",
+            PluginError::Rejected { .. } => "rejected",
+            PluginError::UnknownEndpoint { .. } => "unknown_endpoint",
+            PluginError::Unknown(_) => "unknown_plugin",
+            PluginError::Load { .. } => "load",
+            PluginError::Engine(_) => "engine",
+        }
+    }
+
+    /// The plugin's name, where the error concerns one.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            PluginError::Trap { plugin, .. }
+            | PluginError::Timeout { plugin, .. }
+            | PluginError::Memory { plugin, .. }
+            | PluginError::Rejected { plugin, .. }
+            | PluginError::UnknownEndpoint { plugin, .. }
+            | PluginError::Load { plugin, .. } => Some(plugin),
+            PluginError::Unknown(plugin) => Some(plugin),
+            PluginError::Engine(_) => None,
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Stage 3: the queue. Every delivery waits here, ordered by the time of its next attempt, until a
+//! worker claims it under a lease and settles it (ack, retry or bury).
+//!
+//! - [`redis`]: the Redis backend (sorted sets keyed by next-attempt time, Lua scripts).
+//!
+//! The types below are the hand-offs between ingest, the queue and the delivery worker.
+
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+pub use self::redis::RedisQueue;
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// A stored record could not be (de)serialised.
+    #[error("queue record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Data in Redis does not have the expected shape.
+    #[error("queue data is corrupt: {0}")]
+    Corrupt(String),
+    /// The data in Redis was written with another shard count.
+    #[error("redis holds data written with queue.shards = {stored}, but the config says {configured}; \
+             changing the shard count of existing data is not supported")]
+    Layout {
+        /// Shard count recorded in Redis.
+        stored: u32,
+        /// Shard count in the config.
+        configured: u32,
+    },
+}
+
+impl QueueError {
+    /// Whether the store was unreachable (as opposed to refusing or holding bad data).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            QueueError::Redis(e) => {
+                e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An event as it is stored.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    /// Event id.
+    pub id: Ulid,
+    /// Source name.
+    pub source: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Ingest headers kept with the event.
+    pub headers: &'a [(String, String)],
+    /// Body as received.
+    pub payload: &'a [u8],
+}
+
+/// One delivery to schedule.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Delivery id (see [`crate::id`]).
+    pub id: Ulid,
+    /// Endpoint name.
+    pub endpoint: Arc<str>,
+    /// Body, when it differs from the event's payload.
+    pub payload: Option<Bytes>,
+    /// Extra headers to send.
+    pub headers: Vec<(String, String)>,
+    /// Delay before the first attempt.
+    pub delay: Duration,
+}
+
+/// A delivery claimed by a worker, leased to it until it settles or the lease runs out.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Delivery id.
+    pub id: Ulid,
+    /// Shard it lives in.
+    pub shard: u32,
+    /// Lease token; settling requires it.
+    pub token: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Number of this attempt, 1-based.
+    pub attempt: u32,
+    /// Event id.
+    pub event_id: Ulid,
+    /// Event type.
+    pub event_type: String,
+    /// Body to POST.
+    pub payload: Bytes,
+    /// Extra headers to send.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The result of one claim.
+#[derive(Debug)]
+pub struct ClaimBatch {
+    /// Claimed deliveries.
+    pub deliveries: Vec<Claimed>,
+    /// Time until the shard's next delivery (or lease) falls due; `None` when the shard is empty.
+    pub next_due_in: Option<Duration>,
+}
+
+/// How to settle a claimed delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Settle {
+    /// Delivered: done.
+    Ack,
+    /// Attempt again after this delay.
+    Retry(Duration),
+    /// Give up: dead letter.
+    Bury,
+}
+
+/// One attempt, as recorded in the attempt log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// When the attempt started, ms since the Unix epoch.
+    pub at: u64,
+    /// `success`, `http_error`, `timeout` or `error`.
+    pub outcome: String,
+    /// HTTP status, when the receiver answered.
+    pub status: Option<u16>,
+    /// Error text, when it failed.
+    pub error: Option<String>,
+    /// Time from sending to the end of the answer, ms.
+    pub latency_ms: f64,
+    /// The first bytes of the receiver's answer, lossily decoded.
+    pub response: Option<String>,
+}
+
+/// A delivery id with its endpoint and (in views) its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    /// Delivery id.
+    pub id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `pending`, `succeeded`, `dead` (or `expired`); absent where not looked up.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+}
+
+/// A delivery as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// Delivery id.
+    pub id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `pending`, `succeeded` or `dead`.
+    pub state: String,
+    /// Attempts started so far.
+    pub attempts_made: u32,
+    /// When it was enqueued, ms since the epoch.
+    pub created_at: Option<u64>,
+    /// When it was last settled, ms since the epoch.
+    pub updated_at: Option<u64>,
+    /// When a worker may next touch it (next attempt or lease expiry), ms since the epoch.
+    pub next_attempt_at: Option<u64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<serde_json::Value>,
+}
+
+/// An event as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct EventView {
+    /// Event id.
+    pub id: String,
+    /// Source name.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// When it was stored, ms since the epoch.
+    pub received_at: Option<u64>,
+    /// Ingest headers kept with the event.
+    pub headers: Vec<(String, String)>,
+    /// Body as received.
+    pub payload: Bytes,
+    /// Its deliveries with their states.
+    pub deliveries: Vec<DeliverySummary>,
+}

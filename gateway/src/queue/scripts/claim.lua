@@ -1,0 +1,35 @@
+-- Claims up to ARGV[2] due deliveries of one shard: each gets a fresh lease token and its score moves
+-- to the lease expiry, so a worker that dies lets the lease run out and the delivery falls due again.
+-- KEYS[1] = the shard's due ZSET.
+-- ARGV: shard key prefix, limit, lease ms, token prefix (unique per worker and call).
+-- Returns { {id, token, endpoint, attempt, event id, type, payload, headers}..., wait ms, now ms },
+-- where wait is the time until the next delivery falls due (-1: none queued).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local p = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local lease_until = now + tonumber(ARGV[3])
+local out = {}
+for i, id in ipairs(ids) do
+  local dkey = p .. 'd:' .. id
+  local d = redis.call('HMGET', dkey, 'event', 'endpoint', 'attempts', 'payload', 'headers', 'status')
+  if not d[1] or d[6] ~= 'pending' then
+    -- An id without a pending delivery behind it (expired or finished elsewhere): nothing to do.
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local token = ARGV[4] .. '.' .. i
+    local attempt = tonumber(d[3]) + 1
+    redis.call('HSET', dkey, 'lease', token, 'attempts', attempt)
+    redis.call('ZADD', KEYS[1], lease_until, id)
+    local e = redis.call('HMGET', p .. 'ev:' .. d[1], 'type', 'payload')
+    local payload = d[4]
+    if not payload then payload = e[2] or '' end
+    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', payload, d[5] or '' }
+  end
+end
+local wait = -1
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if head[2] then
+  wait = math.max(0, tonumber(head[2]) - now)
+end
+return { out, wait, now }

@@ -1,0 +1,42 @@
+//! A misbehaving plugin, for testing the gateway's limits. Its config picks how it misbehaves:
+//! `{"mode": "trap"}` hits `unreachable`, `"loop"` spins forever, `"membomb"` allocates until memory
+//! runs out, `"error"` returns an error, and anything else passes the event unchanged. A `"when_type"`
+//! string limits the misbehaviour to events of that type.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+
+use serde_json::Value;
+use sluice::plugin::types::{Event, Verdict};
+
+struct Chaos;
+
+impl Guest for Chaos {
+    fn handle(event: Event, config: String) -> Result<Verdict, String> {
+        let config: Value = serde_json::from_str(&config).map_err(|e| format!("bad config: {e}"))?;
+        if let Some(only) = config.get("when_type").and_then(Value::as_str) {
+            if only != event.event_type {
+                return Ok(Verdict::Pass(event));
+            }
+        }
+        match config.get("mode").and_then(Value::as_str).unwrap_or("pass") {
+            "trap" => core::arch::wasm32::unreachable(),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = core::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "membomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    core::hint::black_box(&hoard);
+                }
+            }
+            "error" => Err("chaos plugin was told to fail".to_string()),
+            _ => Ok(Verdict::Pass(event)),
+        }
+    }
+}
+
+export!(Chaos);

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine to build, test and run Sluice: system packages (Redis, and the
+# toolchain that builds the example Wasm plugins), then the plugins and the gateway itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(redis-server rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
+fi
+
+./plugins/build.sh
+cargo build --release --bin sluice
+echo "Set up. Run the gateway with: ./scripts/run.sh"

@@ -1,0 +1,108 @@
+//! The real `sluice` binary: `run` serves the seed story end to end, `check` reports config problems.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sluice_run_delivers_the_seed_event() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.toml");
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nevent_types = [\"order_*\"]\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let _sluice = Running(
+        Command::new(SLUICE)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, accepted) = post_event(addr, "shop", r#"{"event":"order_created","order_id":12345}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let got = receiver.next().await;
+    assert_eq!(got.json()["order_id"], 12345);
+    assert!(signature_valid(&got));
+    wait_for_state(addr, accepted["deliveries"][0]["id"].as_str().unwrap(), "succeeded").await;
+
+    // An event type no route takes is accepted with no deliveries.
+    let (status, none) = post_event(addr, "shop", r#"{"event":"refund_issued"}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(none["deliveries"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn sluice_check_reports_every_problem_and_fails() {
+    let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[endpoints]]
+name = "a"
+url = "https://example.com/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[[plugins]]
+name = "ghost"
+path = "does-not-exist.wasm"
+
+[[plugins]]
+name = "not-wasm"
+path = "bad.toml"
+
+[[routes]]
+source = "shop"
+plugins = ["ghost"]
+endpoints = ["b"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown endpoint `b`"), "{stderr}");
+
+    // With the route fixed, plugin loading reports both broken plugins at once.
+    let fixed = std::fs::read_to_string(&config).unwrap().replace("endpoints = [\"b\"]", "endpoints = [\"a\"]");
+    std::fs::write(&config, fixed).unwrap();
+    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("plugin `ghost` failed to load: cannot read"), "{stderr}");
+    assert!(stderr.contains("plugin `not-wasm` failed to load") && stderr.contains("not a valid Wasm component"), "{stderr}");
+}
+
+#[test]
+fn sluice_check_accepts_the_shipped_config() {
+    let Some(_) = plugins_dir() else { return };
+    let config = repo_root().join("config/sluice.toml");
+    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("OK"));
+}

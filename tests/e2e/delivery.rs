@@ -1,0 +1,173 @@
+//! The seed story and the delivery lifecycle: success, retries, timeouts, dead letters and alerts.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn route(endpoints: &str) -> String {
+    format!("\n[[routes]]\nsource = \"shop\"\nendpoints = [{endpoints}]\n")
+}
+
+#[tokio::test]
+async fn seed_event_is_delivered_signed_and_succeeds_with_one_attempt() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+
+    let body = r#"{"event":"order_created","order_id":12345}"#;
+    let (status, accepted) = post_event(gateway.addr(), "shop", body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["deliveries"][0]["endpoint"], "orders");
+    assert_eq!(accepted["deliveries"].as_array().unwrap().len(), 1);
+
+    let got = receiver.next().await;
+    assert_eq!(got.body, body.as_bytes());
+    assert_eq!(got.header("webhook-id"), delivery_id);
+    assert_eq!(got.header("content-type"), "application/json");
+    assert!(got.header("user-agent").starts_with("Sluice/"));
+    assert!(signature_valid(&got), "signature does not verify: {:?}", got.headers);
+
+    let view = wait_for_state(gateway.addr(), &delivery_id, "succeeded").await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["attempts"][0]["status"], 200);
+    assert_eq!(view["attempts"][0]["outcome"], "success");
+
+    let (status, event) = admin_get(gateway.addr(), &format!("/v1/events/{}", accepted["id"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(event["type"], "order_created");
+    assert_eq!(event["source"], "shop");
+    assert_eq!(event["payload"]["order_id"], 12345);
+    assert_eq!(event["deliveries"][0]["id"], delivery_id.as_str());
+    assert_eq!(event["deliveries"][0]["state"], "succeeded");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_until_receiver_recovers() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_next([Answer::Status(500), Answer::Status(502)]);
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+
+    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    assert_eq!(status, 202);
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap();
+    for _ in 0..3 {
+        let got = receiver.next().await;
+        assert_eq!(got.header("webhook-id"), delivery_id, "every retry keeps the same webhook-id");
+    }
+    let view = wait_for_state(gateway.addr(), delivery_id, "succeeded").await;
+    let statuses: Vec<_> = view["attempts"].as_array().unwrap().iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [500, 502, 200]);
+    assert_eq!(view["attempts_made"], 3);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn always_failing_receiver_is_dead_lettered_and_admin_alerted() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.answer_always(Answer::Status(503));
+    let mut alerts = Receiver::start().await;
+    let toml = base_toml(&redis)
+        + &format!("\n[alerts]\nurl = \"{}\"\n", alerts.url())
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap();
+
+    let alert = alerts.next().await.json();
+    assert_eq!(alert["type"], "delivery.dead");
+    assert_eq!(alert["delivery_id"], delivery_id);
+    assert_eq!(alert["endpoint"], "orders");
+    assert_eq!(alert["attempts"], 3);
+    assert_eq!(alert["last_error"], "HTTP 503");
+    assert_eq!(receiver.count(), 3, "the schedule has three entries, so three attempts");
+
+    let view = wait_for_state(gateway.addr(), delivery_id, "dead").await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 3);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_respected() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_next([Answer::StatusWithHeader(429, "retry-after", "1".into())]);
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap();
+    receiver.next().await;
+    receiver.next().await;
+    let view = wait_for_state(gateway.addr(), delivery_id, "succeeded").await;
+    let first = view["attempts"][0]["at"].as_u64().unwrap();
+    let second = view["attempts"][1]["at"].as_u64().unwrap();
+    // The schedule says 50 ms; the receiver asked for a second.
+    assert!(second - first >= 1000, "second attempt came {} ms after the first", second - first);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn receiver_that_hangs_past_the_timeout_is_recorded_as_timeout_and_retried() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_next([Answer::Hang(Duration::from_secs(30))]);
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "timeout = \"300ms\"") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap();
+    receiver.next().await;
+    receiver.next().await;
+    let view = wait_for_state(gateway.addr(), delivery_id, "succeeded").await;
+    assert_eq!(view["attempts"][0]["outcome"], "timeout", "{view}");
+    assert!(view["attempts"][0]["status"].is_null());
+    assert_eq!(view["attempts"][1]["status"], 200);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_then_dead() {
+    let redis = RedisServer::start().await;
+    let mut alerts = Receiver::start().await;
+    // Nothing listens on this port: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let toml = base_toml(&redis)
+        + &format!("\n[alerts]\nurl = \"{}\"\n", alerts.url())
+        + &endpoint_toml("gone", &format!("http://127.0.0.1:{port}/hook"), "")
+        + &route("\"gone\"");
+    let gateway = start_gateway(&toml).await;
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"x"}"#).await;
+    let alert = alerts.next().await.json();
+    assert_eq!(alert["delivery_id"], accepted["deliveries"][0]["id"]);
+    let last_error = alert["last_error"].as_str().unwrap();
+    assert!(last_error.to_lowercase().contains("connect"), "{last_error}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_unless_allowed() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let alerts = Receiver::start().await;
+    let toml = base_toml(&redis).replace("allow_private_destinations = true", "allow_private_destinations = false")
+        + &format!("\n[alerts]\nurl = \"{}\"\n", alerts.url())
+        + &endpoint_toml("local", &receiver.url(), "")
+        + &route("\"local\"");
+    let gateway = start_gateway(&toml).await;
+    post_event(gateway.addr(), "shop", r#"{"event":"x"}"#).await;
+    // The alert URL is loopback too, so the alert itself is refused: wait on the dead letter instead.
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"y"}"#).await;
+    let view = wait_for_state(gateway.addr(), accepted["deliveries"][0]["id"].as_str().unwrap(), "dead").await;
+    assert!(view["last_error"].as_str().unwrap().contains("not public"), "{view}");
+    assert_eq!(receiver.count(), 0, "nothing may reach a private address");
+    assert_eq!(alerts.count(), 0);
+    gateway.shutdown().await;
+}

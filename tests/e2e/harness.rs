@@ -1,0 +1,311 @@
+//! Test harness: a real `redis-server` on a free port, real HTTP receivers on loopback whose answers
+//! a test scripts, the example plugins built from source, and gateways started from TOML.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The secret every test endpoint signs with.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The admin token of test gateways.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("gateway/ has a parent").to_path_buf()
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of the test's own, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let server = Self { port, child };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        for _ in 0..500 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Kills the server now (Redis "going away").
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Status(u16),
+    StatusWithHeader(u16, &'static str, String),
+    Hang(Duration),
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+struct Script {
+    plan: VecDeque<Answer>,
+    default: Answer,
+}
+
+/// A real HTTP receiver on loopback that records every request and answers as scripted.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    requests: mpsc::UnboundedReceiver<Received>,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(Script { plan: VecDeque::new(), default: Answer::Status(200) }));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, requests) = mpsc::unbounded_channel();
+        let (s, l) = (script.clone(), log.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (script, log, tx) = (s.clone(), l.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (script, log, tx) = (script.clone(), log.clone(), tx.clone());
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let answer = {
+                                let mut script = script.lock().unwrap();
+                                script.plan.pop_front().unwrap_or_else(|| script.default.clone())
+                            };
+                            let received = Received { headers: parts.headers, body };
+                            log.lock().unwrap().push(received.clone());
+                            let _ = tx.send(received);
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            match answer {
+                                Answer::Status(code) => *response.status_mut() = StatusCode::from_u16(code).unwrap(),
+                                Answer::StatusWithHeader(code, name, value) => {
+                                    *response.status_mut() = StatusCode::from_u16(code).unwrap();
+                                    response.headers_mut().insert(name, value.parse().unwrap());
+                                }
+                                Answer::Hang(how_long) => tokio::time::sleep(how_long).await,
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Self { addr, script, requests, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Answers these first, in order, then the default.
+    pub fn answer_next(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.script.lock().unwrap().plan.extend(answers);
+    }
+
+    pub fn answer_always(&self, answer: Answer) {
+        self.script.lock().unwrap().default = answer;
+    }
+
+    /// Waits for the next request.
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(PATIENCE, self.requests.recv())
+            .await
+            .expect("receiver got no request in time")
+            .expect("receiver closed")
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Builds the example plugins once per test run; `None` (with the reason printed) when no guest
+/// toolchain is available.
+pub fn plugins_dir() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let root = repo_root().join("plugins");
+        let status = Command::new("bash").arg(root.join("build.sh")).stdout(Stdio::null()).status();
+        match status {
+            Ok(s) if s.success() => Ok(root.join("dist")),
+            Ok(s) => Err(format!("plugins/build.sh failed ({s}); see its output above")),
+            Err(e) => Err(format!("cannot run plugins/build.sh: {e}")),
+        }
+    });
+    match result {
+        Ok(dir) => Some(dir.clone()),
+        Err(reason) => {
+            eprintln!("SKIPPED: example plugins could not be built: {reason}");
+            None
+        }
+    }
+}
+
+/// The TOML that every test gateway starts from: loopback allowed, fast retries, its own Redis.
+pub fn base_toml(redis: &RedisServer) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+
+[redis]
+url = "{url}"
+timeout = "500ms"
+
+[queue]
+lease = "10s"
+
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[retry]
+schedule = ["0s", "50ms", "50ms"]
+jitter = 0.0
+
+[security]
+allow_private_destinations = true
+"#,
+        url = redis.url()
+    )
+}
+
+/// An `[[endpoints]]` table.
+pub fn endpoint_toml(name: &str, url: &str, extra: &str) -> String {
+    format!("\n[[endpoints]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
+}
+
+pub async fn start_gateway(toml: &str) -> sluice::Gateway {
+    let config = sluice::config::from_toml(toml).expect("test config parses");
+    sluice::Gateway::start(config).await.expect("gateway starts")
+}
+
+/// A client for talking to gateways.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub async fn post_event(gateway: SocketAddr, source: &str, body: &str) -> (u16, Value) {
+    let response = client()
+        .post(format!("http://{gateway}/v1/events/{source}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+pub async fn admin_get(gateway: SocketAddr, path: &str) -> (u16, Value) {
+    let response = client()
+        .get(format!("http://{gateway}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// Polls a delivery until its state is `state`, and returns it.
+pub async fn wait_for_state(gateway: SocketAddr, delivery_id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, view) = admin_get(gateway, &format!("/v1/deliveries/{delivery_id}")).await;
+        if status == 200 && view["state"] == state {
+            return view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "delivery {delivery_id} never became {state}: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Verifies a Standard Webhooks signature independently of the gateway's signer.
+pub fn signature_valid(received: &Received) -> bool {
+    use hmac::{Hmac, Mac};
+    let key = base64::engine::general_purpose::STANDARD.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", received.header("webhook-id"), received.header("webhook-timestamp")).as_bytes());
+    mac.update(&received.body);
+    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    received.header("webhook-signature").split(' ').any(|s| s == expected)
+}

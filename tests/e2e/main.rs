@@ -1,0 +1,9 @@
+//! End-to-end tests: real redis-server, real receivers on loopback, real plugins built from source
+//! in `plugins/`, real gateways (in-process, and the `sluice` binary itself).
+
+mod bad_input;
+mod binary;
+mod delivery;
+mod harness;
+mod plugins;
+mod scale;

@@ -1,0 +1,163 @@
+//! Plugins through the running gateway: filter, transform, router, and the misbehaving ones.
+
+use crate::harness::*;
+
+/// A gateway with two endpoints and the given plugin tables and routes; `None` when plugins cannot be built.
+async fn gateway_with(plugins: &str, routes: &str) -> Option<(RedisServer, Receiver, Receiver, sluice::Gateway)> {
+    let dist = plugins_dir()?;
+    let redis = RedisServer::start().await;
+    let (a, b) = (Receiver::start().await, Receiver::start().await);
+    let toml = base_toml(&redis)
+        + &endpoint_toml("a", &a.url(), "")
+        + &endpoint_toml("b", &b.url(), "")
+        + &plugins.replace("DIST", &dist.display().to_string())
+        + routes;
+    let gateway = start_gateway(&toml).await;
+    Some((redis, a, b, gateway))
+}
+
+#[tokio::test]
+async fn filter_drops_matching_events_and_passes_others() {
+    let plugins = r#"
+[[plugins]]
+name = "no-tests"
+path = "DIST/rust-filter.wasm"
+config = { drop_types = ["test.*"] }
+"#;
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"no-tests\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(plugins, routes).await else { return };
+
+    let (status, dropped) = post_event(gateway.addr(), "shop", r#"{"type":"test.ping"}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(dropped["deliveries"].as_array().unwrap().len(), 0, "{dropped}");
+    assert_eq!(dropped["dropped"][0]["plugin"], "no-tests");
+    assert!(dropped["dropped"][0]["reason"].as_str().unwrap().contains("test.*"));
+
+    let (status, passed) = post_event(gateway.addr(), "shop", r#"{"type":"order.created","n":1}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(passed["deliveries"].as_array().unwrap().len(), 1);
+    let got = a.next().await;
+    assert_eq!(got.json()["type"], "order.created", "the dropped event must not arrive first");
+    assert_eq!(a.count(), 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn transform_rewrites_payload_and_adds_headers() {
+    let plugins = r#"
+[[plugins]]
+name = "v2"
+path = "DIST/rust-transform.wasm"
+config = { set = { version = 2 }, remove = ["secret"], headers = { x-transformed = "yes" } }
+"#;
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"v2\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(plugins, routes).await else { return };
+
+    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created","order_id":12345,"secret":"x"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let got = a.next().await;
+    let body = got.json();
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["order_id"], 12345);
+    assert!(body.get("secret").is_none(), "{body}");
+    assert_eq!(got.header("x-transformed"), "yes");
+    assert!(signature_valid(&got), "the signature covers the rewritten body");
+
+    // The stored event keeps what the producer sent.
+    let (_, event) = admin_get(gateway.addr(), &format!("/v1/events/{}", accepted["id"].as_str().unwrap())).await;
+    assert_eq!(event["payload"]["secret"], "x");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn router_fans_out_to_two_endpoints() {
+    let plugins = r#"
+[[plugins]]
+name = "by-region"
+path = "DIST/rust-router.wasm"
+config = { field = "region", table = { eu = ["a", "b"], us = ["b"] } }
+"#;
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"by-region\"]\n";
+    let Some((_redis, mut a, mut b, gateway)) = gateway_with(plugins, routes).await else { return };
+
+    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created","region":"eu"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let endpoints: Vec<_> = accepted["deliveries"].as_array().unwrap().iter().map(|d| d["endpoint"].as_str().unwrap()).collect();
+    assert_eq!(endpoints, ["a", "b"]);
+    let (got_a, got_b) = (a.next().await, b.next().await);
+    assert_eq!(got_a.json()["region"], "eu");
+    assert_eq!(got_b.header("x-routed-by"), "region=eu");
+    assert_ne!(got_a.header("webhook-id"), got_b.header("webhook-id"));
+
+    let (_, us) = post_event(gateway.addr(), "shop", r#"{"event":"order_created","region":"us"}"#).await;
+    assert_eq!(us["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(b.next().await.json()["region"], "us");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn router_naming_an_unknown_endpoint_fails_the_event() {
+    let plugins = r#"
+[[plugins]]
+name = "typo-router"
+path = "DIST/rust-router.wasm"
+config = { field = "region", default = ["nope"] }
+"#;
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"typo-router\"]\n";
+    let Some((_redis, _a, _b, gateway)) = gateway_with(plugins, routes).await else { return };
+    let (status, body) = post_event(gateway.addr(), "shop", r#"{"event":"x"}"#).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["plugin"], "typo-router");
+    assert_eq!(body["error"]["kind"], "unknown_endpoint");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn misbehaving_plugins_answer_422_and_the_gateway_keeps_serving() {
+    let plugins = r#"
+[[plugins]]
+name = "trapper"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "trap", when_type = "trap" }
+
+[[plugins]]
+name = "looper"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "loop", when_type = "loop" }
+deadline = "50ms"
+
+[[plugins]]
+name = "hog"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "membomb", when_type = "membomb" }
+max_memory_mb = 16
+
+[[plugins]]
+name = "naysayer"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "error", when_type = "error" }
+"#;
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"trapper\", \"looper\", \"hog\", \"naysayer\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(plugins, routes).await else { return };
+
+    for (event_type, plugin, kind, words) in [
+        ("trap", "trapper", "trap", "unreachable"),
+        ("loop", "looper", "timeout", "deadline"),
+        ("membomb", "hog", "memory", "16 MiB"),
+        ("error", "naysayer", "rejected", "told to fail"),
+    ] {
+        let (status, body) = post_event(gateway.addr(), "shop", &format!(r#"{{"type":"{event_type}"}}"#)).await;
+        assert_eq!(status, 422, "{event_type}: {body}");
+        assert_eq!(body["error"]["plugin"], plugin, "{body}");
+        assert_eq!(body["error"]["kind"], kind, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{event_type}: {message}");
+
+        // The next event through the same plugins is fine.
+        let (status, ok) = post_event(gateway.addr(), "shop", r#"{"type":"fine"}"#).await;
+        assert_eq!(status, 202, "{ok}");
+        assert_eq!(a.next().await.json()["type"], "fine");
+    }
+    assert_eq!(a.count(), 4, "no failed event was delivered");
+    gateway.shutdown().await;
+}
