@@ -30,7 +30,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of one gateway process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The HTTP server: where it listens and what it accepts.
@@ -240,23 +240,6 @@ impl Default for RetryConfig {
             .map(|s| humantime::parse_duration(s).unwrap_or_default())
             .collect();
         Self { schedule, jitter: 0.1 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            redis: RedisConfig::default(),
-            queue: QueueConfig::default(),
-            admin: AdminConfig::default(),
-            retry: RetryConfig::default(),
-            alerts: AlertsConfig::default(),
-            security: SecurityConfig::default(),
-            endpoints: Vec::new(),
-            routes: Vec::new(),
-            plugins: Vec::new(),
-        }
     }
 }
 

@@ -53,9 +53,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 tracing::debug!(%peer, error = %e, "Connection ended with an error.");
             }
@@ -69,7 +68,9 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
     match (request.method(), segments.as_slice()) {
         (&Method::POST, ["v1", "events", source]) => ingest(state, source, request).await,
         (&Method::GET, ["v1", "events", id]) => admin_call(state, &request, admin::event(&state.queue, id)).await,
-        (&Method::GET, ["v1", "deliveries", id]) => admin_call(state, &request, admin::delivery(&state.queue, id)).await,
+        (&Method::GET, ["v1", "deliveries", id]) => {
+            admin_call(state, &request, admin::delivery(&state.queue, id)).await
+        }
         (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
         (_, ["v1", "events", _]) | (_, ["v1", "deliveries", _]) | (_, ["healthz"]) => {
             error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
@@ -102,7 +103,9 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-        IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed"),
+        IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed")
+        }
         IngestError::Queue(q) if q.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
         IngestError::Queue(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_error"),
     };
@@ -139,14 +142,16 @@ async fn admin_call(
     match result {
         Ok(value) => json_reply(StatusCode::OK, value),
         Err(AdminError::Unauthorized) => {
-            let mut reply = error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &AdminError::Unauthorized.to_string());
+            let mut reply =
+                error_reply(StatusCode::UNAUTHORIZED, "unauthorized", &AdminError::Unauthorized.to_string());
             reply.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
             reply
         }
         Err(e @ AdminError::NotFound(_)) => error_reply(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
         Err(AdminError::Queue(e)) => {
             tracing::error!(error = %e, "Admin lookup failed.");
-            let status = if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status =
+                if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
             error_reply(status, "queue_unavailable", "the queue could not answer")
         }
     }

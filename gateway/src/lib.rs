@@ -89,6 +89,7 @@ impl Gateway {
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),
         }
         let http = delivery::client::build(config.security.allow_private_destinations)?;
+        let alerts_http = delivery::client::build(true)?;
         let wake = Arc::new(Notify::new());
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -96,16 +97,14 @@ impl Gateway {
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
 
         let (shutdown, watcher) = watch::channel(false);
-        let worker = Worker::new(&config, queue.clone(), http, wake.clone());
+        let worker = Worker::new(&config, queue.clone(), http, alerts_http, wake.clone());
         let state = Arc::new(AppState {
             ingest: Ingest::new(&config, plugins, queue.clone(), wake),
             queue,
             admin_token: config.admin.token.clone(),
         });
-        let tasks = vec![
-            tokio::spawn(http::serve(listener, state, watcher.clone())),
-            tokio::spawn(worker.run(watcher)),
-        ];
+        let tasks =
+            vec![tokio::spawn(http::serve(listener, state, watcher.clone())), tokio::spawn(worker.run(watcher))];
         tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),
             plugins = config.plugins.len(), "Sluice is listening.");
         Ok(Self { addr, shutdown, tasks })

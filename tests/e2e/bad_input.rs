@@ -141,9 +141,11 @@ async fn redis_unreachable_at_ingest_is_503_and_nothing_is_accepted() {
 fn unknown_config_keys_are_errors_that_name_the_key() {
     let error = sluice::config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
     assert!(error.contains("lisen"), "{error}");
-    let error = sluice::config::from_toml("[[endpoints]]\nname = \"a\"\nurl = \"http://x/\"\nsecret = \"s\"\ntimeuot = \"1s\"\n")
-        .unwrap_err()
-        .to_string();
+    let error = sluice::config::from_toml(
+        "[[endpoints]]\nname = \"a\"\nurl = \"http://x/\"\nsecret = \"s\"\ntimeuot = \"1s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("timeuot"), "{error}");
 }
 

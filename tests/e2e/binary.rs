@@ -29,11 +29,7 @@ async fn sluice_run_delivers_the_seed_event() {
         + "\n[[routes]]\nsource = \"shop\"\nevent_types = [\"order_*\"]\nendpoints = [\"orders\"]\n";
     std::fs::write(&config, toml).unwrap();
     let _sluice = Running(
-        Command::new(SLUICE)
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+        Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -95,7 +91,10 @@ endpoints = ["b"]
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plugin `ghost` failed to load: cannot read"), "{stderr}");
-    assert!(stderr.contains("plugin `not-wasm` failed to load") && stderr.contains("not a valid Wasm component"), "{stderr}");
+    assert!(
+        stderr.contains("plugin `not-wasm` failed to load") && stderr.contains("not a valid Wasm component"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -160,7 +160,9 @@ impl Receiver {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -231,8 +233,6 @@ max_body_bytes = 65536
 url = "{url}"
 timeout = "500ms"
 
-[queue]
-lease = "10s"
 
 [admin]
 token = "{ADMIN_TOKEN}"
@@ -276,12 +276,7 @@ pub async fn post_event(gateway: SocketAddr, source: &str, body: &str) -> (u16, 
 }
 
 pub async fn admin_get(gateway: SocketAddr, path: &str) -> (u16, Value) {
-    let response = client()
-        .get(format!("http://{gateway}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     let status = response.status().as_u16();
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
 }

@@ -53,7 +53,8 @@ config = { set = { version = 2 }, remove = ["secret"], headers = { x-transformed
     let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"v2\"]\nendpoints = [\"a\"]\n";
     let Some((_redis, mut a, _b, gateway)) = gateway_with(plugins, routes).await else { return };
 
-    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created","order_id":12345,"secret":"x"}"#).await;
+    let (status, accepted) =
+        post_event(gateway.addr(), "shop", r#"{"event":"order_created","order_id":12345,"secret":"x"}"#).await;
     assert_eq!(status, 202, "{accepted}");
     let got = a.next().await;
     let body = got.json();
@@ -82,7 +83,8 @@ config = { field = "region", table = { eu = ["a", "b"], us = ["b"] } }
 
     let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created","region":"eu"}"#).await;
     assert_eq!(status, 202, "{accepted}");
-    let endpoints: Vec<_> = accepted["deliveries"].as_array().unwrap().iter().map(|d| d["endpoint"].as_str().unwrap()).collect();
+    let endpoints: Vec<_> =
+        accepted["deliveries"].as_array().unwrap().iter().map(|d| d["endpoint"].as_str().unwrap()).collect();
     assert_eq!(endpoints, ["a", "b"]);
     let (got_a, got_b) = (a.next().await, b.next().await);
     assert_eq!(got_a.json()["region"], "eu");

@@ -20,7 +20,6 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     let mut expected = Vec::with_capacity(EVENTS);
     let mut producers = tokio::task::JoinSet::new();
     for producer in 0..8 {
-        let addrs = addrs;
         producers.spawn(async move {
             let mut ids = Vec::new();
             for i in (producer..EVENTS).step_by(8) {
@@ -42,7 +41,8 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     loop {
         let mut pending = 0usize;
         for shard in 0..4 {
-            let n: usize = redis::cmd("ZCARD").arg(format!("sluice:{{s{shard}}}:due")).query_async(&mut conn).await.unwrap();
+            let n: usize =
+                redis::cmd("ZCARD").arg(format!("sluice:{{s{shard}}}:due")).query_async(&mut conn).await.unwrap();
             pending += n;
         }
         if pending == 0 {

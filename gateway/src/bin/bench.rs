@@ -78,7 +78,11 @@ async fn start_redis() -> anyhow::Result<(Redis, String)> {
 }
 
 /// A receiver that answers 200 and counts; `done` fires when `target` requests have arrived.
-async fn start_receiver(count: Arc<AtomicUsize>, target: Arc<AtomicUsize>, done: Arc<Notify>) -> anyhow::Result<SocketAddr> {
+async fn start_receiver(
+    count: Arc<AtomicUsize>,
+    target: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -95,7 +99,8 @@ async fn start_receiver(count: Arc<AtomicUsize>, target: Arc<AtomicUsize>, done:
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -114,7 +119,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Posts `events` events from `producers` tasks; `pace` spaces each producer's posts. Returns ingest latencies.
-async fn produce(gateway: SocketAddr, events: usize, producers: usize, pace: Option<Duration>) -> anyhow::Result<Vec<Duration>> {
+async fn produce(
+    gateway: SocketAddr,
+    events: usize,
+    producers: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(producers).build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();

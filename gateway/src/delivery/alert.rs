@@ -80,7 +80,9 @@ impl Alerter {
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => return,
-                Ok(response) => tracing::warn!(attempt, status = response.status().as_u16(), "Alert receiver refused the alert."),
+                Ok(response) => {
+                    tracing::warn!(attempt, status = response.status().as_u16(), "Alert receiver refused the alert.")
+                }
                 Err(e) => tracing::warn!(attempt, error = %super::error_chain(&e), "Alert could not be sent."),
             }
         }

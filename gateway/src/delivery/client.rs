@@ -83,7 +83,8 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
+            let allowed: Vec<SocketAddr> =
+                found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
             if allowed.is_empty() {
                 let reason = match found.first() {
                     Some(addr) => format!("{host} resolves to {}", refused_message(addr.ip())),
@@ -103,9 +104,22 @@ mod tests {
 
     #[test]
     fn non_public_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "ff02::1"]
-        {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "ff02::1",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} should not be public");
         }
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {

@@ -56,7 +56,15 @@ pub struct Worker {
 
 impl Worker {
     /// Builds a worker from a validated config; `wake` is notified when ingest enqueues due work.
-    pub fn new(config: &Config, queue: RedisQueue, http: reqwest::Client, wake: Arc<Notify>) -> Self {
+    /// `http` delivers to endpoints (guarded); `alerts_http` reaches `alerts.url`, which is the
+    /// operator's own infrastructure and often internal, so it is not subject to the destination guard.
+    pub fn new(
+        config: &Config,
+        queue: RedisQueue,
+        http: reqwest::Client,
+        alerts_http: reqwest::Client,
+        wake: Arc<Notify>,
+    ) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -68,7 +76,7 @@ impl Worker {
             .collect();
         let alerter = config.alerts.url.clone().map(|url| {
             let secret = config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok());
-            Alerter::new(http.clone(), url, secret)
+            Alerter::new(alerts_http.clone(), url, secret)
         });
         let shared = Shared {
             queue,
@@ -185,27 +193,34 @@ impl Shared {
             RetryAction::GiveUp => Settle::Bury,
         };
         match &action {
-            Settle::Ack => tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
-                status = record.status, latency_ms = record.latency_ms, "Delivery succeeded."),
-            Settle::Retry(delay) => tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+            Settle::Ack => {
+                tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+                status = record.status, latency_ms = record.latency_ms, "Delivery succeeded.")
+            }
+            Settle::Retry(delay) => {
+                tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
                 outcome = %record.outcome, error = record.error.as_deref().unwrap_or_default(), retry_in = ?delay,
-                "Delivery attempt failed; will retry."),
+                "Delivery attempt failed; will retry.")
+            }
             Settle::Bury => {}
         }
         self.settle(&claimed, &record, action, Some(endpoint)).await;
     }
 
     /// Makes one signed POST and records how it went.
-    async fn attempt(&self, claimed: &Claimed, endpoint: &Endpoint, delivery_id: &str, at: u64) -> (Outcome, AttemptRecord) {
+    async fn attempt(
+        &self,
+        claimed: &Claimed,
+        endpoint: &Endpoint,
+        delivery_id: &str,
+        at: u64,
+    ) -> (Outcome, AttemptRecord) {
         if let Some(reason) = client::refuse_literal(&endpoint.url, self.allow_private) {
             return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
         }
         let timestamp = unix_seconds();
-        let mut request = self
-            .client
-            .post(endpoint.url.clone())
-            .timeout(endpoint.timeout)
-            .header("content-type", "application/json");
+        let mut request =
+            self.client.post(endpoint.url.clone()).timeout(endpoint.timeout).header("content-type", "application/json");
         for (name, value) in &claimed.headers {
             if !is_reserved(name) {
                 request = request.header(name.as_str(), value.as_str());
@@ -322,5 +337,6 @@ fn failure_record(claimed: &Claimed, at: u64, error: String) -> AttemptRecord {
 /// Headers a plugin may not set: the signature headers and those the client manages.
 fn is_reserved(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    name.starts_with("webhook-") || ["content-length", "host", "transfer-encoding", "connection"].contains(&name.as_str())
+    name.starts_with("webhook-")
+        || ["content-length", "host", "transfer-encoding", "connection"].contains(&name.as_str())
 }

@@ -53,7 +53,8 @@ pub fn plan(
                 let payload = changed_payload(event, &end.event.payload);
                 let headers = added_headers(&event.headers, &end.event.headers);
                 for endpoint in &route.endpoints {
-                    let planned = Planned { endpoint: endpoint.clone(), payload: payload.clone(), headers: headers.clone() };
+                    let planned =
+                        Planned { endpoint: endpoint.clone(), payload: payload.clone(), headers: headers.clone() };
                     push(planned, &mut plan);
                 }
             }

@@ -197,10 +197,10 @@ fn new_engine(configs: &[PluginConfig]) -> wasmtime::Result<Engine> {
 
 fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
     let failed = |message: String| PluginError::Load { plugin: config.name.clone(), message };
-    let bytes = std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {}: {e}", config.path.display())))?;
-    let component = Component::new(engine, &bytes).map_err(|e| {
-        failed(format!("{} is not a valid Wasm component: {e:#}", config.path.display()))
-    })?;
+    let bytes =
+        std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {}: {e}", config.path.display())))?;
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| failed(format!("{} is not a valid Wasm component: {e:#}", config.path.display())))?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| failed(format!("{} does not fit the sluice:plugin world: {e:#}", config.path.display())))?;

@@ -29,8 +29,10 @@ pub enum QueueError {
     #[error("queue data is corrupt: {0}")]
     Corrupt(String),
     /// The data in Redis was written with another shard count.
-    #[error("redis holds data written with queue.shards = {stored}, but the config says {configured}; \
-             changing the shard count of existing data is not supported")]
+    #[error(
+        "redis holds data written with queue.shards = {stored}, but the config says {configured}; \
+             changing the shard count of existing data is not supported"
+    )]
     Layout {
         /// Shard count recorded in Redis.
         stored: u32,

@@ -139,7 +139,13 @@ impl RedisQueue {
     }
 
     /// Claims up to `limit` due deliveries of `shard`, leasing each for `lease`.
-    pub async fn claim(&self, shard: u32, limit: usize, lease: Duration, token: &str) -> Result<ClaimBatch, QueueError> {
+    pub async fn claim(
+        &self,
+        shard: u32,
+        limit: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<ClaimBatch, QueueError> {
         type Row = (String, String, String, u32, String, String, Vec<u8>, String);
         let prefix = self.shard_prefix(shard);
         let mut conn = self.conn.clone();
@@ -215,8 +221,9 @@ impl RedisQueue {
             .zscore(format!("{prefix}due"), &name)
             .query_async(&mut conn)
             .await?;
-        let [endpoint, status, attempts_made, created, updated, last_error] = <[Option<String>; 6]>::try_from(fields)
-            .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
+        let [endpoint, status, attempts_made, created, updated, last_error] =
+            <[Option<String>; 6]>::try_from(fields)
+                .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
         let (Some(endpoint), Some(status)) = (endpoint, status) else {
             return Ok(None);
         };

@@ -9,7 +9,7 @@ wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 
 use serde_json::Value;
 use sluice::plugin::host::{log, Level};
-use sluice::plugin::types::{Delivery, Event, Verdict};
+use sluice::plugin::types::Delivery;
 
 struct Router;
 

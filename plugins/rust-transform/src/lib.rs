@@ -7,7 +7,7 @@
 wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
 
 use serde_json::Value;
-use sluice::plugin::types::{Event, Verdict};
+
 
 struct Transform;
 
