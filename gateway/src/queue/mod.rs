@@ -2,9 +2,11 @@
 //! worker claims it under a lease and settles it (ack, retry or bury).
 //!
 //! - [`redis`]: the Redis backend (sorted sets keyed by next-attempt time, Lua scripts).
+//! - [`batcher`]: group commit of concurrent requests into one round trip.
 //!
 //! The types below are the hand-offs between ingest, the queue and the delivery worker.
 
+pub mod batcher;
 pub mod redis;
 
 use std::sync::Arc;
@@ -28,6 +30,12 @@ pub enum QueueError {
     /// Data in Redis does not have the expected shape.
     #[error("queue data is corrupt: {0}")]
     Corrupt(String),
+    /// An error that failed a whole batch, shared by each request in it.
+    #[error("{0}")]
+    Shared(Arc<QueueError>),
+    /// The queue's background batching task has stopped (the gateway is shutting down).
+    #[error("the queue is shutting down")]
+    Stopped,
     /// The data in Redis was written with another shard count.
     #[error(
         "redis holds data written with queue.shards = {stored}, but the config says {configured}; \
@@ -48,6 +56,8 @@ impl QueueError {
             QueueError::Redis(e) => {
                 e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
             }
+            QueueError::Shared(e) => e.is_unavailable(),
+            QueueError::Stopped => true,
             _ => false,
         }
     }

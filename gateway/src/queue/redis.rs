@@ -1,6 +1,7 @@
 //! The Redis queue: one sorted set of deliveries per shard, scored by next-attempt time (or lease
-//! expiry) in ms, with Lua scripts for enqueue, claim and settle so each step is atomic and costs
-//! one round trip.
+//! expiry) in ms, with Lua scripts for enqueue, claim and settle so each step is atomic. Enqueues and
+//! settlements submitted concurrently are grouped (see [`super::batcher`]) into one script call per
+//! shard, so Redis sees one round trip per batch.
 //!
 //! # Keys
 //! Every key of a shard carries the shard's hash tag, so one script touches one Cluster slot:
@@ -9,21 +10,24 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:due` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, deliveries, received, open |
-//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts, status, lease, created, updated, last_error |
-//! | `<prefix>:{s<n>}:attempts:<delivery id>` | LIST | one JSON record per attempt |
+//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, n (deliveries), open (unfinished) |
+//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts, status, lease, updated, last_error, log (one JSON attempt record per line) |
 //! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
 //!
-//! The scripts build per-delivery key names from the shard prefix; they stay within the shard's
-//! hash tag, hence within one Cluster slot.
+//! Creation times are not stored: ids are ULIDs and carry them. The scripts build per-delivery key
+//! names from the shard prefix; they stay within the shard's hash tag, hence within one Cluster slot.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use ulid::Ulid;
 
+use super::batcher::Batcher;
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeliverySummary, DeliveryView, EventView, NewDelivery, NewEvent, QueueError,
     Settle,
@@ -35,25 +39,65 @@ const ENQUEUE: &str = include_str!("scripts/enqueue.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const SETTLE: &str = include_str!("scripts/settle.lua");
 
-/// The Redis-backed delivery queue. Cheap to clone: clones share one multiplexed connection.
+/// Most events (or settlements) in one script call.
+const BATCH: usize = 64;
+/// Most deliveries one claim may return.
+const MAX_CLAIM: usize = 1000;
+
+type Shared<T> = Result<T, Arc<QueueError>>;
+
+/// The Redis-backed delivery queue. Cheap to clone: clones share one multiplexed connection and the
+/// batching tasks. Must be opened inside a Tokio runtime.
 #[derive(Clone)]
 pub struct RedisQueue {
+    core: Arc<Core>,
+    enqueues: Batcher<PendingEvent, Shared<()>>,
+    settlements: Batcher<Settlement, Shared<bool>>,
+}
+
+struct Core {
     conn: ConnectionManager,
     prefix: String,
     shards: u32,
     retention_secs: u64,
-    scripts: std::sync::Arc<Scripts>,
-}
-
-struct Scripts {
     enqueue: Script,
     claim: Script,
     settle: Script,
 }
 
+/// An event and its deliveries, owned, on its way to the enqueue batch.
+struct PendingEvent {
+    shard: u32,
+    id: String,
+    source: String,
+    event_type: String,
+    headers: String,
+    payload: Bytes,
+    deliveries: Vec<PendingDelivery>,
+}
+
+struct PendingDelivery {
+    id: String,
+    endpoint: Arc<str>,
+    delay_ms: u64,
+    headers: String,
+    payload: Option<Bytes>,
+}
+
+/// One settlement on its way to the settle batch.
+struct Settlement {
+    shard: u32,
+    id: String,
+    token: String,
+    record: String,
+    action: &'static str,
+    delay_ms: u64,
+    last_error: String,
+}
+
 impl RedisQueue {
     /// Opens the queue. The connection is made lazily and re-made after failures, so a gateway can
-    /// start (and keep serving 503s) while Redis is away.
+    /// start (and answer 503) while Redis is away.
     pub fn open(redis: &RedisConfig, queue: &QueueConfig) -> Result<Self, QueueError> {
         let client = redis::Client::open(redis.url.as_str())?;
         let config = ConnectionManagerConfig::new()
@@ -62,80 +106,80 @@ impl RedisQueue {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self {
+        let core = Arc::new(Core {
             conn,
             prefix: redis.prefix.clone(),
             shards: queue.shards,
             retention_secs: queue.retention.as_secs().max(1),
-            scripts: std::sync::Arc::new(Scripts {
-                enqueue: Script::new(ENQUEUE),
-                claim: Script::new(CLAIM),
-                settle: Script::new(SETTLE),
-            }),
-        })
+            enqueue: Script::new(ENQUEUE),
+            claim: Script::new(CLAIM),
+            settle: Script::new(SETTLE),
+        });
+        let for_enqueue = core.clone();
+        let enqueues = Batcher::spawn(BATCH, move |batch| {
+            let core = for_enqueue.clone();
+            async move { core.flush_enqueues(batch).await }
+        });
+        let for_settle = core.clone();
+        let settlements = Batcher::spawn(BATCH, move |batch| {
+            let core = for_settle.clone();
+            async move { core.flush_settlements(batch).await }
+        });
+        Ok(Self { core, enqueues, settlements })
     }
 
     /// Number of shards.
     pub fn shards(&self) -> u32 {
-        self.shards
+        self.core.shards
     }
 
     /// Checks that the data in Redis was written with this shard count (recording it when new).
     pub async fn check_layout(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let key = format!("{}:meta", self.prefix);
-        let _: bool = conn.hset_nx(&key, "shards", self.shards).await?;
+        let mut conn = self.core.conn.clone();
+        let key = format!("{}:meta", self.core.prefix);
+        let _: bool = conn.hset_nx(&key, "shards", self.core.shards).await?;
         let stored: u32 = conn.hget(&key, "shards").await?;
-        if stored != self.shards {
-            return Err(QueueError::Layout { stored, configured: self.shards });
+        if stored != self.core.shards {
+            return Err(QueueError::Layout { stored, configured: self.core.shards });
         }
         Ok(())
     }
 
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.core.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
 
-    fn shard_prefix(&self, shard: u32) -> String {
-        format!("{}:{{s{shard}}}:", self.prefix)
-    }
-
-    /// Stores an event and schedules its deliveries, in one atomic round trip.
+    /// Stores an event and schedules its deliveries, atomically; returns once Redis has them.
     pub async fn enqueue(&self, event: &NewEvent<'_>, deliveries: &[NewDelivery]) -> Result<(), QueueError> {
-        let shard = id::shard_of(event.id, self.shards);
-        let prefix = self.shard_prefix(shard);
-        let summary: Vec<DeliverySummary> = deliveries
-            .iter()
-            .map(|d| DeliverySummary { id: id::format_delivery(d.id), endpoint: d.endpoint.to_string(), state: None })
-            .collect();
-        let mut invocation = self.scripts.enqueue.key(format!("{prefix}due"));
-        invocation
-            .arg(&prefix)
-            .arg(id::format_event(event.id))
-            .arg(event.source)
-            .arg(event.event_type)
-            .arg(serde_json::to_string(event.headers)?)
-            .arg(event.payload)
-            .arg(serde_json::to_string(&summary)?)
-            .arg(self.retention_secs)
-            .arg(deliveries.len());
-        for delivery in deliveries {
-            invocation
-                .arg(id::format_delivery(delivery.id))
-                .arg(&*delivery.endpoint)
-                .arg(delivery.delay.as_millis() as u64)
-                .arg(serde_json::to_string(&delivery.headers)?);
-            match &delivery.payload {
-                Some(payload) => invocation.arg("1").arg(payload.as_ref()),
-                None => invocation.arg("0").arg(""),
-            };
+        let pending = PendingEvent {
+            shard: id::shard_of(event.id, self.core.shards),
+            id: id::format_event(event.id),
+            source: event.source.to_string(),
+            event_type: event.event_type.to_string(),
+            headers: serde_json::to_string(event.headers)?,
+            payload: Bytes::copy_from_slice(event.payload),
+            deliveries: deliveries
+                .iter()
+                .map(|d| {
+                    let headers = if d.headers.is_empty() { String::new() } else { serde_json::to_string(&d.headers)? };
+                    Ok(PendingDelivery {
+                        id: id::format_delivery(d.id),
+                        endpoint: d.endpoint.clone(),
+                        delay_ms: d.delay.as_millis() as u64,
+                        headers,
+                        payload: d.payload.clone(),
+                    })
+                })
+                .collect::<Result<_, serde_json::Error>>()?,
+        };
+        match self.enqueues.submit(pending).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(QueueError::Shared(e)),
+            None => Err(QueueError::Stopped),
         }
-        let mut conn = self.conn.clone();
-        let _now: u64 = invocation.invoke_async(&mut conn).await?;
-        Ok(())
     }
 
     /// Claims up to `limit` due deliveries of `shard`, leasing each for `lease`.
@@ -147,14 +191,14 @@ impl RedisQueue {
         token: &str,
     ) -> Result<ClaimBatch, QueueError> {
         type Row = (String, String, String, u32, String, String, Vec<u8>, String);
-        let prefix = self.shard_prefix(shard);
-        let mut conn = self.conn.clone();
-        let (rows, wait, _now): (Vec<Row>, i64, u64) = self
-            .scripts
+        let core = &self.core;
+        let prefix = core.shard_prefix(shard);
+        let mut conn = core.conn.clone();
+        let (rows, wait, _now): (Vec<Row>, i64, u64) = core
             .claim
             .key(format!("{prefix}due"))
             .arg(&prefix)
-            .arg(limit)
+            .arg(limit.min(MAX_CLAIM))
             .arg(lease.as_millis() as u64)
             .arg(token)
             .invoke_async(&mut conn)
@@ -183,60 +227,60 @@ impl RedisQueue {
 
     /// Records `record` and settles the delivery; `Ok(false)` when the lease was lost meanwhile.
     pub async fn settle(&self, claimed: &Claimed, record: &AttemptRecord, action: Settle) -> Result<bool, QueueError> {
-        let prefix = self.shard_prefix(claimed.shard);
-        let (name, delay_ms) = match action {
+        let (action, delay_ms) = match action {
             Settle::Ack => ("ack", 0),
             Settle::Retry(delay) => ("retry", delay.as_millis() as u64),
             Settle::Bury => ("bury", 0),
         };
-        let mut conn = self.conn.clone();
-        let applied: i32 = self
-            .scripts
-            .settle
-            .key(format!("{prefix}due"))
-            .key(format!("{prefix}dead"))
-            .arg(&prefix)
-            .arg(id::format_delivery(claimed.id))
-            .arg(&claimed.token)
-            .arg(serde_json::to_string(record)?)
-            .arg(name)
-            .arg(delay_ms)
-            .arg(self.retention_secs)
-            .arg(record.error.as_deref().unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(applied == 1)
+        let settlement = Settlement {
+            shard: claimed.shard,
+            id: id::format_delivery(claimed.id),
+            token: claimed.token.clone(),
+            record: serde_json::to_string(record)?,
+            action,
+            delay_ms,
+            last_error: record.error.clone().unwrap_or_default(),
+        };
+        match self.settlements.submit(settlement).await {
+            Some(Ok(applied)) => Ok(applied),
+            Some(Err(e)) => Err(QueueError::Shared(e)),
+            None => Err(QueueError::Stopped),
+        }
     }
 
     /// A delivery with its state and every attempt, or `None` when unknown (or expired).
     pub async fn delivery(&self, delivery: Ulid) -> Result<Option<DeliveryView>, QueueError> {
-        let prefix = self.shard_prefix(id::shard_of(delivery, self.shards));
+        let core = &self.core;
+        let prefix = core.shard_prefix(id::shard_of(delivery, core.shards));
         let name = id::format_delivery(delivery);
-        let mut conn = self.conn.clone();
-        let (fields, attempts, due): (Vec<Option<String>>, Vec<String>, Option<f64>) = redis::pipe()
+        let mut conn = core.conn.clone();
+        let (fields, due): (Vec<Option<String>>, Option<f64>) = redis::pipe()
             .cmd("HMGET")
             .arg(format!("{prefix}d:{name}"))
-            .arg(&["endpoint", "status", "attempts", "created", "updated", "last_error"])
-            .lrange(format!("{prefix}attempts:{name}"), 0, -1)
+            .arg(&["endpoint", "status", "attempts", "updated", "last_error", "log"])
             .zscore(format!("{prefix}due"), &name)
             .query_async(&mut conn)
             .await?;
-        let [endpoint, status, attempts_made, created, updated, last_error] =
-            <[Option<String>; 6]>::try_from(fields)
-                .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
+        let [endpoint, status, attempts_made, updated, last_error, log] = <[Option<String>; 6]>::try_from(fields)
+            .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
         let (Some(endpoint), Some(status)) = (endpoint, status) else {
             return Ok(None);
         };
-        let attempts = attempts.iter().map(|a| serde_json::from_str(a)).collect::<Result<Vec<_>, _>>()?;
+        let attempts = log
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<serde_json::Value>, _>>()?;
         Ok(Some(DeliveryView {
             id: name,
             event_id: id::format_event(id::event_of(delivery)),
             endpoint,
+            next_attempt_at: due.filter(|_| status == "pending").map(|d| d as u64),
             state: status,
             attempts_made: attempts_made.and_then(|a| a.parse().ok()).unwrap_or(0),
-            created_at: created.and_then(|c| c.parse().ok()),
+            created_at: Some(delivery.timestamp_ms()),
             updated_at: updated.and_then(|c| c.parse().ok()),
-            next_attempt_at: due.map(|d| d as u64),
             last_error: last_error.filter(|e| !e.is_empty()),
             attempts,
         }))
@@ -244,37 +288,142 @@ impl RedisQueue {
 
     /// An event with its deliveries' states, or `None` when unknown (or expired).
     pub async fn event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
-        let prefix = self.shard_prefix(id::shard_of(event, self.shards));
+        let core = &self.core;
+        let prefix = core.shard_prefix(id::shard_of(event, core.shards));
         let name = id::format_event(event);
-        let mut conn = self.conn.clone();
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<Vec<u8>>, Option<String>, Option<u64>);
-        let (source, event_type, headers, payload, deliveries, received): Fields = redis::cmd("HMGET")
+        let mut conn = core.conn.clone();
+        type Fields = (Option<String>, Option<String>, Option<String>, Option<Vec<u8>>, Option<usize>);
+        let (source, event_type, headers, payload, count): Fields = redis::cmd("HMGET")
             .arg(format!("{prefix}ev:{name}"))
-            .arg(&["source", "type", "headers", "payload", "deliveries", "received"])
+            .arg(&["source", "type", "headers", "payload", "n"])
             .query_async(&mut conn)
             .await?;
         let (Some(source), Some(event_type)) = (source, event_type) else {
             return Ok(None);
         };
-        let mut deliveries: Vec<DeliverySummary> = serde_json::from_str(deliveries.as_deref().unwrap_or("[]"))?;
-        if !deliveries.is_empty() {
+        let ids: Vec<Ulid> =
+            (1..=count.unwrap_or(0).min(id::MAX_DELIVERIES_PER_EVENT)).map(|k| id::delivery_of(event, k)).collect();
+        let mut deliveries = Vec::with_capacity(ids.len());
+        if !ids.is_empty() {
             let mut pipe = redis::pipe();
-            for d in &deliveries {
-                pipe.hget(format!("{prefix}d:{}", d.id), "status");
+            for delivery in &ids {
+                pipe.cmd("HMGET")
+                    .arg(format!("{prefix}d:{}", id::format_delivery(*delivery)))
+                    .arg(&["endpoint", "status"]);
             }
-            let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-            for (d, state) in deliveries.iter_mut().zip(states) {
-                d.state = Some(state.unwrap_or_else(|| "expired".to_string()));
+            let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+            for (delivery, (endpoint, state)) in ids.iter().zip(rows) {
+                deliveries.push(DeliverySummary {
+                    id: id::format_delivery(*delivery),
+                    endpoint: endpoint.unwrap_or_default(),
+                    state: Some(state.unwrap_or_else(|| "expired".to_string())),
+                });
             }
         }
         Ok(Some(EventView {
             id: name,
             source,
             event_type,
-            received_at: received,
+            received_at: Some(event.timestamp_ms()),
             headers: serde_json::from_str(headers.as_deref().unwrap_or("[]"))?,
             payload: Bytes::from(payload.unwrap_or_default()),
             deliveries,
         }))
     }
+}
+
+impl Core {
+    fn shard_prefix(&self, shard: u32) -> String {
+        format!("{}:{{s{shard}}}:", self.prefix)
+    }
+
+    /// Stores a batch of events: one script call per shard, the shards concurrently.
+    async fn flush_enqueues(&self, batch: Vec<PendingEvent>) -> Vec<Shared<()>> {
+        let groups = by_shard(batch.iter().map(|e| e.shard));
+        let calls =
+            groups.iter().map(|(shard, members)| self.enqueue_shard(*shard, members.iter().map(|&i| &batch[i])));
+        let mut results = vec![Ok(()); batch.len()];
+        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
+            if let Err(e) = outcome {
+                let e = Arc::new(e);
+                for &i in members {
+                    results[i] = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+
+    async fn enqueue_shard(&self, shard: u32, events: impl Iterator<Item = &PendingEvent>) -> Result<(), QueueError> {
+        let prefix = self.shard_prefix(shard);
+        let events: Vec<&PendingEvent> = events.collect();
+        let mut call = self.enqueue.key(format!("{prefix}due"));
+        call.arg(&prefix).arg(self.retention_secs).arg(events.len());
+        for event in events {
+            call.arg(&event.id)
+                .arg(&event.source)
+                .arg(&event.event_type)
+                .arg(&event.headers)
+                .arg(event.payload.as_ref())
+                .arg(event.deliveries.len());
+            for d in &event.deliveries {
+                call.arg(&d.id).arg(&*d.endpoint).arg(d.delay_ms).arg(&d.headers);
+                match &d.payload {
+                    Some(payload) => call.arg(payload.as_ref()).arg("1"),
+                    None => call.arg("").arg("0"),
+                };
+            }
+        }
+        let mut conn = self.conn.clone();
+        let _now: u64 = call.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Settles a batch: one script call per shard, the shards concurrently.
+    async fn flush_settlements(&self, batch: Vec<Settlement>) -> Vec<Shared<bool>> {
+        let groups = by_shard(batch.iter().map(|s| s.shard));
+        let calls = groups.iter().map(|(shard, members)| self.settle_shard(*shard, members.iter().map(|&i| &batch[i])));
+        let mut results = vec![Ok(false); batch.len()];
+        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
+            match outcome {
+                Ok(applied) => {
+                    for (&i, applied) in members.iter().zip(applied) {
+                        results[i] = Ok(applied == 1);
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for &i in members {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    async fn settle_shard(&self, shard: u32, batch: impl Iterator<Item = &Settlement>) -> Result<Vec<i64>, QueueError> {
+        let prefix = self.shard_prefix(shard);
+        let batch: Vec<&Settlement> = batch.collect();
+        let mut call = self.settle.key(format!("{prefix}due"));
+        call.key(format!("{prefix}dead")).arg(&prefix).arg(self.retention_secs).arg(batch.len());
+        for s in &batch {
+            call.arg(&s.id).arg(&s.token).arg(&s.record).arg(s.action).arg(s.delay_ms).arg(&s.last_error);
+        }
+        let mut conn = self.conn.clone();
+        let applied: Vec<i64> = call.invoke_async(&mut conn).await?;
+        if applied.len() != batch.len() {
+            return Err(QueueError::Corrupt(format!("settle answered {} results for {}", applied.len(), batch.len())));
+        }
+        Ok(applied)
+    }
+}
+
+/// Indices of `shards` grouped by shard.
+fn by_shard(shards: impl Iterator<Item = u32>) -> Vec<(u32, Vec<usize>)> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, shard) in shards.enumerate() {
+        groups.entry(shard).or_default().push(i);
+    }
+    groups.into_iter().collect()
 }

@@ -10,22 +10,29 @@ local p = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local lease_until = now + tonumber(ARGV[3])
 local out = {}
+local zadd = { 'ZADD', KEYS[1] }
+local stale = { 'ZREM', KEYS[1] }
 for i, id in ipairs(ids) do
   local dkey = p .. 'd:' .. id
   local d = redis.call('HMGET', dkey, 'event', 'endpoint', 'attempts', 'payload', 'headers', 'status')
   if not d[1] or d[6] ~= 'pending' then
-    -- An id without a pending delivery behind it (expired or finished elsewhere): nothing to do.
-    redis.call('ZREM', KEYS[1], id)
+    -- An id without a pending delivery behind it (expired, or settled elsewhere): drop it.
+    stale[#stale + 1] = id
   else
     local token = ARGV[4] .. '.' .. i
     local attempt = tonumber(d[3]) + 1
     redis.call('HSET', dkey, 'lease', token, 'attempts', attempt)
-    redis.call('ZADD', KEYS[1], lease_until, id)
+    zadd[#zadd + 1] = lease_until
+    zadd[#zadd + 1] = id
     local e = redis.call('HMGET', p .. 'ev:' .. d[1], 'type', 'payload')
-    local payload = d[4]
-    if not payload then payload = e[2] or '' end
-    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', payload, d[5] or '' }
+    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', d[4] or e[2] or '', d[5] or '' }
   end
+end
+if #zadd > 2 then
+  redis.call(unpack(zadd))
+end
+if #stale > 2 then
+  redis.call(unpack(stale))
 end
 local wait = -1
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

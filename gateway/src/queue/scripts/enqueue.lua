@@ -1,29 +1,45 @@
--- Stores one event and all its deliveries, and schedules the deliveries, atomically.
+-- Stores a batch of events of one shard with all their deliveries, and schedules the deliveries.
 -- KEYS[1] = the shard's due ZSET.
--- ARGV: shard key prefix, event id, source, type, headers JSON, payload, delivery list JSON,
---       retention seconds (used when there are no deliveries), number of deliveries N, then per
---       delivery: id, endpoint, delay ms, headers JSON, has-payload ('1'/'0'), payload.
--- Returns the Redis clock in ms. Time comes from Redis, not the gateway: gateways' clocks drift.
+-- ARGV: shard key prefix, retention seconds, number of events E; then per event: id, source, type,
+--       headers JSON, payload, number of deliveries N; then per delivery: id, endpoint, delay ms,
+--       headers JSON ('' for none), payload ('' with has-payload '0' for the event's own), has-payload.
+-- Time comes from Redis, not the gateway: several gateways' clocks drift apart.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local p = ARGV[1]
-local n = tonumber(ARGV[9])
-local evkey = p .. 'ev:' .. ARGV[2]
-redis.call('HSET', evkey, 'source', ARGV[3], 'type', ARGV[4], 'headers', ARGV[5], 'payload', ARGV[6],
-  'deliveries', ARGV[7], 'received', now, 'open', n)
-if n == 0 then
-  redis.call('EXPIRE', evkey, ARGV[8])
-end
-for i = 0, n - 1 do
-  local b = 10 + i * 6
-  local id = ARGV[b]
-  local due = now + tonumber(ARGV[b + 2])
-  local dkey = p .. 'd:' .. id
-  redis.call('HSET', dkey, 'event', ARGV[2], 'endpoint', ARGV[b + 1], 'headers', ARGV[b + 3],
-    'attempts', 0, 'status', 'pending', 'created', now, 'lease', '')
-  if ARGV[b + 4] == '1' then
-    redis.call('HSET', dkey, 'payload', ARGV[b + 5])
+local retention = ARGV[2]
+local at = 4
+local zadd = { 'ZADD', KEYS[1] }
+for _ = 1, tonumber(ARGV[3]) do
+  local evid, n = ARGV[at], tonumber(ARGV[at + 5])
+  local evkey = p .. 'ev:' .. evid
+  redis.call('HSET', evkey, 'source', ARGV[at + 1], 'type', ARGV[at + 2], 'headers', ARGV[at + 3],
+    'payload', ARGV[at + 4], 'n', n, 'open', n)
+  if n == 0 then
+    redis.call('EXPIRE', evkey, retention)
   end
-  redis.call('ZADD', KEYS[1], due, id)
+  at = at + 6
+  for _ = 1, n do
+    local id = ARGV[at]
+    local dkey = p .. 'd:' .. id
+    redis.call('HSET', dkey, 'event', evid, 'endpoint', ARGV[at + 1], 'attempts', 0, 'status', 'pending')
+    if ARGV[at + 3] ~= '' then
+      redis.call('HSET', dkey, 'headers', ARGV[at + 3])
+    end
+    if ARGV[at + 5] == '1' then
+      redis.call('HSET', dkey, 'payload', ARGV[at + 4])
+    end
+    zadd[#zadd + 1] = now + tonumber(ARGV[at + 2])
+    zadd[#zadd + 1] = id
+    if #zadd >= 2000 then
+      -- Stay well below Lua's limit on unpacked arguments.
+      redis.call(unpack(zadd))
+      zadd = { 'ZADD', KEYS[1] }
+    end
+    at = at + 6
+  end
+end
+if #zadd > 2 then
+  redis.call(unpack(zadd))
 end
 return now

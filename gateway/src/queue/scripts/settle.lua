@@ -1,38 +1,51 @@
--- Records an attempt and settles its delivery, but only for the holder of the current lease: a worker
--- whose lease ran out and was taken over must not overwrite the new holder's work.
+-- Records attempts and settles their deliveries (a batch of one shard), each only for the holder of
+-- its current lease: a worker whose lease ran out and was taken over must not overwrite the new
+-- holder's work.
 -- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's dead ZSET.
--- ARGV: shard key prefix, delivery id, lease token, attempt record JSON, action ('ack', 'retry',
---       'bury'), retry delay ms, retention seconds, last error ('' for none).
--- Returns 1 when applied, 0 when the lease was lost.
-local p = ARGV[1]
-local id = ARGV[2]
-local dkey = p .. 'd:' .. id
-if redis.call('HGET', dkey, 'lease') ~= ARGV[3] then
-  return 0
-end
+-- ARGV: shard key prefix, retention seconds, number of settlements S; then per settlement: delivery
+--       id, lease token, attempt record JSON, action ('ack' | 'retry' | 'bury'), retry delay ms,
+--       last error ('' for none).
+-- The attempt log is the delivery's `log` field: one JSON record per line.
+-- Returns one integer per settlement: 1 applied, 0 lease lost.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local akey = p .. 'attempts:' .. id
-redis.call('RPUSH', akey, ARGV[4])
-redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', ARGV[8])
-local action = ARGV[5]
-if action == 'retry' then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), id)
-  return 1
+local p = ARGV[1]
+local retention = ARGV[2]
+local results = {}
+local at = 4
+for i = 1, tonumber(ARGV[3]) do
+  local id, token, record, action = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
+  at = at + 6
+  local dkey = p .. 'd:' .. id
+  local d = redis.call('HMGET', dkey, 'lease', 'log', 'event')
+  if d[1] ~= token then
+    results[i] = 0
+  else
+    results[i] = 1
+    local log = record
+    if d[2] then
+      log = d[2] .. '\n' .. record
+    end
+    if action == 'retry' then
+      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error)
+      redis.call('ZADD', KEYS[1], now + delay, id)
+    elseif action == 'bury' then
+      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
+        'status', 'dead')
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZADD', KEYS[2], now, id)
+    else
+      -- ack: keep it for the retention period, and its event until the event's last delivery is done.
+      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
+        'status', 'succeeded')
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('EXPIRE', dkey, retention)
+      local evkey = p .. 'ev:' .. d[3]
+      if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
+        redis.call('EXPIRE', evkey, retention)
+      end
+    end
+  end
 end
-redis.call('ZREM', KEYS[1], id)
-if action == 'bury' then
-  redis.call('HSET', dkey, 'status', 'dead')
-  redis.call('ZADD', KEYS[2], now, id)
-  return 1
-end
--- ack: finished; keep it for the retention period, and the event until its last delivery is done.
-local retention = tonumber(ARGV[7])
-redis.call('HSET', dkey, 'status', 'succeeded')
-redis.call('EXPIRE', dkey, retention)
-redis.call('EXPIRE', akey, retention)
-local evkey = p .. 'ev:' .. redis.call('HGET', dkey, 'event')
-if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
-  redis.call('EXPIRE', evkey, retention)
-end
-return 1
+return results
