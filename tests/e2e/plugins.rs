@@ -163,3 +163,33 @@ config = { mode = "error", when_type = "error" }
     assert_eq!(a.count(), 4, "no failed event was delivered");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn warm_instances_are_reused_unless_every_call_must_be_fresh() {
+    let plugins = r#"
+[[plugins]]
+name = "warm"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "count" }
+
+[[plugins]]
+name = "fresh"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "count" }
+max_calls_per_instance = 1
+"#;
+    let routes = "\n[[routes]]\nsource = \"warm\"\nplugins = [\"warm\"]\nendpoints = [\"a\"]\n\n[[routes]]\nsource = \"fresh\"\nplugins = [\"fresh\"]\nendpoints = [\"b\"]\n";
+    let Some((_redis, mut a, mut b, gateway)) = gateway_with(plugins, routes).await else { return };
+    for _ in 0..3 {
+        assert_eq!(post_event(gateway.addr(), "warm", r#"{"type":"x"}"#).await.0, 202);
+        assert_eq!(post_event(gateway.addr(), "fresh", r#"{"type":"x"}"#).await.0, 202);
+    }
+    let mut warm_counts = Vec::new();
+    for _ in 0..3 {
+        warm_counts.push(a.next().await.header("x-instance-calls").parse::<u32>().unwrap());
+        assert_eq!(b.next().await.header("x-instance-calls"), "1", "a fresh instance has served one call");
+    }
+    warm_counts.sort();
+    assert!(warm_counts[2] > 1, "a warm instance was reused: {warm_counts:?}");
+    gateway.shutdown().await;
+}

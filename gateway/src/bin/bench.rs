@@ -9,7 +9,7 @@
 //! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
 //! 3. plugin calls: µs per call of each example plugin (fresh instance per call), p50/p99.
 //!
-//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin]`
+//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,16 +35,18 @@ struct Options {
     events: usize,
     producers: usize,
     plugin: bool,
+    shards: u32,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { events: 20_000, producers: 32, plugin: true };
+    let mut options = Options { events: 20_000, producers: 32, plugin: true, shards: 1 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--events" => options.events = args.next().context("--events N")?.parse()?,
             "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
             "--no-plugin" => options.plugin = false,
+            "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             other => bail!("unknown argument {other}; see the doc comment of bench.rs"),
         }
     }
@@ -133,12 +135,14 @@ async fn produce(
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(producers).build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..producers {
+    for producer in 0..producers {
         let (client, next) = (client.clone(), next.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut ticker = pace.map(|p| {
-                let mut t = tokio::time::interval(p);
+                // Stagger the producers across one period so their posts do not arrive in bursts.
+                let offset = p.mul_f64(producer as f64 / producers as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 t
             });
@@ -174,7 +178,7 @@ async fn produce(
     Ok(all)
 }
 
-fn gateway_toml(redis_url: &str, receiver: SocketAddr, with_plugin: bool) -> String {
+fn gateway_toml(redis_url: &str, receiver: SocketAddr, with_plugin: bool, shards: u32) -> String {
     let plugin = if with_plugin {
         format!(
             "[[plugins]]\nname = \"filter\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
@@ -190,6 +194,8 @@ fn gateway_toml(redis_url: &str, receiver: SocketAddr, with_plugin: bool) -> Str
 listen = "127.0.0.1:0"
 [redis]
 url = "{redis_url}"
+[queue]
+shards = {shards}
 [security]
 allow_private_destinations = true
 [[endpoints]]
@@ -216,7 +222,7 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
     if options.plugin && !with_plugin {
         println!("note: plugins/dist/rust-filter.wasm not built (run plugins/build.sh); benchmarking without a plugin");
     }
-    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, with_plugin))?;
+    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, with_plugin, options.shards))?;
     let gateway = sluice::Gateway::start(config).await?;
     let chain = if with_plugin { "1 plugin (rust-filter)" } else { "no plugin" };
 
@@ -265,7 +271,14 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
 }
 
 fn plugin_calls() -> anyhow::Result<()> {
-    println!("plugin calls (fresh instance per call, including instantiation):");
+    for (mode, reuse) in [("warm instance (max_calls_per_instance = 1000)", 1000), ("fresh instance per call", 1)] {
+        println!("plugin calls, {mode}:");
+        plugin_calls_with(reuse)?;
+    }
+    Ok(())
+}
+
+fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
     for (name, config) in [
         ("rust-filter", r#"{"drop_types":["test.*"]}"#),
         ("rust-transform", r#"{"set":{"version":2},"remove":["currency"]}"#),
@@ -282,6 +295,7 @@ fn plugin_calls() -> anyhow::Result<()> {
             config: serde_json::from_str(config)?,
             deadline: Duration::from_millis(100),
             max_memory_mb: 64,
+            max_calls_per_instance: reuse,
         };
         let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin))
             .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;

@@ -1,11 +1,15 @@
 //! The Wasm engine and the loaded plugins: one wasmtime `Engine` with the pooling allocator and epoch
 //! interruption, a ticker thread that advances the epoch, and per plugin an `InstancePre` from which
-//! every call gets a fresh instance (no state leaks between events) in a fresh `Store` with a memory
-//! cap and a deadline.
+//! instances are made, each in its own `Store` with a memory cap, and each call with a deadline.
+//!
+//! Instances are kept warm and reused for up to `max_calls_per_instance` calls (a call into a warm
+//! instance costs about a microsecond; a fresh one tens). An instance that traps, times out or runs
+//! out of memory is never reused. With `max_calls_per_instance = 1` every call gets a fresh instance,
+//! so no state can leak from one event to the next.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -19,8 +23,10 @@ use crate::config::PluginConfig;
 
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
 const TICK: Duration = Duration::from_millis(1);
-/// Instances alive at once across all plugins (calls run on the runtime's worker threads).
-const MAX_INSTANCES: u32 = 256;
+/// Instances alive at once beyond the warm ones (calls in progress, instances being replaced).
+const SPARE_INSTANCES: u32 = 128;
+/// Instances whose memory is returned to the kernel together.
+const DECOMMIT_BATCH: usize = 32;
 /// Most table elements one instance may hold.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Longest log line a plugin may write; longer lines are cut.
@@ -84,7 +90,7 @@ impl host::Host for HostState {
     }
 }
 
-/// One loaded plugin, ready to instantiate.
+/// One loaded plugin, ready to instantiate, with its warm instances.
 struct LoadedPlugin {
     name: Arc<str>,
     pre: PluginPre<HostState>,
@@ -92,7 +98,20 @@ struct LoadedPlugin {
     deadline: Duration,
     deadline_ticks: u64,
     memory_bytes: usize,
+    max_calls: u32,
+    /// Idle warm instances. The lock is held only to push or pop, never during a call.
+    warm: Mutex<Vec<Warm>>,
 }
+
+/// An instance with its store, ready for another call.
+struct Warm {
+    store: Store<HostState>,
+    instance: Plugin,
+    calls: u32,
+}
+
+/// Most idle warm instances kept per plugin (calls run on the runtime's few worker threads).
+const MAX_WARM: usize = 4;
 
 /// Every configured plugin, compiled and linked, sharing one engine.
 pub struct PluginSet {
@@ -139,36 +158,63 @@ impl PluginSet {
         self.plugins.contains_key(name)
     }
 
-    /// Calls plugin `name` on `event` in a fresh instance, within its deadline and memory cap.
+    /// Calls plugin `name` on `event` within its deadline and memory cap, in a warm instance when
+    /// one is idle and may be reused, else in a fresh one.
     pub fn call(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
         let plugin = self.plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+        let started = Instant::now();
+        let idle = plugin.warm.lock().map(|mut warm| warm.pop()).unwrap_or(None);
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => self.instantiate(plugin, &event.id).map_err(|e| classify(plugin, None, e, started.elapsed()))?,
+        };
+        let state = warm.store.data_mut();
+        state.event_id.clone_from(&event.id);
+        state.limits.memory_exceeded = false;
+        warm.store.set_epoch_deadline(plugin.deadline_ticks);
+        warm.calls += 1;
+        let result = warm.instance.call_handle(&mut warm.store, &event.into(), &plugin.config_json);
+        let outcome = match result {
+            Ok(Ok(verdict)) => Ok(verdict.into()),
+            Ok(Err(message)) => Err(PluginError::Rejected { plugin: name.to_string(), message }),
+            // A trapped instance is poisoned: drop it.
+            Err(error) => return Err(classify(plugin, Some(&warm.store), error, started.elapsed())),
+        };
+        if warm.calls < plugin.max_calls {
+            if let Ok(mut idle) = plugin.warm.lock() {
+                if idle.len() < MAX_WARM {
+                    idle.push(warm);
+                }
+            }
+        }
+        outcome
+    }
+
+    fn instantiate(&self, plugin: &LoadedPlugin, event_id: &str) -> wasmtime::Result<Warm> {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: Limits { memory_bytes: plugin.memory_bytes, memory_exceeded: false },
             plugin: plugin.name.clone(),
-            event_id: event.id.clone(),
+            event_id: event_id.to_string(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(plugin.deadline_ticks);
-        let started = Instant::now();
-        let result = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.call_handle(&mut store, &event.into(), &plugin.config_json));
-        match result {
-            Ok(Ok(verdict)) => Ok(verdict.into()),
-            Ok(Err(message)) => Err(PluginError::Rejected { plugin: name.to_string(), message }),
-            Err(error) => Err(classify(plugin, &store, error, started.elapsed())),
-        }
+        let instance = plugin.pre.instantiate(&mut store)?;
+        Ok(Warm { store, instance, calls: 0 })
     }
 }
 
 /// Turns a failed call into the error that says why.
-fn classify(plugin: &LoadedPlugin, store: &Store<HostState>, error: wasmtime::Error, took: Duration) -> PluginError {
+fn classify(
+    plugin: &LoadedPlugin,
+    store: Option<&Store<HostState>>,
+    error: wasmtime::Error,
+    took: Duration,
+) -> PluginError {
     let name = plugin.name.to_string();
-    if store.data().limits.memory_exceeded {
+    if store.is_some_and(|s| s.data().limits.memory_exceeded) {
         return PluginError::Memory { plugin: name, limit_mb: plugin.memory_bytes >> 20 };
     }
     match error.downcast_ref::<Trap>() {
@@ -180,13 +226,16 @@ fn classify(plugin: &LoadedPlugin, store: &Store<HostState>, error: wasmtime::Er
 
 fn new_engine(configs: &[PluginConfig]) -> wasmtime::Result<Engine> {
     let largest_memory = configs.iter().map(|c| c.max_memory_mb as usize).max().unwrap_or(64) << 20;
+    let instances = configs.len() as u32 * MAX_WARM as u32 + SPARE_INSTANCES;
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(MAX_INSTANCES)
-        .total_core_instances(MAX_INSTANCES * 4)
-        .total_memories(MAX_INSTANCES * 2)
-        .total_tables(MAX_INSTANCES * 4)
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 4)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
         .max_memories_per_component(4)
-        .max_memory_size(largest_memory.max(1 << 20));
+        .max_memory_size(largest_memory.max(1 << 20))
+        // Give returned memories back to the kernel in batches: one madvise for many instances.
+        .decommit_batch_size(DECOMMIT_BATCH);
     let mut config = wasmtime::Config::new();
     config
         .wasm_component_model(true)
@@ -214,6 +263,8 @@ fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) 
         deadline: config.deadline,
         deadline_ticks: ticks,
         memory_bytes: (config.max_memory_mb as usize) << 20,
+        max_calls: config.max_calls_per_instance.max(1),
+        warm: Mutex::new(Vec::new()),
     })
 }
 
