@@ -92,7 +92,13 @@ async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> R
         Err(e) => return ingest_error(source, IngestError::Body(e.to_string())),
     };
     match state.ingest.accept(source, &parts.headers, body).await {
-        Ok(accepted) => json_reply(StatusCode::ACCEPTED, serde_json::to_value(accepted).unwrap_or_default()),
+        Ok(accepted) => match serde_json::to_vec(&accepted) {
+            Ok(body) => bytes_reply(StatusCode::ACCEPTED, body),
+            Err(e) => {
+                tracing::error!(error = %e, "Could not encode an ingest answer.");
+                error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not encode the answer")
+            }
+        },
         Err(e) => ingest_error(source, e),
     }
 }
@@ -162,7 +168,11 @@ fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {
 }
 
 fn json_reply(status: StatusCode, body: Value) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    bytes_reply(status, body.to_string().into_bytes())
+}
+
+fn bytes_reply(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
     *reply.status_mut() = status;
     reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     reply
