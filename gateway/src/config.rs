@@ -53,6 +53,42 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Wasm plugins, each with a unique name.
     pub plugins: Vec<PluginConfig>,
+    /// Settings shared by all plugins.
+    pub wasm: WasmConfig,
+}
+
+/// `[wasm]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasmConfig {
+    /// Keep compiled plugins on disk, so a restart does not compile them again (a JavaScript or
+    /// Python component takes seconds). Default true.
+    pub cache: bool,
+    /// Where compiled plugins are kept. Default `$XDG_CACHE_HOME/sluice/wasm`, else
+    /// `$HOME/.cache/sluice/wasm`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        Self { cache: true, cache_dir: None }
+    }
+}
+
+impl WasmConfig {
+    /// The cache directory in use, `None` when caching is off or no home directory is known.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if !self.cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        Some(base.join("sluice").join("wasm"))
+    }
 }
 
 /// `[server]`

@@ -80,7 +80,7 @@ impl Gateway {
     /// and delivering.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
-        let plugins = Arc::new(PluginSet::load(&config.plugins).map_err(StartError::Plugins)?);
+        let plugins = Arc::new(PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?);
         let queue = RedisQueue::open(&config.redis, &config.queue)?;
         match queue.check_layout().await {
             Ok(()) => {}
@@ -99,12 +99,15 @@ impl Gateway {
         let (shutdown, watcher) = watch::channel(false);
         let worker = Worker::new(&config, queue.clone(), http, alerts_http, wake.clone());
         let state = Arc::new(AppState {
-            ingest: Ingest::new(&config, plugins, queue.clone(), wake),
+            ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
             queue,
             admin_token: config.admin.token.clone(),
         });
-        let tasks =
-            vec![tokio::spawn(http::serve(listener, state, watcher.clone())), tokio::spawn(worker.run(watcher))];
+        let tasks = vec![
+            tokio::spawn(http::serve(listener, state, watcher.clone())),
+            tokio::spawn(plugin::reload::watch(plugins, watcher.clone())),
+            tokio::spawn(worker.run(watcher)),
+        ];
         tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),
             plugins = config.plugins.len(), "Sluice is listening.");
         Ok(Self { addr, shutdown, tasks })
@@ -128,6 +131,6 @@ impl Gateway {
 /// Loads every plugin of `config` and reports every problem with config and plugins at once.
 pub fn check(config: &Config) -> Result<(), StartError> {
     config.validate()?;
-    PluginSet::load(&config.plugins).map_err(StartError::Plugins)?;
+    PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?;
     Ok(())
 }

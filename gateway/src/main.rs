@@ -37,6 +37,33 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run one plugin on one event and print its verdict and how long the call took.
+    Test {
+        /// The plugin component (`.wasm`).
+        plugin: PathBuf,
+        /// A file with the event's JSON body, as a producer would POST it.
+        #[arg(long)]
+        event: PathBuf,
+        /// A TOML file whose table is the plugin's config (as `[[plugins]] config` would give it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The event type; by default taken from the body like ingest does (`type`, then `event`).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Deadline of the call.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+        /// Memory cap in MiB.
+        #[arg(long, default_value_t = 64)]
+        max_memory_mb: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +104,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plugin(PluginCommand::Test { plugin, event, config, event_type, deadline, max_memory_mb }) => {
+            let payload =
+                std::fs::read(&event).with_context(|| format!("failed to read the event file {}", event.display()))?;
+            let config = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("failed to read the plugin config {}", path.display()))?;
+                    let table: toml::Table =
+                        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+                    serde_json::to_value(table)?
+                }
+                None => serde_json::json!({}),
+            };
+            let trial = sluice::plugin::trial::run(&plugin, payload, event_type, config, deadline, max_memory_mb)?;
+            print_trial(&trial);
+            Ok(if trial.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Prints a trial's verdict for a person to read.
+fn print_trial(trial: &sluice::plugin::trial::Trial) {
+    use sluice::plugin::Verdict;
+    println!("event: type {} ({} bytes)", trial.event.event_type, trial.event.payload.len());
+    match &trial.outcome {
+        Ok(Verdict::Drop(reason)) => println!("verdict: dropped: {reason}"),
+        Ok(Verdict::Pass(event)) => {
+            println!("verdict: passed (type {})", event.event_type);
+            for header in event.headers.iter().filter(|h| !trial.event.headers.contains(h)) {
+                println!("  header {}: {}", header.0, header.1);
+            }
+            println!("  payload: {}", show_payload(&event.payload));
+        }
+        Ok(Verdict::Route(deliveries)) => {
+            println!("verdict: routed to {} endpoint(s)", deliveries.len());
+            for delivery in deliveries {
+                println!("  -> {}", delivery.endpoint);
+                for header in &delivery.headers {
+                    println!("     header {}: {}", header.0, header.1);
+                }
+                let payload = delivery.payload.as_deref().unwrap_or(&trial.event.payload);
+                println!("     payload: {}", show_payload(payload));
+            }
+        }
+        Err(e) => println!("verdict: failed ({}): {e}", e.kind()),
+    }
+    print!("took: {:.1} µs (first call, including instantiation)", trial.first_call.as_secs_f64() * 1e6);
+    match trial.warm_call {
+        Some(warm) => println!(", {:.1} µs (warm instance)", warm.as_secs_f64() * 1e6),
+        None => println!(),
+    }
+}
+
+fn show_payload(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(json) => json.to_string(),
+        Err(_) => String::from_utf8_lossy(payload).into_owned(),
     }
 }
 

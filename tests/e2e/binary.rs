@@ -105,3 +105,37 @@ fn sluice_check_accepts_the_shipped_config() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("OK"));
 }
+
+#[test]
+fn sluice_plugin_test_prints_the_verdict_and_the_time() {
+    let Some(dist) = plugins_dir() else { return };
+    let dir = std::env::temp_dir().join(format!("sluice-plugin-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let event = dir.join("event.json");
+    std::fs::write(&event, r#"{"type":"test.ping","order_id":1}"#).unwrap();
+    let config = dir.join("filter.toml");
+    std::fs::write(&config, "drop_types = [\"test.*\"]\n").unwrap();
+    let run = |plugin: &str, config: Option<&std::path::Path>| {
+        let mut command = Command::new(SLUICE);
+        command.args(["plugin", "test", dist.join(plugin).to_str().unwrap(), "--event", event.to_str().unwrap()]);
+        if let Some(config) = config {
+            command.args(["--config", config.to_str().unwrap()]);
+        }
+        let output = command.output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+
+    let (ok, out) = run("rust-filter.wasm", Some(&config));
+    assert!(ok, "{out}");
+    assert!(out.contains("verdict: dropped: type test.ping matches test.*"), "{out}");
+    assert!(out.contains("took: ") && out.contains("µs"), "{out}");
+
+    let (ok, out) = run("rust-filter.wasm", None);
+    assert!(ok);
+    assert!(out.contains("verdict: passed"), "{out}");
+
+    std::fs::write(&config, "mode = \"trap\"\n").unwrap();
+    let (ok, out) = run("rust-chaos.wasm", Some(&config));
+    assert!(!ok, "a trapping plugin fails the command");
+    assert!(out.contains("verdict: failed (trap)"), "{out}");
+}

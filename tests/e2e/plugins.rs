@@ -193,3 +193,77 @@ max_calls_per_instance = 1
     assert!(warm_counts[2] > 1, "a warm instance was reused: {warm_counts:?}");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_plugin_file_under_load_loses_nothing_and_a_broken_file_keeps_the_old_version() {
+    let Some(dist) = plugins_dir() else { return };
+    let dir = std::env::temp_dir().join(format!("sluice-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("live.wasm");
+    std::fs::copy(dist.join("rust-chaos.wasm"), &live).unwrap();
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    // Both versions read this config: chaos passes events as they are, transform adds `version`.
+    let toml = base_toml(&redis)
+        + &endpoint_toml("a", &receiver.url(), "")
+        + &format!(
+            "\n[[plugins]]\nname = \"live\"\npath = \"{}\"\nconfig = {{ mode = \"pass\", set = {{ version = 2 }} }}\n",
+            live.display()
+        )
+        + "\n[[routes]]\nsource = \"shop\"\nplugins = [\"live\"]\nendpoints = [\"a\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let addr = gateway.addr();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = tokio::task::JoinSet::new();
+    for producer in 0..4 {
+        let stop = stop.clone();
+        producers.spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _) = post_event(addr, "shop", &format!(r#"{{"event":"e","p":{producer},"n":{n}}}"#)).await;
+                statuses.push(status);
+                n += 1;
+            }
+            statuses
+        });
+    }
+    // Let the old version serve some events, then swap the file atomically (write + rename).
+    for _ in 0..50 {
+        assert!(receiver.next().await.json().get("version").is_none());
+    }
+    let staging = dir.join("staging.wasm");
+    std::fs::copy(dist.join("rust-transform.wasm"), &staging).unwrap();
+    std::fs::rename(&staging, &live).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while receiver.next().await.json().get("version").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the new version never served an event");
+    }
+
+    // A broken file does not replace the running version.
+    std::fs::write(&staging, b"not a wasm component").unwrap();
+    std::fs::rename(&staging, &live).unwrap();
+    for _ in 0..50 {
+        receiver.next().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut accepted = 0;
+    while let Some(statuses) = producers.join_next().await {
+        let statuses = statuses.unwrap();
+        assert!(statuses.iter().all(|s| *s == 202), "an event failed during the swap: {statuses:?}");
+        accepted += statuses.len();
+    }
+    let (status, body) = post_event(addr, "shop", r#"{"event":"after"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    accepted += 1;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while receiver.count() < accepted {
+        assert!(tokio::time::Instant::now() < deadline, "{} of {accepted} delivered", receiver.count());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let last = receiver.all().into_iter().find(|r| r.json()["event"] == "after").unwrap();
+    assert_eq!(last.json()["version"], 2, "the last good version keeps running");
+    assert_eq!(receiver.count(), accepted, "nothing delivered twice");
+    gateway.shutdown().await;
+}

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
@@ -19,7 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::sluice::plugin::host;
 use super::bindings::{Plugin, PluginPre};
 use super::{PluginError, PluginEvent, Verdict};
-use crate::config::PluginConfig;
+use crate::config::{PluginConfig, WasmConfig};
 
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -101,6 +101,22 @@ struct LoadedPlugin {
     max_calls: u32,
     /// Idle warm instances. The lock is held only to push or pop, never during a call.
     warm: Mutex<Vec<Warm>>,
+    /// The file as it was when loaded, to notice a replacement.
+    stamp: Option<FileStamp>,
+}
+
+/// What identifies one version of a plugin file: modification time and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self { modified: meta.modified().ok()?, len: meta.len() })
+    }
 }
 
 /// An instance with its store, ready for another call.
@@ -113,10 +129,18 @@ struct Warm {
 /// Most idle warm instances kept per plugin (calls run on the runtime's few worker threads).
 const MAX_WARM: usize = 4;
 
-/// Every configured plugin, compiled and linked, sharing one engine.
+type PluginMap = HashMap<Arc<str>, Arc<LoadedPlugin>>;
+
+/// Every configured plugin, compiled and linked, sharing one engine. Plugins can be reloaded while
+/// calls are in flight: a call holds the version it started with, new calls get the new one.
 pub struct PluginSet {
     engine: Engine,
-    plugins: HashMap<Arc<str>, LoadedPlugin>,
+    linker: Linker<HostState>,
+    configs: Vec<PluginConfig>,
+    /// The current version of each plugin. The lock is held only to clone or swap the map.
+    plugins: RwLock<Arc<PluginMap>>,
+    /// File versions that failed to load, so a broken file is reported once, not on every look.
+    failed: Mutex<HashMap<Arc<str>, Option<FileStamp>>>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -127,9 +151,10 @@ impl Drop for PluginSet {
 }
 
 impl PluginSet {
-    /// Compiles and links every plugin. Returns every failure at once, each naming its plugin.
-    pub fn load(configs: &[PluginConfig]) -> Result<Self, Vec<PluginError>> {
-        let engine = new_engine(configs).map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
+    /// Compiles (or takes from the on-disk cache) and links every plugin. Returns every failure at
+    /// once, each naming its plugin.
+    pub fn load(configs: &[PluginConfig], wasm: &WasmConfig) -> Result<Self, Vec<PluginError>> {
+        let engine = new_engine(configs, wasm).map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
         let mut linker = Linker::<HostState>::new(&engine);
         let linked = wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .and_then(|()| Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state));
@@ -140,7 +165,7 @@ impl PluginSet {
         for config in configs {
             match load_one(&engine, &linker, config) {
                 Ok(plugin) => {
-                    plugins.insert(plugin.name.clone(), plugin);
+                    plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
                 Err(e) => errors.push(e),
             }
@@ -150,18 +175,73 @@ impl PluginSet {
         }
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone());
-        Ok(Self { engine, plugins, stop_ticker })
+        Ok(Self {
+            engine,
+            linker,
+            configs: configs.to_vec(),
+            plugins: RwLock::new(Arc::new(plugins)),
+            failed: Mutex::new(HashMap::new()),
+            stop_ticker,
+        })
     }
 
     /// Whether a plugin of this name is loaded.
     pub fn contains(&self, name: &str) -> bool {
-        self.plugins.contains_key(name)
+        self.current().contains_key(name)
+    }
+
+    fn current(&self) -> Arc<PluginMap> {
+        match self.plugins.read() {
+            Ok(map) => map.clone(),
+            // A writer panicked mid-swap; the map itself is still whole (swaps are one assignment).
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reloads every plugin whose file changed since it was loaded (or every plugin, with `force`).
+    /// A plugin that fails to load keeps its previous version running; the failure is returned.
+    pub fn reload(&self, force: bool) -> Vec<Result<Arc<str>, PluginError>> {
+        let current = self.current();
+        let mut outcomes = Vec::new();
+        let mut replaced = Vec::new();
+        for config in &self.configs {
+            let Some(loaded) = current.get(config.name.as_str()) else { continue };
+            let stamp = FileStamp::of(&config.path);
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            let unchanged = stamp == loaded.stamp || failed.get(&loaded.name) == Some(&stamp);
+            if unchanged && !force {
+                continue;
+            }
+            match load_one(&self.engine, &self.linker, config) {
+                Ok(fresh) => {
+                    failed.remove(&loaded.name);
+                    outcomes.push(Ok(fresh.name.clone()));
+                    replaced.push(Arc::new(fresh));
+                }
+                Err(e) => {
+                    failed.insert(loaded.name.clone(), stamp);
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        if !replaced.is_empty() {
+            let mut map = (*self.current()).clone();
+            for plugin in replaced {
+                map.insert(plugin.name.clone(), plugin);
+            }
+            match self.plugins.write() {
+                Ok(mut slot) => *slot = Arc::new(map),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(map),
+            }
+        }
+        outcomes
     }
 
     /// Calls plugin `name` on `event` within its deadline and memory cap, in a warm instance when
     /// one is idle and may be reused, else in a fresh one.
     pub fn call(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
-        let plugin = self.plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+        let plugins = self.current();
+        let plugin = plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         let started = Instant::now();
         let idle = plugin.warm.lock().map(|mut warm| warm.pop()).unwrap_or(None);
         let mut warm = match idle {
@@ -224,9 +304,10 @@ fn classify(
     }
 }
 
-fn new_engine(configs: &[PluginConfig]) -> wasmtime::Result<Engine> {
+fn new_engine(configs: &[PluginConfig], wasm: &WasmConfig) -> wasmtime::Result<Engine> {
     let largest_memory = configs.iter().map(|c| c.max_memory_mb as usize).max().unwrap_or(64) << 20;
-    let instances = configs.len() as u32 * MAX_WARM as u32 + SPARE_INSTANCES;
+    // Twice the warm instances: during a reload the old version's instances live until its last call ends.
+    let instances = 2 * configs.len() as u32 * MAX_WARM as u32 + SPARE_INSTANCES;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
         .total_core_instances(instances * 4)
@@ -241,11 +322,18 @@ fn new_engine(configs: &[PluginConfig]) -> wasmtime::Result<Engine> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = wasm.cache_dir() {
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(wasmtime::Cache::new(cache)?));
+    }
     Engine::new(&config)
 }
 
 fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
     let failed = |message: String| PluginError::Load { plugin: config.name.clone(), message };
+    let stamp = FileStamp::of(&config.path);
     let bytes =
         std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {}: {e}", config.path.display())))?;
     let component = Component::new(engine, &bytes)
@@ -265,6 +353,7 @@ fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) 
         memory_bytes: (config.max_memory_mb as usize) << 20,
         max_calls: config.max_calls_per_instance.max(1),
         warm: Mutex::new(Vec::new()),
+        stamp,
     })
 }
 

@@ -4,11 +4,15 @@
 //!   loaded plugins.
 //! - `bindings` (private): the only `bindgen!` site; `convert` maps its types to the ones below.
 //! - [`chain`]: runs a route's plugins in order.
+//! - [`trial`]: one plugin on one event, for `sluice plugin test`.
+//! - [`reload`]: reloads plugins whose file changed, or on SIGHUP.
 
 mod bindings;
 pub mod chain;
 mod convert;
 pub mod engine;
+pub mod reload;
+pub mod trial;
 
 use std::time::Duration;
 
