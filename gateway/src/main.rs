@@ -158,10 +158,7 @@ fn print_trial(trial: &sluice::plugin::trial::Trial) {
 }
 
 fn show_payload(payload: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(json) => json.to_string(),
-        Err(_) => String::from_utf8_lossy(payload).into_owned(),
-    }
+    String::from_utf8_lossy(payload).into_owned()
 }
 
 /// Waits for SIGINT or SIGTERM.

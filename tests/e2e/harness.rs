@@ -221,6 +221,17 @@ pub fn plugins_dir() -> Option<PathBuf> {
     }
 }
 
+/// One built example plugin, or `None` (with the reason printed) when its language's toolchain is missing.
+pub fn plugin_file(name: &str) -> Option<PathBuf> {
+    let path = plugins_dir()?.join(format!("{name}.wasm"));
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {name} was not built (its toolchain is missing; see plugins/build.sh output)");
+        None
+    }
+}
+
 /// The TOML that every test gateway starts from: loopback allowed, fast retries, its own Redis.
 pub fn base_toml(redis: &RedisServer) -> String {
     format!(

@@ -267,3 +267,49 @@ async fn replacing_a_plugin_file_under_load_loses_nothing_and_a_broken_file_keep
     assert_eq!(receiver.count(), accepted, "nothing delivered twice");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn javascript_filter_drops_and_passes_through_the_gateway() {
+    let Some(js) = plugin_file("js-filter") else { return };
+    let plugins = format!(
+        "\n[[plugins]]\nname = \"js\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"], require_fields = [\"customer\"] }}\n",
+        js.display()
+    );
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"js\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(&plugins, routes).await else { return };
+
+    let (status, dropped) = post_event(gateway.addr(), "shop", r#"{"type":"test.ping","customer":"c"}"#).await;
+    assert_eq!(status, 202);
+    assert!(dropped["dropped"][0]["reason"].as_str().unwrap().contains("test.*"), "{dropped}");
+    let (_, missing) = post_event(gateway.addr(), "shop", r#"{"type":"order"}"#).await;
+    assert_eq!(missing["dropped"][0]["reason"], "missing field customer");
+    let (status, body) = post_event(gateway.addr(), "shop", r#"{"type":"order","customer":"Zoë"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let got = a.next().await;
+    assert_eq!(got.json()["customer"], "Zoë");
+    assert_eq!(got.header("x-filtered-by"), "js");
+    assert_eq!(a.count(), 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_router_fans_out_through_the_gateway() {
+    let Some(py) = plugin_file("python-router") else { return };
+    let plugins = format!(
+        "\n[[plugins]]\nname = \"py\"\npath = \"{}\"\nconfig = {{ field = \"region\", table = {{ eu = [\"a\", \"b\"] }} }}\n",
+        py.display()
+    );
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"py\"]\n";
+    let Some((_redis, mut a, mut b, gateway)) = gateway_with(&plugins, routes).await else { return };
+
+    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"type":"order","region":"eu"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(a.next().await.header("x-routed-by"), "python");
+    assert_eq!(b.next().await.json()["region"], "eu");
+    let (_, none) = post_event(gateway.addr(), "shop", r#"{"type":"order","region":"mars"}"#).await;
+    assert_eq!(none["dropped"][0]["reason"], "no route for region=mars");
+    let (status, error) = post_event(gateway.addr(), "shop", r#"[1, 2]"#).await;
+    assert_eq!(status, 202, "a non-object payload has no field: dropped, {error}");
+    gateway.shutdown().await;
+}
