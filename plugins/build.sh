@@ -5,6 +5,8 @@
 #               (apt: rustc-web cargo-web rust-web-src lld-22 wasi-libc), which builds std itself.
 #   JavaScript  jco's QuickJS backend, from npm (js-*/package.json pins the versions).
 #   Python      componentize-py from PyPI, in a venv inside the plugin's folder.
+#   C           clang-14 with wasi-libc (apt: clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32), then
+#               `jco new` (npm) adapts the core module into a component; bindings are in c-*/gen.
 #
 # A language whose toolchain is missing is skipped with a line saying so; a build that fails with its
 # toolchain present fails this script. Outputs newer than their sources are not rebuilt.
@@ -62,7 +64,18 @@ build_python() {
   )
 }
 
+build_c() {
+  local name=$1
+  if ! command -v clang-14 >/dev/null || ! command -v npm >/dev/null; then
+    echo "build.sh: SKIPPED $name: needs clang-14 (apt-get install clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32) and npm" >&2
+    return 0
+  fi
+  stale "$name" "$name" "$wit" || return 0
+  (cd "$name" && npm install --no-audit --no-fund --loglevel=error && npm run --silent build)
+}
+
 build_rust
+build_c c-prefix
 build_js js-filter
 build_python python-router
 ls -l dist/*.wasm

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(redis-server rustc-web cargo-web rust-web-src lld-22 wasi-libc)
+packages=(redis-server rustc-web cargo-web rust-web-src lld-22 wasi-libc clang-14 lld-14 libclang-rt-14-dev-wasm32)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

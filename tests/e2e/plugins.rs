@@ -313,3 +313,23 @@ async fn python_router_fans_out_through_the_gateway() {
     assert_eq!(status, 202, "a non-object payload has no field: dropped, {error}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn c_plugin_passes_by_prefix_and_drops_the_rest_through_the_gateway() {
+    let Some(c) = plugin_file("c-prefix") else { return };
+    let plugins =
+        format!("\n[[plugins]]\nname = \"c\"\npath = \"{}\"\nconfig = {{ allow_prefix = \"order\" }}\n", c.display());
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"c\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(&plugins, routes).await else { return };
+    let (_, dropped) = post_event(gateway.addr(), "shop", r#"{"type":"refund_issued"}"#).await;
+    assert_eq!(dropped["dropped"][0]["reason"], "type refund_issued does not start with order");
+    for i in 0..20 {
+        let (status, body) =
+            post_event(gateway.addr(), "shop", &format!(r#"{{"type":"order_created","n":{i}}}"#)).await;
+        assert_eq!(status, 202, "{body}");
+        let got = a.next().await;
+        assert_eq!(got.header("x-checked-by"), "c");
+        assert_eq!(got.json()["n"], i, "warm instances keep answering correctly");
+    }
+    gateway.shutdown().await;
+}
