@@ -4,6 +4,7 @@
 #   Rust        wasm32-wasip2 with rustup's target when installed, else Debian's rustc-web toolchain
 #               (apt: rustc-web cargo-web rust-web-src lld-22 wasi-libc), which builds std itself.
 #   JavaScript  jco's QuickJS backend, from npm (js-*/package.json pins the versions).
+#   AssemblyScript  asc from npm; a core module speaking the core-module ABI (../wit/core-abi.md).
 #   Python      componentize-py from PyPI, in a venv inside the plugin's folder.
 #   C           clang-14 with wasi-libc (apt: clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32), then
 #               `jco new` (npm) adapts the core module into a component; bindings are in c-*/gen.
@@ -77,5 +78,6 @@ build_c() {
 build_rust
 build_c c-prefix
 build_js js-filter
+build_js as-tagger
 build_python python-router
 ls -l dist/*.wasm

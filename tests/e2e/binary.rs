@@ -92,7 +92,8 @@ endpoints = ["b"]
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plugin `ghost` failed to load: cannot read"), "{stderr}");
     assert!(
-        stderr.contains("plugin `not-wasm` failed to load") && stderr.contains("not a valid Wasm component"),
+        stderr.contains("plugin `not-wasm` failed to load")
+            && stderr.contains("neither a Wasm component nor a valid core module"),
         "{stderr}"
     );
 }

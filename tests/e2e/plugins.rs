@@ -333,3 +333,69 @@ async fn c_plugin_passes_by_prefix_and_drops_the_rest_through_the_gateway() {
     }
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn assemblyscript_core_module_tags_and_drops_through_the_gateway() {
+    let Some(wasm) = plugin_file("as-tagger") else { return };
+    let plugins = format!(
+        "\n[[plugins]]\nname = \"as\"\npath = \"{}\"\nconfig = {{ tag = \"billing\", drop_type = \"test.ping\" }}\n",
+        wasm.display()
+    );
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"as\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(&plugins, routes).await else { return };
+    let (_, dropped) = post_event(gateway.addr(), "shop", r#"{"type":"test.ping"}"#).await;
+    assert_eq!(dropped["dropped"][0]["reason"], "type test.ping is dropped by config");
+    let (status, body) = post_event(gateway.addr(), "shop", r#"{"type":"invoice_paid","amount":7}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let got = a.next().await;
+    assert_eq!(got.header("x-tagged-by"), "billing");
+    assert_eq!(got.json()["amount"], 7);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn core_modules_that_break_the_abi_fail_clearly() {
+    let Some(_) = plugins_dir() else { return };
+    let dir = std::env::temp_dir().join(format!("sluice-core-abi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Imports WASI, which the core ABI does not grant.
+    let greedy = dir.join("greedy.wat");
+    std::fs::write(
+        &greedy,
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .unwrap();
+    // Answers with bytes outside its memory.
+    let liar = dir.join("liar.wat");
+    std::fs::write(
+        &liar,
+        r#"(module (memory (export "memory") 1)
+        (func (export "sluice_alloc") (param i32) (result i32) (i32.const 16))
+        (func (export "sluice_handle") (param i32 i32) (result i64) (i64.const 0x7fff000000000010)))"#,
+    )
+    .unwrap();
+    let load = |path: &std::path::Path| {
+        let plugin = sluice::config::PluginConfig {
+            name: "p".into(),
+            path: path.to_path_buf(),
+            config: serde_json::json!({}),
+            deadline: std::time::Duration::from_millis(100),
+            max_memory_mb: 16,
+            max_calls_per_instance: 10,
+        };
+        sluice::plugin::PluginSet::load(&[plugin], &Default::default())
+    };
+    let error = load(&greedy).err().unwrap()[0].to_string();
+    assert!(error.contains("imports more than the core ABI allows"), "{error}");
+    let set = load(&liar).unwrap();
+    let event = sluice::plugin::PluginEvent {
+        id: "evt_x".into(),
+        source: "s".into(),
+        event_type: "t".into(),
+        headers: vec![],
+        payload: b"{}".to_vec(),
+    };
+    let error = set.call("p", &event).unwrap_err();
+    assert_eq!(error.kind(), "trap");
+    assert!(error.to_string().contains("outside memory"), "{error}");
+}

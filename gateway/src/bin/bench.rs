@@ -287,6 +287,7 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
         ("rust-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
         ("c-prefix", r#"{"allow_prefix":"order"}"#),
         ("js-filter", r#"{"drop_types":["test.*"]}"#),
+        ("as-tagger", r#"{"tag":"billing","drop_type":"test.ping"}"#),
         ("python-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
     ] {
         let path = plugin_path(name);

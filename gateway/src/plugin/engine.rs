@@ -18,7 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::host;
 use super::bindings::{Plugin, PluginPre};
-use super::{PluginError, PluginEvent, Verdict};
+use super::{core_abi, PluginError, PluginEvent, Verdict};
 use crate::config::{PluginConfig, WasmConfig};
 
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
@@ -32,8 +32,8 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Longest log line a plugin may write; longer lines are cut.
 const MAX_LOG_LINE: usize = 4096;
 
-/// Per-call host state: WASI (granting nothing), the memory limiter and what log lines are tagged with.
-struct HostState {
+/// Per-instance host state: WASI (granting nothing), the memory limiter and what log lines are tagged with.
+pub(super) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limits,
@@ -69,9 +69,19 @@ impl WasiView for HostState {
 
 impl super::bindings::sluice::plugin::types::Host for HostState {}
 
-impl host::Host for HostState {
-    fn log(&mut self, level: host::Level, message: String) {
-        let mut message = message;
+/// Severity of a plugin's log line.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl HostState {
+    /// Writes a plugin's log line, tagged with the plugin's name and the event id.
+    pub(super) fn log(&self, level: LogLevel, mut message: String) {
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
             while !message.is_char_boundary(cut) {
@@ -81,19 +91,32 @@ impl host::Host for HostState {
         }
         let (plugin, event_id) = (&*self.plugin, self.event_id.as_str());
         match level {
-            host::Level::Trace => tracing::trace!(plugin, event_id, "{message}"),
-            host::Level::Debug => tracing::debug!(plugin, event_id, "{message}"),
-            host::Level::Info => tracing::info!(plugin, event_id, "{message}"),
-            host::Level::Warn => tracing::warn!(plugin, event_id, "{message}"),
-            host::Level::Error => tracing::error!(plugin, event_id, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, event_id, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, event_id, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, event_id, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, event_id, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, event_id, "{message}"),
         }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let level = match level {
+            host::Level::Trace => LogLevel::Trace,
+            host::Level::Debug => LogLevel::Debug,
+            host::Level::Info => LogLevel::Info,
+            host::Level::Warn => LogLevel::Warn,
+            host::Level::Error => LogLevel::Error,
+        };
+        HostState::log(self, level, message);
     }
 }
 
 /// One loaded plugin, ready to instantiate, with its warm instances.
 struct LoadedPlugin {
     name: Arc<str>,
-    pre: PluginPre<HostState>,
+    pre: Pre,
     config_json: String,
     deadline: Duration,
     deadline_ticks: u64,
@@ -119,10 +142,22 @@ impl FileStamp {
     }
 }
 
+/// A plugin ready to instantiate: a component of the WIT world, or a core module of the core ABI.
+enum Pre {
+    Component(PluginPre<HostState>),
+    Core(wasmtime::InstancePre<HostState>),
+}
+
+/// An instance's entry point.
+enum Entry {
+    Component(Plugin),
+    Core(core_abi::Entry),
+}
+
 /// An instance with its store, ready for another call.
 struct Warm {
     store: Store<HostState>,
-    instance: Plugin,
+    instance: Entry,
     calls: u32,
 }
 
@@ -136,6 +171,7 @@ type PluginMap = HashMap<Arc<str>, Arc<LoadedPlugin>>;
 pub struct PluginSet {
     engine: Engine,
     linker: Linker<HostState>,
+    core_linker: wasmtime::Linker<HostState>,
     configs: Vec<PluginConfig>,
     /// The current version of each plugin. The lock is held only to clone or swap the map.
     plugins: RwLock<Arc<PluginMap>>,
@@ -159,11 +195,13 @@ impl PluginSet {
         let linked = wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .and_then(|()| Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state));
         linked.map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
+        let mut core_linker = wasmtime::Linker::<HostState>::new(&engine);
+        core_abi::add_to_linker(&mut core_linker).map_err(|e| vec![PluginError::Engine(format!("{e:#}"))])?;
 
         let mut plugins = HashMap::new();
         let mut errors = Vec::new();
         for config in configs {
-            match load_one(&engine, &linker, config) {
+            match load_one(&engine, &linker, &core_linker, config) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
@@ -178,6 +216,7 @@ impl PluginSet {
         Ok(Self {
             engine,
             linker,
+            core_linker,
             configs: configs.to_vec(),
             plugins: RwLock::new(Arc::new(plugins)),
             failed: Mutex::new(HashMap::new()),
@@ -212,7 +251,7 @@ impl PluginSet {
             if unchanged && !force {
                 continue;
             }
-            match load_one(&self.engine, &self.linker, config) {
+            match load_one(&self.engine, &self.linker, &self.core_linker, config) {
                 Ok(fresh) => {
                     failed.remove(&loaded.name);
                     outcomes.push(Ok(fresh.name.clone()));
@@ -253,9 +292,14 @@ impl PluginSet {
         state.limits.memory_exceeded = false;
         warm.store.set_epoch_deadline(plugin.deadline_ticks);
         warm.calls += 1;
-        let result = warm.instance.call_handle(&mut warm.store, &event.into(), &plugin.config_json);
+        let result = match &warm.instance {
+            Entry::Component(instance) => instance
+                .call_handle(&mut warm.store, &event.into(), &plugin.config_json)
+                .map(|answer| answer.map(Verdict::from)),
+            Entry::Core(entry) => entry.call(&mut warm.store, event, &plugin.config_json),
+        };
         let outcome = match result {
-            Ok(Ok(verdict)) => Ok(verdict.into()),
+            Ok(Ok(verdict)) => Ok(verdict),
             Ok(Err(message)) => Err(PluginError::Rejected { plugin: name.to_string(), message }),
             // A trapped instance is poisoned: drop it.
             Err(error) => return Err(classify(plugin, Some(&warm.store), error, started.elapsed())),
@@ -281,7 +325,13 @@ impl PluginSet {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(plugin.deadline_ticks);
-        let instance = plugin.pre.instantiate(&mut store)?;
+        let instance = match &plugin.pre {
+            Pre::Component(pre) => Entry::Component(pre.instantiate(&mut store)?),
+            Pre::Core(pre) => {
+                let instance = pre.instantiate(&mut store)?;
+                Entry::Core(core_abi::Entry::new(&mut store, &instance)?)
+            }
+        };
         Ok(Warm { store, instance, calls: 0 })
     }
 }
@@ -331,18 +381,33 @@ fn new_engine(configs: &[PluginConfig], wasm: &WasmConfig) -> wasmtime::Result<E
     Engine::new(&config)
 }
 
-fn load_one(engine: &Engine, linker: &Linker<HostState>, config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
+fn load_one(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    core_linker: &wasmtime::Linker<HostState>,
+    config: &PluginConfig,
+) -> Result<LoadedPlugin, PluginError> {
     let failed = |message: String| PluginError::Load { plugin: config.name.clone(), message };
+    let path = config.path.display();
     let stamp = FileStamp::of(&config.path);
-    let bytes =
-        std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {}: {e}", config.path.display())))?;
-    let component = Component::new(engine, &bytes)
-        .map_err(|e| failed(format!("{} is not a valid Wasm component: {e:#}", config.path.display())))?;
-    let instance_pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| failed(format!("{} does not fit the sluice:plugin world: {e:#}", config.path.display())))?;
-    let pre = PluginPre::new(instance_pre)
-        .map_err(|e| failed(format!("{} does not export `handle` as the WIT says: {e:#}", config.path.display())))?;
+    let bytes = std::fs::read(&config.path).map_err(|e| failed(format!("cannot read {path}: {e}")))?;
+    let pre = if core_abi::is_core_module(&bytes) {
+        let module = wasmtime::Module::new(engine, &bytes)
+            .map_err(|e| failed(format!("{path} is neither a Wasm component nor a valid core module: {e:#}")))?;
+        let pre = core_linker.instantiate_pre(&module).map_err(|e| {
+            failed(format!("{path} is a core module that imports more than the core ABI allows: {e:#}"))
+        })?;
+        Pre::Core(pre)
+    } else {
+        let component = Component::new(engine, &bytes)
+            .map_err(|e| failed(format!("{path} is not a valid Wasm component: {e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| failed(format!("{path} does not fit the sluice:plugin world: {e:#}")))?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| failed(format!("{path} does not export `handle` as the WIT says: {e:#}")))?;
+        Pre::Component(pre)
+    };
     let ticks = config.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
     Ok(LoadedPlugin {
         name: Arc::from(config.name.as_str()),

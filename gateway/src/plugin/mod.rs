@@ -4,12 +4,14 @@
 //!   loaded plugins.
 //! - `bindings` (private): the only `bindgen!` site; `convert` maps its types to the ones below.
 //! - [`chain`]: runs a route's plugins in order.
+//! - `core_abi` (private): the JSON-in-memory ABI for core-module plugins (AssemblyScript, Zig, WAT, …).
 //! - [`trial`]: one plugin on one event, for `sluice plugin test`.
 //! - [`reload`]: reloads plugins whose file changed, or on SIGHUP.
 
 mod bindings;
 pub mod chain;
 mod convert;
+mod core_abi;
 pub mod engine;
 pub mod reload;
 pub mod trial;
