@@ -228,6 +228,10 @@ pub struct PluginConfig {
     /// (strict isolation between events, at tens of µs per call). Default 1000.
     #[serde(default = "default_plugin_reuse")]
     pub max_calls_per_instance: u32,
+    /// Let the plugin read the wall and monotonic clocks. Without it both read zero. Plugins never
+    /// get files, environment variables or network. Default false.
+    #[serde(default)]
+    pub grant_clock: bool,
 }
 
 fn default_endpoint_timeout() -> Duration {

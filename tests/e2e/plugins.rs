@@ -382,6 +382,7 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
             deadline: std::time::Duration::from_millis(100),
             max_memory_mb: 16,
             max_calls_per_instance: 10,
+            grant_clock: false,
         };
         sluice::plugin::PluginSet::load(&[plugin], &Default::default())
     };
@@ -398,4 +399,28 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
     let error = set.call("p", &event).unwrap_err();
     assert_eq!(error.kind(), "trap");
     assert!(error.to_string().contains("outside memory"), "{error}");
+}
+
+#[tokio::test]
+async fn plugins_see_no_clock_unless_granted() {
+    let plugins = r#"
+[[plugins]]
+name = "blind"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "clock" }
+
+[[plugins]]
+name = "timed"
+path = "DIST/rust-chaos.wasm"
+config = { mode = "clock" }
+grant_clock = true
+"#;
+    let routes = "\n[[routes]]\nsource = \"blind\"\nplugins = [\"blind\"]\nendpoints = [\"a\"]\n\n[[routes]]\nsource = \"timed\"\nplugins = [\"timed\"]\nendpoints = [\"b\"]\n";
+    let Some((_redis, mut a, mut b, gateway)) = gateway_with(plugins, routes).await else { return };
+    post_event(gateway.addr(), "blind", r#"{"type":"x"}"#).await;
+    post_event(gateway.addr(), "timed", r#"{"type":"x"}"#).await;
+    assert_eq!(a.next().await.header("x-clock"), "0", "an ungranted clock reads zero");
+    let seen: u64 = b.next().await.header("x-clock").parse().unwrap();
+    assert!(seen > 1_700_000_000, "a granted clock reads the real time, got {seen}");
+    gateway.shutdown().await;
 }

@@ -7,7 +7,8 @@
 //! 1. peak: `--producers` concurrent producers POST `--events` events as fast as they can; prints
 //!    events/s delivered end to end (first POST → last delivery received) and ingest latency;
 //! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
-//! 3. plugin calls: µs per call of each example plugin (fresh instance per call), p50/p99.
+//! 3. the peak again with chains of 0 and 3 plugins;
+//! 4. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]`
 
@@ -180,16 +181,16 @@ async fn produce(
     Ok(all)
 }
 
-fn gateway_toml(redis_url: &str, receiver: SocketAddr, with_plugin: bool, shards: u32) -> String {
-    let plugin = if with_plugin {
-        format!(
-            "[[plugins]]\nname = \"filter\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
+fn gateway_toml(redis_url: &str, receiver: SocketAddr, chain: usize, shards: u32) -> String {
+    let mut plugin_tables = String::new();
+    for i in 1..=chain {
+        plugin_tables += &format!(
+            "[[plugins]]\nname = \"filter{i}\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
             plugin_path("rust-filter").display()
-        )
-    } else {
-        String::new()
-    };
-    let plugins = if with_plugin { "[\"filter\"]" } else { "[]" };
+        );
+    }
+    let plugin = plugin_tables;
+    let plugins = format!("[{}]", (1..=chain).map(|i| format!("\"filter{i}\"")).collect::<Vec<_>>().join(", "));
     format!(
         r#"
 [server]
@@ -214,19 +215,20 @@ endpoints = ["receiver"]
     )
 }
 
-async fn end_to_end(options: &Options) -> anyhow::Result<()> {
+/// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
+/// measures ingest latency at half the peak rate.
+async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow::Result<()> {
     let (_redis, redis_url) = start_redis().await?;
     let count = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(AtomicUsize::new(options.events));
     let done = Arc::new(Notify::new());
     let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
-    let with_plugin = options.plugin && plugin_path("rust-filter").exists();
-    if options.plugin && !with_plugin {
-        println!("note: plugins/dist/rust-filter.wasm not built (run plugins/build.sh); benchmarking without a plugin");
-    }
-    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, with_plugin, options.shards))?;
+    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, chain, options.shards))?;
     let gateway = sluice::Gateway::start(config).await?;
-    let chain = if with_plugin { "1 plugin (rust-filter)" } else { "no plugin" };
+    let chain = match chain {
+        0 => "no plugin".to_string(),
+        n => format!("a chain of {n} rust-filter plugin(s)"),
+    };
 
     // Warm up connections and code paths.
     target.store(usize::MAX, Ordering::Relaxed);
@@ -253,6 +255,10 @@ async fn end_to_end(options: &Options) -> anyhow::Result<()> {
         ms(latencies.last().copied().unwrap_or_default())
     );
 
+    if !half_rate {
+        gateway.shutdown().await;
+        return Ok(());
+    }
     // Half the peak rate, paced across the producers.
     let half_rate = peak / 2.0;
     let events = (half_rate * 5.0) as usize;
@@ -302,6 +308,7 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
             deadline: Duration::from_millis(100),
             max_memory_mb: 64,
             max_calls_per_instance: reuse,
+            grant_clock: false,
         };
         let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default())
             .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
@@ -346,6 +353,15 @@ fn us(d: Duration) -> f64 {
 fn main() -> anyhow::Result<()> {
     let options = options()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(end_to_end(&options))?;
+    let built = plugin_path("rust-filter").exists();
+    if options.plugin && !built {
+        println!(
+            "note: plugins/dist/rust-filter.wasm is not built (run plugins/build.sh); benchmarking without plugins"
+        );
+    }
+    let chains: &[usize] = if options.plugin && built { &[1, 0, 3] } else { &[0] };
+    for (i, chain) in chains.iter().enumerate() {
+        runtime.block_on(end_to_end(&options, *chain, i == 0))?;
+    }
     plugin_calls()
 }

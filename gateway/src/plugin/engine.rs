@@ -69,6 +69,27 @@ impl WasiView for HostState {
 
 impl super::bindings::sluice::plugin::types::Host for HostState {}
 
+/// The clock a plugin sees when it was not granted one: always zero.
+struct StoppedClock;
+
+impl wasmtime_wasi::HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
 /// Severity of a plugin's log line.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum LogLevel {
@@ -122,6 +143,7 @@ struct LoadedPlugin {
     deadline_ticks: u64,
     memory_bytes: usize,
     max_calls: u32,
+    grant_clock: bool,
     /// Idle warm instances. The lock is held only to push or pop, never during a call.
     warm: Mutex<Vec<Warm>>,
     /// The file as it was when loaded, to notice a replacement.
@@ -315,8 +337,13 @@ impl PluginSet {
     }
 
     fn instantiate(&self, plugin: &LoadedPlugin, event_id: &str) -> wasmtime::Result<Warm> {
+        let mut wasi = WasiCtx::builder();
+        if !plugin.grant_clock {
+            // No clock unless granted: both clocks read zero (the Unix epoch), and never move.
+            wasi.wall_clock(StoppedClock).monotonic_clock(StoppedClock);
+        }
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: Limits { memory_bytes: plugin.memory_bytes, memory_exceeded: false },
             plugin: plugin.name.clone(),
@@ -417,6 +444,7 @@ fn load_one(
         deadline_ticks: ticks,
         memory_bytes: (config.max_memory_mb as usize) << 20,
         max_calls: config.max_calls_per_instance.max(1),
+        grant_clock: config.grant_clock,
         warm: Mutex::new(Vec::new()),
         stamp,
     })

@@ -1,6 +1,6 @@
 //! A misbehaving plugin, for testing the gateway's limits. Its config picks how it misbehaves:
 //! `{"mode": "trap"}` hits `unreachable`, `"loop"` spins forever, `"membomb"` allocates until memory
-//! runs out, `"error"` returns an error, `"count"` passes the event with an `x-instance-calls` header
+//! runs out, `"error"` returns an error, `"clock"` passes it with an `x-clock` header (Unix seconds as the plugin sees them), `"count"` passes the event with an `x-instance-calls` header
 //! counting the calls this instance has served, and anything else passes the event unchanged. A `"when_type"`
 //! string limits the misbehaviour to events of that type.
 
@@ -41,6 +41,11 @@ impl Guest for Chaos {
                 }
             }
             "error" => Err("chaos plugin was told to fail".to_string()),
+            "clock" => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                event.headers.push(("x-clock".to_string(), now.as_secs().to_string()));
+                Ok(Verdict::Pass(event))
+            }
             "count" => {
                 event.headers.push(("x-instance-calls".to_string(), calls.to_string()));
                 Ok(Verdict::Pass(event))
