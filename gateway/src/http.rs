@@ -27,6 +27,8 @@ pub struct AppState {
     pub queue: RedisQueue,
     /// The admin bearer token.
     pub admin_token: Option<String>,
+    /// The plugins, for their metrics.
+    pub plugins: Arc<crate::plugin::PluginSet>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -72,7 +74,14 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
             admin_call(state, &request, admin::delivery(&state.queue, id)).await
         }
         (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
-        (_, ["v1", "events", _]) | (_, ["v1", "deliveries", _]) | (_, ["healthz"]) => {
+        (&Method::GET, ["metrics"]) => {
+            let mut text = String::new();
+            state.plugins.render_metrics(&mut text);
+            let mut reply = Response::new(Full::new(Bytes::from(text)));
+            reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            reply
+        }
+        (_, ["v1", "events", _]) | (_, ["v1", "deliveries", _]) | (_, ["healthz"]) | (_, ["metrics"]) => {
             error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         }
         _ => error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),

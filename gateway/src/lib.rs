@@ -102,6 +102,7 @@ impl Gateway {
             ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
             queue,
             admin_token: config.admin.token.clone(),
+            plugins: plugins.clone(),
         });
         let tasks = vec![
             tokio::spawn(http::serve(listener, state, watcher.clone())),

@@ -161,6 +161,20 @@ config = { mode = "error", when_type = "error" }
         assert_eq!(a.next().await.json()["type"], "fine");
     }
     assert_eq!(a.count(), 4, "no failed event was delivered");
+
+    // Each failure is counted against its plugin and kind.
+    let metrics =
+        client().get(format!("http://{}/metrics", gateway.addr())).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"sluice_plugin_errors_total{plugin="trapper",kind="trap"} 1"#,
+        r#"sluice_plugin_errors_total{plugin="looper",kind="timeout"} 1"#,
+        r#"sluice_plugin_errors_total{plugin="hog",kind="memory"} 1"#,
+        r#"sluice_plugin_errors_total{plugin="naysayer",kind="rejected"} 1"#,
+        r#"sluice_plugin_calls_total{plugin="trapper",verdict="pass"} 7"#,
+        r#"sluice_plugin_call_seconds_count{plugin="naysayer"} 5"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line} in:\n{metrics}");
+    }
     gateway.shutdown().await;
 }
 

@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::host;
 use super::bindings::{Plugin, PluginPre};
+use super::metrics::PluginStats;
 use super::{core_abi, PluginError, PluginEvent, Verdict};
 use crate::config::{PluginConfig, WasmConfig};
 
@@ -197,6 +198,8 @@ pub struct PluginSet {
     configs: Vec<PluginConfig>,
     /// The current version of each plugin. The lock is held only to clone or swap the map.
     plugins: RwLock<Arc<PluginMap>>,
+    /// Per-plugin metrics, by name; they outlive reloads.
+    stats: Vec<(Arc<str>, Arc<PluginStats>)>,
     /// File versions that failed to load, so a broken file is reported once, not on every look.
     failed: Mutex<HashMap<Arc<str>, Option<FileStamp>>>,
     stop_ticker: Arc<AtomicBool>,
@@ -240,6 +243,7 @@ impl PluginSet {
             linker,
             core_linker,
             configs: configs.to_vec(),
+            stats: configs.iter().map(|c| (Arc::from(c.name.as_str()), Arc::default())).collect(),
             plugins: RwLock::new(Arc::new(plugins)),
             failed: Mutex::new(HashMap::new()),
             stop_ticker,
@@ -301,6 +305,20 @@ impl PluginSet {
     /// Calls plugin `name` on `event` within its deadline and memory cap, in a warm instance when
     /// one is idle and may be reused, else in a fresh one.
     pub fn call(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
+        let started = Instant::now();
+        let outcome = self.call_unrecorded(name, event);
+        if let Some((_, stats)) = self.stats.iter().find(|(n, _)| &**n == name) {
+            stats.record(&outcome, started.elapsed());
+        }
+        outcome
+    }
+
+    /// Renders every plugin's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        super::metrics::render(self.stats.iter().map(|(name, stats)| (&**name, &**stats)), out);
+    }
+
+    fn call_unrecorded(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
         let plugins = self.current();
         let plugin = plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         let started = Instant::now();

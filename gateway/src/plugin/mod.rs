@@ -4,6 +4,7 @@
 //!   loaded plugins.
 //! - `bindings` (private): the only `bindgen!` site; `convert` maps its types to the ones below.
 //! - [`chain`]: runs a route's plugins in order.
+//! - [`metrics`]: per-plugin counters and latency histogram.
 //! - `core_abi` (private): the JSON-in-memory ABI for core-module plugins (AssemblyScript, Zig, WAT, …).
 //! - [`trial`]: one plugin on one event, for `sluice plugin test`.
 //! - [`reload`]: reloads plugins whose file changed, or on SIGHUP.
@@ -13,6 +14,7 @@ pub mod chain;
 mod convert;
 mod core_abi;
 pub mod engine;
+pub mod metrics;
 pub mod reload;
 pub mod trial;
 
