@@ -221,6 +221,10 @@ pub struct PluginConfig {
     /// Wall-clock deadline of one call. Default `100ms`.
     #[serde(default = "default_plugin_deadline", with = "humantime_serde")]
     pub deadline: Duration,
+    /// Wall-clock deadline of making a fresh instance (the plugin's start-up code, e.g. a JavaScript
+    /// or Python runtime initialising). Default `1s`.
+    #[serde(default = "default_plugin_startup", with = "humantime_serde")]
+    pub startup_deadline: Duration,
     /// Linear memory cap of one instance, in MiB. Default 64.
     #[serde(default = "default_plugin_memory")]
     pub max_memory_mb: u32,
@@ -245,6 +249,9 @@ fn empty_table() -> serde_json::Value {
 }
 fn default_plugin_deadline() -> Duration {
     Duration::from_millis(100)
+}
+fn default_plugin_startup() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_plugin_memory() -> u32 {
     64
@@ -344,8 +351,8 @@ impl Config {
             if !plugin.config.is_object() {
                 problems.push(format!("{at}.config: must be a table"));
             }
-            if plugin.deadline.is_zero() {
-                problems.push(format!("{at}.deadline: must be greater than zero"));
+            if plugin.deadline.is_zero() || plugin.startup_deadline.is_zero() {
+                problems.push(format!("{at}.deadline and startup_deadline: must be greater than zero"));
             }
             if plugin.max_memory_mb == 0 || plugin.max_memory_mb > 4096 {
                 problems.push(format!("{at}.max_memory_mb: must be between 1 and 4096"));

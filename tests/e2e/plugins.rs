@@ -397,6 +397,7 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
             max_memory_mb: 16,
             max_calls_per_instance: 10,
             grant_clock: false,
+            startup_deadline: std::time::Duration::from_secs(1),
         };
         sluice::plugin::PluginSet::load(&[plugin], &Default::default())
     };
@@ -413,6 +414,21 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
     let error = set.call("p", &event).unwrap_err();
     assert_eq!(error.kind(), "trap");
     assert!(error.to_string().contains("outside memory"), "{error}");
+
+    // Start-up code that never finishes is cut off by the start-up deadline.
+    let sleeper = dir.join("sleeper.wat");
+    std::fs::write(
+        &sleeper,
+        r#"(module (memory (export "memory") 1)
+        (func $spin (loop br 0)) (start $spin)
+        (func (export "sluice_alloc") (param i32) (result i32) (i32.const 16))
+        (func (export "sluice_handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    let set = load(&sleeper).unwrap();
+    let error = set.call("p", &event).unwrap_err();
+    assert_eq!(error.kind(), "timeout", "{error}");
+    assert!(error.to_string().contains("deadline of 1s"), "{error}");
 }
 
 #[tokio::test]

@@ -142,6 +142,8 @@ struct LoadedPlugin {
     config_json: String,
     deadline: Duration,
     deadline_ticks: u64,
+    startup_deadline: Duration,
+    startup_ticks: u64,
     memory_bytes: usize,
     max_calls: u32,
     grant_clock: bool,
@@ -325,7 +327,9 @@ impl PluginSet {
         let idle = plugin.warm.lock().map(|mut warm| warm.pop()).unwrap_or(None);
         let mut warm = match idle {
             Some(warm) => warm,
-            None => self.instantiate(plugin, &event.id).map_err(|e| classify(plugin, None, e, started.elapsed()))?,
+            None => self
+                .instantiate(plugin, &event.id)
+                .map_err(|e| classify(plugin, None, e, started.elapsed(), plugin.startup_deadline))?,
         };
         let state = warm.store.data_mut();
         state.event_id.clone_from(&event.id);
@@ -342,7 +346,7 @@ impl PluginSet {
             Ok(Ok(verdict)) => Ok(verdict),
             Ok(Err(message)) => Err(PluginError::Rejected { plugin: name.to_string(), message }),
             // A trapped instance is poisoned: drop it.
-            Err(error) => return Err(classify(plugin, Some(&warm.store), error, started.elapsed())),
+            Err(error) => return Err(classify(plugin, Some(&warm.store), error, started.elapsed(), plugin.deadline)),
         };
         if warm.calls < plugin.max_calls {
             if let Ok(mut idle) = plugin.warm.lock() {
@@ -369,7 +373,7 @@ impl PluginSet {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(plugin.deadline_ticks);
+        store.set_epoch_deadline(plugin.startup_ticks);
         let instance = match &plugin.pre {
             Pre::Component(pre) => Entry::Component(pre.instantiate(&mut store)?),
             Pre::Core(pre) => {
@@ -387,13 +391,14 @@ fn classify(
     store: Option<&Store<HostState>>,
     error: wasmtime::Error,
     took: Duration,
+    deadline: Duration,
 ) -> PluginError {
     let name = plugin.name.to_string();
     if store.is_some_and(|s| s.data().limits.memory_exceeded) {
         return PluginError::Memory { plugin: name, limit_mb: plugin.memory_bytes >> 20 };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PluginError::Timeout { plugin: name, deadline: plugin.deadline, took },
+        Some(Trap::Interrupt) => PluginError::Timeout { plugin: name, deadline, took },
         Some(trap) => PluginError::Trap { plugin: name, message: trap.to_string() },
         None => PluginError::Trap { plugin: name, message: format!("{error:#}") },
     }
@@ -453,13 +458,15 @@ fn load_one(
             .map_err(|e| failed(format!("{path} does not export `handle` as the WIT says: {e:#}")))?;
         Pre::Component(pre)
     };
-    let ticks = config.deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+    let ticks = |d: Duration| d.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
     Ok(LoadedPlugin {
         name: Arc::from(config.name.as_str()),
         pre,
         config_json: config.config.to_string(),
         deadline: config.deadline,
-        deadline_ticks: ticks,
+        deadline_ticks: ticks(config.deadline),
+        startup_deadline: config.startup_deadline,
+        startup_ticks: ticks(config.startup_deadline),
         memory_bytes: (config.max_memory_mb as usize) << 20,
         max_calls: config.max_calls_per_instance.max(1),
         grant_clock: config.grant_clock,

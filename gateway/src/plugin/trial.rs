@@ -43,6 +43,7 @@ pub fn run(
         max_memory_mb,
         max_calls_per_instance: 1000,
         grant_clock: false,
+        startup_deadline: Duration::from_secs(1),
     };
     let set = PluginSet::load(std::slice::from_ref(&plugin), &WasmConfig::default())
         .map_err(|errors| errors.into_iter().next().unwrap_or(PluginError::Unknown(name.clone())))?;
