@@ -1,12 +1,23 @@
-//! The outbound HTTP client: one connection pool for every endpoint (keep-alive reuse), no
+//! The outbound HTTP clients: one connection pool for every endpoint (keep-alive reuse), no
 //! redirects, and a guard that refuses non-public destination addresses unless the config allows them.
+//! Deliveries use a bare hyper client (the hot path: a pre-parsed URI per endpoint, no extra layers);
+//! alerts use reqwest.
 //!
 //! The guard runs after DNS resolution (a custom resolver drops refused addresses), and again for
 //! URLs whose host is an IP literal, which never reach the resolver.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::dns::Name as HyperName;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
@@ -25,6 +36,27 @@ pub fn build(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
         .connect_timeout(Duration::from_secs(10))
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .build()
+}
+
+/// The delivery client: hyper over TCP or TLS (webpki roots), the guard in its resolver.
+pub type DeliveryClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
+/// Builds the delivery client.
+pub fn build_delivery(allow_private: bool) -> DeliveryClient {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 /// Why a destination is refused, or `None` when it may be contacted.
@@ -73,28 +105,50 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-struct GuardedResolver {
+/// Resolves names and drops the addresses the guard refuses; fails when none is left.
+#[derive(Clone)]
+pub struct GuardedResolver {
     allow_private: bool,
+}
+
+impl GuardedResolver {
+    async fn lookup(host: String, allow_private: bool) -> std::io::Result<Vec<SocketAddr>> {
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+        let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
+        if allowed.is_empty() {
+            let reason = match found.first() {
+                Some(addr) => format!("{host} resolves to {}", refused_message(addr.ip())),
+                None => format!("{host} resolves to no address"),
+            };
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
+        }
+        Ok(allowed)
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> =
-                found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
-            if allowed.is_empty() {
-                let reason = match found.first() {
-                    Some(addr) => format!("{host} resolves to {}", refused_message(addr.ip())),
-                    None => format!("{host} resolves to no address"),
-                };
-                return Err(reason.into());
-            }
+            let allowed = Self::lookup(name.as_str().to_string(), allow_private).await?;
             let addrs: Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+impl tower_service::Service<HyperName> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: HyperName) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move { Ok(Self::lookup(name.as_str().to_string(), allow_private).await?.into_iter()) })
     }
 }
 

@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use rand::Rng;
 use tokio::sync::{watch, Notify, Semaphore};
 use url::Url;
@@ -29,6 +32,7 @@ const RESPONSE_EXCERPT: usize = 1024;
 /// An endpoint as the worker needs it.
 struct Endpoint {
     url: Url,
+    uri: hyper::Uri,
     secret: Secret,
     timeout: Duration,
     schedule: Vec<Duration>,
@@ -37,7 +41,7 @@ struct Endpoint {
 /// What every delivery task shares.
 struct Shared {
     queue: RedisQueue,
-    client: reqwest::Client,
+    client: client::DeliveryClient,
     endpoints: HashMap<String, Endpoint>,
     jitter: f64,
     allow_private: bool,
@@ -61,7 +65,7 @@ impl Worker {
     pub fn new(
         config: &Config,
         queue: RedisQueue,
-        http: reqwest::Client,
+        http: client::DeliveryClient,
         alerts_http: reqwest::Client,
         wake: Arc<Notify>,
     ) -> Self {
@@ -70,8 +74,9 @@ impl Worker {
             .iter()
             .filter_map(|e| {
                 let secret = Secret::parse(&e.secret).ok()?;
+                let uri = e.url.as_str().parse().ok()?;
                 let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
-                Some((e.name.clone(), Endpoint { url: e.url.clone(), secret, timeout: e.timeout, schedule }))
+                Some((e.name.clone(), Endpoint { url: e.url.clone(), uri, secret, timeout: e.timeout, schedule }))
             })
             .collect();
         let alerter = config.alerts.url.clone().map(|url| {
@@ -219,8 +224,9 @@ impl Shared {
             return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
         }
         let timestamp = unix_seconds();
-        let mut request =
-            self.client.post(endpoint.url.clone()).timeout(endpoint.timeout).header("content-type", "application/json");
+        let mut request = hyper::Request::post(endpoint.uri.clone())
+            .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(hyper::header::USER_AGENT, HeaderValue::from_static(client::USER_AGENT));
         for (name, value) in &claimed.headers {
             if !is_reserved(name) {
                 request = request.header(name.as_str(), value.as_str());
@@ -230,12 +236,20 @@ impl Shared {
             .header("webhook-id", delivery_id)
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", endpoint.secret.sign(delivery_id, timestamp, &claimed.payload))
-            .body(claimed.payload.clone());
+            .body(Full::new(claimed.payload.clone()));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                let reason = format!("invalid request (a plugin-set header?): {e}");
+                return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
+            }
+        };
         let started = Instant::now();
-        let (outcome, excerpt) = match request.send().await {
-            Ok(response) => read_answer(response).await,
-            Err(e) if e.is_timeout() => (Outcome::Timeout, None),
-            Err(e) => (Outcome::Failed(error_chain(&e)), None),
+        let deadline = tokio::time::Instant::now() + endpoint.timeout;
+        let (outcome, excerpt) = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Err(_) => (Outcome::Timeout, None),
+            Ok(Err(e)) => (Outcome::Failed(error_chain(&e)), None),
+            Ok(Ok(response)) => read_answer(response, deadline).await,
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (kind, status, error) = match &outcome {
@@ -291,33 +305,37 @@ impl Shared {
     }
 }
 
-/// Reads the status and the first bytes of the answer (never the whole of a huge body).
-async fn read_answer(mut response: reqwest::Response) -> (Outcome, Option<String>) {
+/// Reads the status and the first bytes of the answer (never the whole of a huge body), within
+/// the attempt's deadline. A 2xx whose body does not arrive in time still counts: the receiver has
+/// the event.
+async fn read_answer(response: hyper::Response<Incoming>, deadline: tokio::time::Instant) -> (Outcome, Option<String>) {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
-        .get(reqwest::header::RETRY_AFTER)
+        .get(hyper::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .filter(|_| status == 429 || status == 503)
         .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
+    let mut body = response.into_body();
     let mut excerpt = Vec::new();
-    let mut read_error = None;
-    while excerpt.len() < RESPONSE_EXCERPT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - excerpt.len())]),
-            Ok(None) => break,
-            Err(e) => {
-                read_error = Some(e);
-                break;
+    let read = async {
+        while excerpt.len() < RESPONSE_EXCERPT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        excerpt.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - excerpt.len())]);
+                    }
+                }
+                _ => break,
             }
         }
-    }
+    };
+    let _ = tokio::time::timeout_at(deadline, read).await;
     let excerpt = (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned());
-    let outcome = match read_error {
-        // A 2xx whose body did not arrive in time still counts: the receiver has the event.
-        Some(e) if e.is_timeout() && !(200..300).contains(&status) => Outcome::Timeout,
-        _ if (200..300).contains(&status) => Outcome::Success { status },
-        _ => Outcome::Status { status, retry_after },
+    let outcome = if (200..300).contains(&status) {
+        Outcome::Success { status }
+    } else {
+        Outcome::Status { status, retry_after }
     };
     (outcome, excerpt)
 }
