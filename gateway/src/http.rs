@@ -33,8 +33,13 @@ pub struct AppState {
 
 type Reply = Response<Full<Bytes>>;
 
-/// Accepts connections until `shutdown` turns true.
+/// How long open connections get to finish their requests once shutdown begins.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` turns true, then lets open connections finish the request
+/// they are serving (up to [`DRAIN`]) and closes them.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -46,21 +51,25 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
-            });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "Connection ended with an error.");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("Some connections were still busy after {DRAIN:?}; closing them.");
     }
 }
 

@@ -83,7 +83,11 @@ impl Gateway {
         let plugins = Arc::new(PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?);
         let queue = RedisQueue::open(&config.redis, &config.queue)?;
         match queue.check_layout().await {
-            Ok(()) => {}
+            Ok(()) => {
+                for risk in queue.risky_settings().await {
+                    tracing::warn!("Redis setting puts deliveries at risk: {risk}");
+                }
+            }
             Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
             // Redis may come later; the gateway answers 503 until it does.
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),

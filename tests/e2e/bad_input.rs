@@ -193,3 +193,26 @@ fn bad_durations_are_errors_that_name_the_value() {
     let error = sluice::config::from_toml("[retry]\nschedule = [\"5 fortnights\"]\n").unwrap_err().to_string();
     assert!(error.contains("5 fortnights"), "{error}");
 }
+
+#[tokio::test]
+async fn risky_redis_settings_are_reported() {
+    let redis = RedisServer::start().await;
+    let config = sluice::config::from_toml(&base_toml(&redis)).unwrap();
+    let queue = sluice::queue::RedisQueue::open(&config.redis, &config.queue).unwrap();
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let risks = queue.risky_settings().await;
+    assert!(risks.iter().any(|r| r.contains("appendonly is off")), "{risks:?}");
+    assert!(risks.iter().any(|r| r.contains("maxmemory-policy is allkeys-lru")), "{risks:?}");
+
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(&mut conn).await.unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    assert!(queue.risky_settings().await.is_empty());
+}

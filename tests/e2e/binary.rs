@@ -140,3 +140,48 @@ fn sluice_plugin_test_prints_the_verdict_and_the_time() {
     assert!(!ok, "a trapping plugin fails the command");
     assert!(out.contains("verdict: failed (trap)"), "{out}");
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_next([Answer::Hang(Duration::from_millis(1500))]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("sluice-term-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.toml");
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + &endpoint_toml("orders", &receiver.url(), "timeout = \"5s\"")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let mut sluice = Running(
+        Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, accepted) = post_event(addr, "shop", r#"{"event":"order_created"}"#).await;
+    assert_eq!(status, 202);
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+
+    // The receiver holds the delivery for 1.5 s; terminate the gateway while it waits.
+    receiver.next().await;
+    let pid = sluice.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::task::spawn_blocking(move || sluice.0.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "sluice exited with {exit}");
+
+    // The attempt finished and was recorded before the process ended: nothing to redo.
+    let mut conn = redis.connection().await;
+    let status: Option<String> = redis::cmd("HGET")
+        .arg(format!("sluice:{{s0}}:d:{delivery_id}"))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("succeeded"));
+    assert_eq!(receiver.count(), 1);
+}

@@ -53,6 +53,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     lease: Duration,
     batch: usize,
+    concurrency: u32,
+    drain: Duration,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     name: String,
@@ -95,14 +97,33 @@ impl Worker {
             shared: Arc::new(shared),
             lease: config.queue.lease,
             batch: config.queue.batch,
+            concurrency: config.queue.concurrency.min(Semaphore::MAX_PERMITS) as u32,
+            // Long enough for the slowest endpoint to answer an attempt that has just started.
+            drain: config.endpoints.iter().map(|e| e.timeout).max().unwrap_or_default() + Duration::from_secs(1),
             permits: Arc::new(Semaphore::new(config.queue.concurrency)),
             wake,
             name: format!("w{:016x}", rand::thread_rng().gen::<u64>()),
         }
     }
 
-    /// Claims and delivers until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Claims and delivers until `shutdown` turns true, then lets the deliveries in flight finish
+    /// and settle (up to the longest endpoint timeout).
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.claim_loop(shutdown).await;
+        let in_flight = self.concurrency as usize - self.permits.available_permits();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "Shutting down: waiting for deliveries in flight.");
+        }
+        match tokio::time::timeout(self.drain, self.permits.acquire_many(self.concurrency)).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                in_flight = self.concurrency as usize - self.permits.available_permits(),
+                "Deliveries still in flight at shutdown; they will be attempted again when their leases expire."
+            ),
+        }
+    }
+
+    async fn claim_loop(&self, mut shutdown: watch::Receiver<bool>) {
         let mut claims: u64 = 0;
         let mut backoff = Duration::ZERO;
         let shards = self.shared.queue.shards();

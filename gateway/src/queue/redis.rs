@@ -145,6 +145,25 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Settings of the Redis server that put queued deliveries at risk, each with the reason.
+    /// Empty when all is well or when the server does not let us read its config.
+    pub async fn risky_settings(&self) -> Vec<String> {
+        let mut conn = self.core.conn.clone();
+        let mut risks = Vec::new();
+        let read = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).clone();
+        if let Ok((_, value)) = read("appendonly").query_async::<(String, String)>(&mut conn).await {
+            if value != "yes" {
+                risks.push("appendonly is off: a Redis restart loses every queued delivery since the last snapshot; set `appendonly yes`".to_string());
+            }
+        }
+        if let Ok((_, value)) = read("maxmemory-policy").query_async::<(String, String)>(&mut conn).await {
+            if value != "noeviction" {
+                risks.push(format!("maxmemory-policy is {value}: Redis may evict queued deliveries under memory pressure; set `maxmemory-policy noeviction`"));
+            }
+        }
+        risks
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
