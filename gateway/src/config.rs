@@ -99,6 +99,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest accepted event body in bytes; larger bodies get 413. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// How long an `idempotency-key` is remembered: a repeat within this window gets the first
+    /// answer instead of a new event. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 /// `[redis]`
@@ -262,7 +266,11 @@ fn default_plugin_reuse() -> u32 {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 1 << 20 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            idempotency_window: Duration::from_secs(24 * 3600),
+        }
     }
 }
 

@@ -109,14 +109,14 @@ async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> R
         }
         Err(e) => return ingest_error(source, IngestError::Body(e.to_string())),
     };
-    match state.ingest.accept(source, &parts.headers, body).await {
-        Ok(accepted) => match serde_json::to_vec(&accepted) {
-            Ok(body) => bytes_reply(StatusCode::ACCEPTED, body),
-            Err(e) => {
-                tracing::error!(error = %e, "Could not encode an ingest answer.");
-                error_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not encode the answer")
+    match state.ingest.answer(source, &parts.headers, body).await {
+        Ok(answer) => {
+            let mut reply = bytes_reply(StatusCode::ACCEPTED, answer.body.into_bytes());
+            if answer.replayed {
+                reply.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
-        },
+            reply
+        }
         Err(e) => ingest_error(source, e),
     }
 }
@@ -127,6 +127,8 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+        IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+        IngestError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_conflict"),
         IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed")
         }

@@ -179,3 +179,56 @@ async fn private_destinations_are_refused_unless_allowed() {
     assert_eq!(receiver.count(), 0, "nothing may reach a private address");
     gateway.shutdown().await;
 }
+
+async fn post_with_key(
+    gateway: std::net::SocketAddr,
+    key: &str,
+    body: &str,
+) -> (u16, Option<String>, serde_json::Value) {
+    let response = client()
+        .post(format!("http://{gateway}/v1/events/shop"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_string());
+    (status, replayed, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+    let addr = gateway.addr();
+
+    let (status, replayed, first) = post_with_key(addr, "order-12345", r#"{"event":"order_created"}"#).await;
+    assert_eq!((status, replayed), (202, None));
+    let (status, replayed, again) = post_with_key(addr, "order-12345", r#"{"event":"order_created"}"#).await;
+    assert_eq!((status, replayed.as_deref()), (202, Some("true")));
+    assert_eq!(again, first, "the repeat gets the first answer");
+    let (_, _, other) = post_with_key(addr, "order-67890", r#"{"event":"order_created"}"#).await;
+    assert_ne!(other["id"], first["id"]);
+    receiver.next().await;
+    receiver.next().await;
+    let mut conn = redis.connection().await;
+    let stored: Vec<String> = redis::cmd("KEYS").arg("sluice:*:d:*").query_async(&mut conn).await.unwrap();
+    assert_eq!(stored.len(), 2, "two keys, two deliveries: {stored:?}");
+
+    // A refused event frees its key; a key still in progress is a conflict; a bad key is refused.
+    let (status, _, _) = post_with_key(addr, "retry-me", "{not json").await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post_with_key(addr, "retry-me", r#"{"event":"x"}"#).await;
+    assert_eq!(status, 202);
+    let _: () = redis::cmd("SET").arg("sluice:idem:shop:busy").arg("pending").query_async(&mut conn).await.unwrap();
+    let (status, _, body) = post_with_key(addr, "busy", r#"{"event":"x"}"#).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _, body) = post_with_key(addr, "has space", r#"{"event":"x"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key");
+    gateway.shutdown().await;
+}

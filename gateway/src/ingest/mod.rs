@@ -44,9 +44,24 @@ pub enum IngestError {
     /// The event fans out to more deliveries than one event may have (422).
     #[error("the event fans out to {0} deliveries; at most {max} are allowed", max = crate::id::MAX_DELIVERIES_PER_EVENT)]
     TooManyDeliveries(usize),
+    /// The `idempotency-key` header is empty, too long or not visible ASCII (400).
+    #[error("idempotency-key must be 1 to 255 visible ASCII characters")]
+    IdempotencyKey,
+    /// A request with the same `idempotency-key` is still being processed (409).
+    #[error("a request with this idempotency-key is still being processed; retry later")]
+    IdempotencyInProgress,
     /// The queue could not store the event (503 when unreachable, else 500). Nothing was accepted.
     #[error("the queue could not store the event: {0}")]
     Queue(#[from] QueueError),
+}
+
+/// The body of a 202 answer, and whether it repeats an earlier answer for the same idempotency key.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// JSON of [`Accepted`].
+    pub body: String,
+    /// True when this is the stored answer of an earlier request with the same `idempotency-key`.
+    pub replayed: bool,
 }
 
 /// A stored event, as the producer is told (HTTP 202).

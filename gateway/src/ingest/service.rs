@@ -10,7 +10,7 @@ use hyper::HeaderMap;
 use tokio::sync::Notify;
 
 use super::plan::plan;
-use super::{parse, Accepted, AcceptedDelivery, IngestError};
+use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
 use crate::plugin::{PluginEvent, PluginSet};
@@ -25,8 +25,12 @@ pub struct Ingest {
     /// Endpoint name → delay before its first attempt.
     endpoints: HashMap<Arc<str>, Duration>,
     max_body_bytes: usize,
+    idempotency_window: Duration,
     wake_worker: Arc<Notify>,
 }
+
+/// The header that makes an ingest request idempotent.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 impl Ingest {
     /// Builds the ingest step from a validated config.
@@ -45,6 +49,7 @@ impl Ingest {
             queue,
             endpoints,
             max_body_bytes: config.server.max_body_bytes,
+            idempotency_window: config.server.idempotency_window,
             wake_worker,
         }
     }
@@ -68,6 +73,40 @@ impl Ingest {
             return Err(IngestError::TooLarge { limit: self.max_body_bytes });
         }
         Ok(())
+    }
+
+    /// Accepts one event and answers with the JSON for the producer. With an `idempotency-key`
+    /// header, a repeat of a key within the window gets the first answer and stores nothing.
+    pub async fn answer(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, IngestError> {
+        let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
+            let accepted = self.accept(source, headers, body).await?;
+            return Ok(Answer { body: encode(&accepted), replayed: false });
+        };
+        self.precheck(source, headers)?;
+        let key = key.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+        let key = key.ok_or(IngestError::IdempotencyKey)?;
+        match self.queue.claim_idempotency(source, key).await? {
+            None => {}
+            Some(pending) if pending == crate::queue::redis::IDEMPOTENCY_PENDING => {
+                return Err(IngestError::IdempotencyInProgress)
+            }
+            Some(earlier) => return Ok(Answer { body: earlier, replayed: true }),
+        }
+        match self.accept(source, headers, body).await {
+            Ok(accepted) => {
+                let body = encode(&accepted);
+                if let Err(e) = self.queue.complete_idempotency(source, key, &body, self.idempotency_window).await {
+                    tracing::warn!(source, error = %e, "Could not record an idempotency key's answer; a repeat may get 409 for a minute.");
+                }
+                Ok(Answer { body, replayed: false })
+            }
+            Err(e) => {
+                if let Err(release) = self.queue.release_idempotency(source, key).await {
+                    tracing::warn!(source, error = %release, "Could not release an idempotency key after a refused event.");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Accepts one event: parse, route, run plugins, store. Returns once the queue holds every delivery.
@@ -126,4 +165,9 @@ impl Ingest {
             dropped: plan.dropped,
         })
     }
+}
+
+/// JSON of an answer (serialising these plain types cannot fail).
+fn encode(accepted: &Accepted) -> String {
+    serde_json::to_string(accepted).unwrap_or_default()
 }

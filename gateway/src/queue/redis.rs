@@ -13,6 +13,7 @@
 //! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, n (deliveries), open (unfinished) |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts, status, lease, updated, last_error, log (one JSON attempt record per line) |
 //! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
+//! | `<prefix>:idem:<source>:<key>` | STRING | the answer given to an `idempotency-key` (`pending` while in progress), with a TTL |
 //!
 //! Creation times are not stored: ids are ULIDs and carry them. The scripts build per-delivery key
 //! names from the shard prefix; they stay within the shard's hash tag, hence within one Cluster slot.
@@ -38,6 +39,11 @@ use crate::id;
 const ENQUEUE: &str = include_str!("scripts/enqueue.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const SETTLE: &str = include_str!("scripts/settle.lua");
+
+/// What an idempotency key holds while its first request is still being processed.
+pub const IDEMPOTENCY_PENDING: &str = "pending";
+/// How long a claimed key stays pending at most (a gateway that died mid-request frees it then).
+const IDEMPOTENCY_PENDING_TTL: Duration = Duration::from_secs(60);
 
 /// Most events (or settlements) in one script call.
 const BATCH: usize = 64;
@@ -162,6 +168,55 @@ impl RedisQueue {
             }
         }
         risks
+    }
+
+    /// Claims an idempotency key for a new event. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`:
+    /// seen before, with the answer given then (`PENDING` while the first request is still running).
+    pub async fn claim_idempotency(&self, source: &str, key: &str) -> Result<Option<String>, QueueError> {
+        let mut conn = self.core.conn.clone();
+        let name = self.idempotency_key(source, key);
+        for _ in 0..2 {
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(&name)
+                .arg(IDEMPOTENCY_PENDING)
+                .arg("NX")
+                .arg("PX")
+                .arg(IDEMPOTENCY_PENDING_TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            if claimed.is_some() {
+                return Ok(None);
+            }
+            // Taken: read the answer (it may expire in between; then try to claim again).
+            if let Some(answer) = conn.get::<_, Option<String>>(&name).await? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(Some(IDEMPOTENCY_PENDING.to_string()))
+    }
+
+    /// Records the answer given for an idempotency key, for `window`.
+    pub async fn complete_idempotency(
+        &self,
+        source: &str,
+        key: &str,
+        answer: &str,
+        window: Duration,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: () = conn.pset_ex(self.idempotency_key(source, key), answer, window.as_millis() as u64).await?;
+        Ok(())
+    }
+
+    /// Gives up an idempotency key claimed for an event that was not accepted, so a retry can proceed.
+    pub async fn release_idempotency(&self, source: &str, key: &str) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: () = conn.del(self.idempotency_key(source, key)).await?;
+        Ok(())
+    }
+
+    fn idempotency_key(&self, source: &str, key: &str) -> String {
+        format!("{}:idem:{source}:{key}", self.core.prefix)
     }
 
     /// Checks that Redis answers.
