@@ -133,6 +133,8 @@ pub struct QueueConfig {
     pub batch: usize,
     /// Most deliveries in flight in this process. Default 512.
     pub concurrency: usize,
+    /// Replays per second when all dead letters of an endpoint are replayed at once. Default 100.
+    pub replay_rate: u32,
     /// How long finished deliveries and events are kept for the admin API. Default `7d`.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -291,6 +293,7 @@ impl Default for QueueConfig {
             lease: Duration::from_secs(60),
             batch: 128,
             concurrency: 512,
+            replay_rate: 100,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }

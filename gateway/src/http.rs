@@ -29,6 +29,10 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// The plugins, for their metrics.
     pub plugins: Arc<crate::plugin::PluginSet>,
+    /// Configured endpoint names.
+    pub endpoints: Vec<String>,
+    /// Time between the replays of a replay-all.
+    pub replay_spacing: std::time::Duration,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -81,6 +85,17 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
         (&Method::GET, ["v1", "events", id]) => admin_call(state, &request, admin::event(&state.queue, id)).await,
         (&Method::GET, ["v1", "deliveries", id]) => {
             admin_call(state, &request, admin::delivery(&state.queue, id)).await
+        }
+        (&Method::POST, ["v1", "deliveries", id, "replay"]) => {
+            admin_call(state, &request, admin::replay_one(&state.queue, id)).await
+        }
+        (&Method::GET, ["v1", "dead-letters"]) => {
+            let query = request.uri().query().unwrap_or_default().to_string();
+            admin_call(state, &request, admin::dead_letters(&state.queue, &query)).await
+        }
+        (&Method::POST, ["v1", "endpoints", name, "replay-dead"]) => {
+            let known = state.endpoints.iter().any(|e| e == name);
+            admin_call(state, &request, admin::replay_endpoint(&state.queue, name, known, state.replay_spacing)).await
         }
         (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, ["metrics"]) => {
@@ -174,6 +189,8 @@ async fn admin_call(
             reply
         }
         Err(e @ AdminError::NotFound(_)) => error_reply(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        Err(e @ AdminError::BadRequest(_)) => error_reply(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Err(e @ AdminError::NotDead(_)) => error_reply(StatusCode::CONFLICT, "not_dead", &e.to_string()),
         Err(AdminError::Queue(e)) => {
             tracing::error!(error = %e, "Admin lookup failed.");
             let status =

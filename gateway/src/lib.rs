@@ -31,6 +31,7 @@ pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -107,6 +108,8 @@ impl Gateway {
             queue,
             admin_token: config.admin.token.clone(),
             plugins: plugins.clone(),
+            endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
+            replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
         });
         let tasks = vec![
             tokio::spawn(http::serve(listener, state, watcher.clone())),

@@ -232,3 +232,56 @@ async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
     assert_eq!(body["error"]["code"], "invalid_idempotency_key");
     gateway.shutdown().await;
 }
+
+async fn admin_post(gateway: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let response = client().post(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_one_or_all_with_the_replay_logged() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_always(Answer::Status(500));
+    let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+    let addr = gateway.addr();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (_, accepted) = post_event(addr, "shop", &format!(r#"{{"event":"e","n":{n}}}"#)).await;
+        let id = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+        wait_for_state(addr, &id, "dead").await;
+        ids.push(id);
+    }
+    let (status, page) = admin_get(addr, "/v1/dead-letters?endpoint=orders&limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<_> = page["dead_letters"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()], "newest first, two per page");
+    assert_eq!(page["dead_letters"][0]["attempts"], 3);
+    let before = page["next_before"].as_u64().unwrap();
+    let (_, rest) = admin_get(addr, &format!("/v1/dead-letters?endpoint=orders&before={before}")).await;
+    assert_eq!(rest["dead_letters"][0]["id"], ids[0].as_str());
+    assert_eq!(admin_get(addr, "/v1/dead-letters?limit=0").await.0, 400);
+
+    // The receiver recovers; replay one.
+    receiver.answer_always(Answer::Status(200));
+    let (status, body) = admin_post(addr, &format!("/v1/deliveries/{}/replay", ids[0])).await;
+    assert_eq!(status, 200, "{body}");
+    let view = wait_for_state(addr, &ids[0], "succeeded").await;
+    let outcomes: Vec<_> =
+        view["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["http_error", "http_error", "http_error", "replayed", "success"]);
+    assert_eq!(admin_post(addr, &format!("/v1/deliveries/{}/replay", ids[0])).await.0, 409, "no longer dead");
+
+    // Replay everything left for the endpoint.
+    let (status, body) = admin_post(addr, "/v1/endpoints/orders/replay-dead").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 2);
+    wait_for_state(addr, &ids[1], "succeeded").await;
+    wait_for_state(addr, &ids[2], "succeeded").await;
+    let (_, empty) = admin_get(addr, "/v1/dead-letters").await;
+    assert_eq!(empty["dead_letters"].as_array().unwrap().len(), 0);
+    assert_eq!(admin_post(addr, "/v1/endpoints/nope/replay-dead").await.0, 404);
+    gateway.shutdown().await;
+}

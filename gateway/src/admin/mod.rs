@@ -1,4 +1,5 @@
-//! The admin API: look up events and deliveries. Every route needs `Authorization: Bearer <admin.token>`.
+//! The admin API: look up events and deliveries, list and replay dead letters. Every route needs
+//! `Authorization: Bearer <admin.token>`.
 
 use serde_json::{json, Value};
 
@@ -14,6 +15,12 @@ pub enum AdminError {
     /// No such event or delivery, or a malformed id (404).
     #[error("{0} not found")]
     NotFound(String),
+    /// The request is malformed, e.g. a bad query parameter (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The delivery exists but is not dead-lettered, so there is nothing to replay (409).
+    #[error("delivery `{0}` is not dead-lettered; only dead letters can be replayed")]
+    NotDead(String),
     /// The queue could not answer (503 / 500).
     #[error("the queue could not answer: {0}")]
     Queue(#[from] QueueError),
@@ -57,6 +64,64 @@ pub async fn event(queue: &RedisQueue, text: &str) -> Result<Value, AdminError> 
         "payload": payload,
         "deliveries": view.deliveries,
     }))
+}
+
+/// Longest page of dead letters.
+const MAX_PAGE: usize = 500;
+/// Most dead letters one replay-all request replays.
+const MAX_REPLAY_ALL: usize = 10_000;
+
+/// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
+pub async fn dead_letters(queue: &RedisQueue, query: &str) -> Result<Value, AdminError> {
+    let (mut endpoint, mut before, mut limit) = (None, None, 50);
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        match key {
+            "endpoint" => endpoint = Some(value),
+            "before" => {
+                before = Some(value.parse().map_err(|_| AdminError::BadRequest(format!("bad `before`: {value}")))?)
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_PAGE).contains(l))
+                    .ok_or_else(|| AdminError::BadRequest(format!("`limit` must be between 1 and {MAX_PAGE}")))?
+            }
+            other => return Err(AdminError::BadRequest(format!("unknown query parameter `{other}`"))),
+        }
+    }
+    let page = queue.dead_letters(endpoint, before, limit).await?;
+    let next_before = (page.len() == limit).then(|| page.last().map(|d| d.dead_at)).flatten();
+    Ok(json!({ "dead_letters": page, "next_before": next_before }))
+}
+
+/// `POST /v1/deliveries/{id}/replay`: one dead letter back in the queue, with a fresh schedule.
+pub async fn replay_one(queue: &RedisQueue, text: &str) -> Result<Value, AdminError> {
+    let not_found = || AdminError::NotFound(format!("delivery `{}`", text.chars().take(64).collect::<String>()));
+    let delivery = id::parse_delivery(text).ok_or_else(not_found)?;
+    queue.delivery(delivery).await?.ok_or_else(not_found)?;
+    let replayed = queue.replay(&[delivery], std::time::Duration::ZERO).await?;
+    if replayed.is_empty() {
+        return Err(AdminError::NotDead(text.to_string()));
+    }
+    Ok(json!({ "replayed": replayed }))
+}
+
+/// `POST /v1/endpoints/{name}/replay-dead`: every dead letter of an endpoint back in the queue,
+/// spaced by `spacing` so the endpoint is not flooded.
+pub async fn replay_endpoint(
+    queue: &RedisQueue,
+    endpoint: &str,
+    known: bool,
+    spacing: std::time::Duration,
+) -> Result<Value, AdminError> {
+    if !known {
+        return Err(AdminError::NotFound(format!("endpoint `{}`", endpoint.chars().take(64).collect::<String>())));
+    }
+    let dead = queue.dead_letters(Some(endpoint), None, MAX_REPLAY_ALL).await?;
+    let ids: Vec<_> = dead.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
+    let replayed = queue.replay(&ids, spacing).await?;
+    Ok(json!({ "endpoint": endpoint, "replayed": replayed.len() }))
 }
 
 #[cfg(test)]

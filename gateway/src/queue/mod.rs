@@ -210,3 +210,18 @@ pub struct EventView {
     /// Its deliveries with their states.
     pub deliveries: Vec<DeliverySummary>,
 }
+
+/// A dead-lettered delivery, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Delivery id.
+    pub id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// When it was dead-lettered, ms since the epoch.
+    pub dead_at: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}

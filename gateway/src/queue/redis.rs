@@ -30,8 +30,8 @@ use ulid::Ulid;
 
 use super::batcher::Batcher;
 use super::{
-    AttemptRecord, ClaimBatch, Claimed, DeliverySummary, DeliveryView, EventView, NewDelivery, NewEvent, QueueError,
-    Settle,
+    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EventView, NewDelivery, NewEvent,
+    QueueError, Settle,
 };
 use crate::config::{QueueConfig, RedisConfig};
 use crate::id;
@@ -39,6 +39,7 @@ use crate::id;
 const ENQUEUE: &str = include_str!("scripts/enqueue.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const SETTLE: &str = include_str!("scripts/settle.lua");
+const REPLAY: &str = include_str!("scripts/replay.lua");
 
 /// What an idempotency key holds while its first request is still being processed.
 pub const IDEMPOTENCY_PENDING: &str = "pending";
@@ -69,6 +70,7 @@ struct Core {
     enqueue: Script,
     claim: Script,
     settle: Script,
+    replay: Script,
 }
 
 /// An event and its deliveries, owned, on its way to the enqueue batch.
@@ -120,6 +122,7 @@ impl RedisQueue {
             enqueue: Script::new(ENQUEUE),
             claim: Script::new(CLAIM),
             settle: Script::new(SETTLE),
+            replay: Script::new(REPLAY),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -217,6 +220,79 @@ impl RedisQueue {
 
     fn idempotency_key(&self, source: &str, key: &str) -> String {
         format!("{}:idem:{source}:{key}", self.core.prefix)
+    }
+
+    /// Dead letters, newest first: up to `limit` buried before `before` (ms, exclusive), optionally
+    /// only those of `endpoint`.
+    pub async fn dead_letters(
+        &self,
+        endpoint: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.core.conn.clone();
+        let max = before.map(|b| format!("({b}")).unwrap_or_else(|| "+inf".to_string());
+        // Scan at most this many per shard when filtering by endpoint.
+        let scan = if endpoint.is_some() { 1000 } else { limit };
+        let mut found = Vec::new();
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            let ids: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(format!("{prefix}dead"))
+                .arg(&max)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(scan)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (id, _) in &ids {
+                pipe.cmd("HMGET").arg(format!("{prefix}d:{id}")).arg(&["endpoint", "attempts", "last_error"]);
+            }
+            let rows: Vec<(Option<String>, Option<u32>, Option<String>)> = pipe.query_async(&mut conn).await?;
+            for ((id, score), (ep, attempts, last_error)) in ids.into_iter().zip(rows) {
+                let ep = ep.unwrap_or_default();
+                if endpoint.is_none_or(|wanted| wanted == ep) {
+                    found.push(DeadLetter {
+                        id,
+                        endpoint: ep,
+                        dead_at: score as u64,
+                        attempts: attempts.unwrap_or(0),
+                        last_error,
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| b.dead_at.cmp(&a.dead_at).then_with(|| b.id.cmp(&a.id)));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Puts dead deliveries back in the queue with a fresh schedule, `spacing` apart; returns the
+    /// ids replayed (ids that are not dead are skipped).
+    pub async fn replay(&self, deliveries: &[Ulid], spacing: Duration) -> Result<Vec<String>, QueueError> {
+        let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for delivery in deliveries {
+            by_shard.entry(id::shard_of(*delivery, self.core.shards)).or_default().push(id::format_delivery(*delivery));
+        }
+        let mut replayed = Vec::new();
+        let mut conn = self.core.conn.clone();
+        for (shard, ids) in by_shard {
+            let prefix = self.core.shard_prefix(shard);
+            let mut call = self.core.replay.key(format!("{prefix}due"));
+            call.key(format!("{prefix}dead")).arg(&prefix).arg(spacing.as_millis() as u64);
+            for id in &ids {
+                call.arg(id);
+            }
+            let done: Vec<String> = call.invoke_async(&mut conn).await?;
+            replayed.extend(done);
+        }
+        Ok(replayed)
     }
 
     /// Checks that Redis answers.
