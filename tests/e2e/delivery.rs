@@ -242,7 +242,7 @@ async fn admin_post(gateway: std::net::SocketAddr, path: &str) -> (u16, serde_js
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_one_or_all_with_the_replay_logged() {
     let redis = RedisServer::start().await;
-    let mut receiver = Receiver::start().await;
+    let receiver = Receiver::start().await;
     receiver.answer_always(Answer::Status(500));
     let toml = base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), "") + &route("\"orders\"");
     let gateway = start_gateway(&toml).await;
