@@ -16,19 +16,15 @@ impl Drop for Running {
     }
 }
 
-#[tokio::test]
-async fn sluice_run_delivers_the_seed_event() {
-    let redis = RedisServer::start().await;
-    let mut receiver = Receiver::start().await;
+/// Starts `sluice run` on a free port with the tests' base config plus `extra` (endpoint and route
+/// tables), and waits until it answers.
+async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (Running, std::net::SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sluice.toml");
-    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-        + &endpoint_toml("orders", &receiver.url(), "")
-        + "\n[[routes]]\nsource = \"shop\"\nevent_types = [\"order_*\"]\nendpoints = [\"orders\"]\n";
-    std::fs::write(&config, toml).unwrap();
-    let _sluice = Running(
+    std::fs::write(&config, base_toml(redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")) + extra).unwrap();
+    let sluice = Running(
         Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -37,6 +33,16 @@ async fn sluice_run_delivers_the_seed_event() {
         assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (sluice, addr)
+}
+
+#[tokio::test]
+async fn sluice_run_delivers_the_seed_event() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let extra = endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nevent_types = [\"order_*\"]\nendpoints = [\"orders\"]\n";
+    let (_sluice, addr) = spawn_sluice(&redis, &extra).await;
 
     let (status, accepted) = post_event(addr, "shop", r#"{"event":"order_created","order_id":12345}"#).await;
     assert_eq!(status, 202, "{accepted}");
@@ -146,23 +152,9 @@ async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
     let redis = RedisServer::start().await;
     let mut receiver = Receiver::start().await;
     receiver.answer_next([Answer::Hang(Duration::from_millis(1500))]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = std::env::temp_dir().join(format!("sluice-term-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sluice.toml");
-    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-        + &endpoint_toml("orders", &receiver.url(), "timeout = \"5s\"")
+    let extra = endpoint_toml("orders", &receiver.url(), "timeout = \"5s\"")
         + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
-    std::fs::write(&config, toml).unwrap();
-    let mut sluice = Running(
-        Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut sluice, addr) = spawn_sluice(&redis, &extra).await;
     let (status, accepted) = post_event(addr, "shop", r#"{"event":"order_created"}"#).await;
     assert_eq!(status, 202);
     let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
