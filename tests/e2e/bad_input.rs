@@ -216,3 +216,34 @@ async fn risky_redis_settings_are_reported() {
         redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
     assert!(queue.risky_settings().await.is_empty());
 }
+
+#[tokio::test]
+async fn gateway_recovers_by_itself_when_redis_comes_back_empty() {
+    let mut redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let gateway = simple_gateway(&redis, &receiver).await;
+    let (status, _) = post_event(gateway.addr(), "shop", r#"{"event":"before"}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(receiver.next().await.json()["event"], "before");
+
+    redis.kill();
+    let (status, _) = post_event(gateway.addr(), "shop", r#"{"event":"during"}"#).await;
+    assert_eq!(status, 503);
+
+    // Redis returns on the same port, without its data (no persistence), and the gateway is not restarted.
+    let _redis = RedisServer::start_on(redis.port).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let accepted = loop {
+        let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"after"}"#).await;
+        if status == 202 {
+            break accepted;
+        }
+        assert_eq!(status, 503, "{accepted}");
+        assert!(tokio::time::Instant::now() < deadline, "ingest never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(receiver.next().await.json()["event"], "after", "the worker resumed delivering");
+    wait_for_state(gateway.addr(), accepted["deliveries"][0]["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(receiver.count(), 2, "the refused event was never delivered");
+    gateway.shutdown().await;
+}

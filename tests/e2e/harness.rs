@@ -40,7 +40,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts a server on `port` (e.g. again, after [`RedisServer::kill`]).
+    pub async fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
