@@ -147,6 +147,8 @@ struct LoadedPlugin {
     memory_bytes: usize,
     max_calls: u32,
     grant_clock: bool,
+    /// This plugin's metrics, handed on to the next version when it is reloaded.
+    stats: Arc<PluginStats>,
     /// Idle warm instances. The lock is held only to push or pop, never during a call.
     warm: Mutex<Vec<Warm>>,
     /// The file as it was when loaded, to notice a replacement.
@@ -200,8 +202,6 @@ pub struct PluginSet {
     configs: Vec<PluginConfig>,
     /// The current version of each plugin. The lock is held only to clone or swap the map.
     plugins: RwLock<Arc<PluginMap>>,
-    /// Per-plugin metrics, by name; they outlive reloads.
-    stats: Vec<(Arc<str>, Arc<PluginStats>)>,
     /// File versions that failed to load, so a broken file is reported once, not on every look.
     failed: Mutex<HashMap<Arc<str>, Option<FileStamp>>>,
     stop_ticker: Arc<AtomicBool>,
@@ -228,7 +228,7 @@ impl PluginSet {
         let mut plugins = HashMap::new();
         let mut errors = Vec::new();
         for config in configs {
-            match load_one(&engine, &linker, &core_linker, config) {
+            match load_one(&engine, &linker, &core_linker, config, Arc::default()) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
@@ -245,7 +245,6 @@ impl PluginSet {
             linker,
             core_linker,
             configs: configs.to_vec(),
-            stats: configs.iter().map(|c| (Arc::from(c.name.as_str()), Arc::default())).collect(),
             plugins: RwLock::new(Arc::new(plugins)),
             failed: Mutex::new(HashMap::new()),
             stop_ticker,
@@ -279,7 +278,8 @@ impl PluginSet {
             if unchanged && !force {
                 continue;
             }
-            match load_one(&self.engine, &self.linker, &self.core_linker, config) {
+            // The new version keeps counting where the old one left off.
+            match load_one(&self.engine, &self.linker, &self.core_linker, config, loaded.stats.clone()) {
                 Ok(fresh) => {
                     failed.remove(&loaded.name);
                     outcomes.push(Ok(fresh.name.clone()));
@@ -307,23 +307,24 @@ impl PluginSet {
     /// Calls plugin `name` on `event` within its deadline and memory cap, in a warm instance when
     /// one is idle and may be reused, else in a fresh one.
     pub fn call(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
-        let started = Instant::now();
-        let outcome = self.call_unrecorded(name, event);
-        if let Some((_, stats)) = self.stats.iter().find(|(n, _)| &**n == name) {
-            stats.record(&outcome, started.elapsed());
-        }
-        outcome
-    }
-
-    /// Renders every plugin's metrics in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        super::metrics::render(self.stats.iter().map(|(name, stats)| (&**name, &**stats)), out);
-    }
-
-    fn call_unrecorded(&self, name: &str, event: &PluginEvent) -> Result<Verdict, PluginError> {
         let plugins = self.current();
         let plugin = plugins.get(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         let started = Instant::now();
+        let outcome = self.call_in(plugin, event, started);
+        plugin.stats.record(&outcome, started.elapsed());
+        outcome
+    }
+
+    /// Renders every plugin's metrics in the Prometheus text format, in config order.
+    pub fn render_metrics(&self, out: &mut String) {
+        let current = self.current();
+        let stats: Vec<(&str, &PluginStats)> =
+            self.configs.iter().filter_map(|c| current.get(c.name.as_str())).map(|p| (&*p.name, &*p.stats)).collect();
+        super::metrics::render(stats.iter().copied(), out);
+    }
+
+    fn call_in(&self, plugin: &LoadedPlugin, event: &PluginEvent, started: Instant) -> Result<Verdict, PluginError> {
+        let name = &*plugin.name;
         let idle = plugin.warm.lock().map(|mut warm| warm.pop()).unwrap_or(None);
         let mut warm = match idle {
             Some(warm) => warm,
@@ -436,6 +437,7 @@ fn load_one(
     linker: &Linker<HostState>,
     core_linker: &wasmtime::Linker<HostState>,
     config: &PluginConfig,
+    stats: Arc<PluginStats>,
 ) -> Result<LoadedPlugin, PluginError> {
     let failed = |message: String| PluginError::Load { plugin: config.name.clone(), message };
     let path = config.path.display();
@@ -471,6 +473,7 @@ fn load_one(
         max_calls: config.max_calls_per_instance.max(1),
         grant_clock: config.grant_clock,
         warm: Mutex::new(Vec::new()),
+        stats,
         stamp,
     })
 }
