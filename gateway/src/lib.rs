@@ -94,7 +94,7 @@ impl Gateway {
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),
         }
         let http = delivery::client::build_delivery(config.security.allow_private_destinations);
-        let alerts_http = delivery::client::build(true)?;
+        let alerts_http = delivery::client::build_alerts()?;
         let wake = Arc::new(Notify::new());
         let listener = TcpListener::bind(config.server.listen)
             .await

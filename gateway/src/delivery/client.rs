@@ -1,7 +1,7 @@
 //! The outbound HTTP clients: one connection pool for every endpoint (keep-alive reuse), no
 //! redirects, and a guard that refuses non-public destination addresses unless the config allows them.
-//! Deliveries use a bare hyper client (the hot path: a pre-parsed URI per endpoint, no extra layers);
-//! alerts use reqwest.
+//! Deliveries use a bare hyper client (the hot path: a pre-parsed URI per endpoint, no extra layers)
+//! with the guard in its resolver; alerts use reqwest, unguarded (see [`build_alerts`]).
 //!
 //! The guard runs after DNS resolution (a custom resolver drops refused addresses), and again for
 //! URLs whose host is an IP literal, which never reach the resolver.
@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,22 +18,19 @@ use hyper_util::client::legacy::connect::dns::Name as HyperName;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("Sluice/", env!("CARGO_PKG_VERSION"));
 
-/// Builds the shared client.
-pub fn build(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
+/// Builds the client for admin alerts. `alerts.url` is the operator's own infrastructure, often
+/// internal, so this client has no destination guard; it does not follow redirects either.
+pub fn build_alerts() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
-        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .build()
 }
 
@@ -123,17 +119,6 @@ impl GuardedResolver {
             return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, reason));
         }
         Ok(allowed)
-    }
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let allowed = Self::lookup(name.as_str().to_string(), allow_private).await?;
-            let addrs: Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
-        })
     }
 }
 
