@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::delivery::client::DestinationGuard;
 use crate::delivery::sign::Secret;
 use crate::route::TypePattern;
 
@@ -47,6 +49,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Outbound safety switches.
     pub security: SecurityConfig,
+    /// Event sources and how each proves its requests (bearer token or sender signature).
+    pub sources: Vec<SourceConfig>,
     /// Subscriber endpoints, each with a unique name.
     pub endpoints: Vec<EndpointConfig>,
     /// Routes: which events go through which plugins to which endpoints.
@@ -176,6 +180,55 @@ pub struct AlertsConfig {
 pub struct SecurityConfig {
     /// Allow deliveries to loopback, private, link-local and other non-public addresses. Default false.
     pub allow_private_destinations: bool,
+    /// Non-public networks (CIDR, e.g. `"10.1.0.0/16"`, `"127.0.0.1/32"`, `"fd00::/8"`) deliveries may
+    /// reach although `allow_private_destinations` is false. Default none.
+    pub allowed_destinations: Vec<IpNet>,
+    /// Accept events for sources with no `[[sources]]` entry (or an entry with no credential).
+    /// Default false: every source must check a token or a signature.
+    pub allow_unauthenticated_sources: bool,
+}
+
+impl SecurityConfig {
+    /// The destination guard these settings describe.
+    pub fn guard(&self) -> DestinationGuard {
+        DestinationGuard { allow_private: self.allow_private_destinations, allowed: self.allowed_destinations.clone() }
+    }
+}
+
+/// `[[sources]]`: one event source (`POST /v1/events/{name}`) and its credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The source name, as in the ingest URL and `[[routes]] source`.
+    pub name: String,
+    /// Require `Authorization: Bearer <token>` (at least 16 characters), compared in constant time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Verify the sender's signature instead of a token: `"github"`, `"stripe"` or `"standard-webhooks"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<SignatureScheme>,
+    /// The signing secret shared with the sender (`whsec_…` for Standard Webhooks; GitHub's webhook
+    /// secret; Stripe's endpoint secret as shown by Stripe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Largest accepted distance between a signature's timestamp and now (Stripe, Standard
+    /// Webhooks; GitHub signs no timestamp). Default `5m`, as both specify.
+    #[serde(default = "default_signature_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+}
+
+/// A sender's signature scheme that a source can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignatureScheme {
+    /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
+    #[serde(rename = "github")]
+    GitHub,
+    /// Stripe: `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`.
+    #[serde(rename = "stripe")]
+    Stripe,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    #[serde(rename = "standard-webhooks")]
+    StandardWebhooks,
 }
 
 /// `[[endpoints]]`
@@ -246,6 +299,9 @@ pub struct PluginConfig {
 
 fn default_endpoint_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_signature_tolerance() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_event_types() -> Vec<String> {
     vec!["*".to_string()]
@@ -354,6 +410,7 @@ impl Config {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             self.validate_endpoint(i, endpoint, &mut problems);
         }
+        self.validate_sources(&mut problems);
         for (i, route) in self.routes.iter().enumerate() {
             validate_route(i, route, &endpoints, &plugins, &mut problems);
         }
@@ -432,6 +489,53 @@ impl Config {
         }
         if let Some(schedule) = &endpoint.retry_schedule {
             validate_schedule(&format!("{at}.retry_schedule"), schedule, problems);
+        }
+    }
+
+    fn validate_sources(&self, problems: &mut Vec<String>) {
+        let names = unique_names(self.sources.iter().map(|s| s.name.as_str()), "sources", problems);
+        let routed: HashSet<&str> = self.routes.iter().map(|r| r.source.as_str()).collect();
+        for (i, source) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}] ({})", source.name);
+            if !source.name.is_empty() && !routed.contains(source.name.as_str()) {
+                problems.push(format!("{at}: no route serves this source"));
+            }
+            match (&source.token, source.verify, &source.secret) {
+                (Some(_), Some(_), _) => problems.push(format!("{at}: set either token or verify, not both")),
+                (Some(token), None, secret) => {
+                    if token.len() < 16 {
+                        problems.push(format!("{at}.token: must be at least 16 characters"));
+                    }
+                    if secret.is_some() {
+                        problems.push(format!("{at}.secret: only used with verify; a token source has no secret"));
+                    }
+                }
+                (None, Some(_), None) => problems.push(format!("{at}.secret: required with verify")),
+                (None, Some(SignatureScheme::StandardWebhooks), Some(secret)) => {
+                    if let Err(e) = Secret::parse(secret) {
+                        problems.push(format!("{at}.secret: {e}"));
+                    }
+                }
+                (None, Some(_), Some(secret)) => {
+                    if secret.len() < 8 {
+                        problems.push(format!("{at}.secret: must be at least 8 characters"));
+                    }
+                }
+                (None, None, _) if !self.security.allow_unauthenticated_sources => problems.push(format!(
+                    "{at}: has neither token nor verify; set one, or set security.allow_unauthenticated_sources = true"
+                )),
+                (None, None, _) => {}
+            }
+        }
+        if !self.security.allow_unauthenticated_sources {
+            let mut missing: Vec<&str> = routed.iter().copied().filter(|s| !names.contains(s)).collect();
+            missing.sort_unstable();
+            for source in missing {
+                problems.push(format!(
+                    "routes: source `{source}` has no [[sources]] entry with a token or signature check; add one, \
+                     or set security.allow_unauthenticated_sources = true"
+                ));
+            }
         }
     }
 

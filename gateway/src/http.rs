@@ -139,10 +139,12 @@ async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> R
 fn ingest_error(source: &str, error: IngestError) -> Reply {
     let (status, code) = match &error {
         IngestError::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
+        IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
         IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+        IngestError::Header(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
         IngestError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_conflict"),
         IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed")
@@ -164,6 +166,9 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
         _ => tracing::debug!(source, error = %error, "Event refused."),
     }
     let mut reply = json_reply(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        reply.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         reply.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
     }

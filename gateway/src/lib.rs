@@ -93,7 +93,7 @@ impl Gateway {
             // Redis may come later; the gateway answers 503 until it does.
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),
         }
-        let http = delivery::client::build_delivery(config.security.allow_private_destinations);
+        let http = delivery::client::build_delivery(config.security.guard());
         let alerts_http = delivery::client::build_alerts()?;
         let wake = Arc::new(Notify::new());
         let listener = TcpListener::bind(config.server.listen)

@@ -65,6 +65,10 @@ fn sluice_check_reports_every_problem_and_fails() {
     std::fs::write(
         &config,
         r#"
+[[sources]]
+name = "shop"
+token = "a-long-enough-token"
+
 [[endpoints]]
 name = "a"
 url = "https://example.com/hook"

@@ -180,6 +180,32 @@ async fn private_destinations_are_refused_unless_allowed() {
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn allow_listed_networks_are_reached_and_others_still_refused() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let by_name = receiver.url().replace("127.0.0.1", "localhost");
+    let toml = base_toml(&redis).replace(
+        "allow_private_destinations = true",
+        "allow_private_destinations = false\nallowed_destinations = [\"127.0.0.0/8\"]",
+    ) + &endpoint_toml("literal", &receiver.url(), "")
+        + &endpoint_toml("by-name", &by_name, "")
+        + &endpoint_toml("ipv6-loopback", "http://[::1]:9/hook", "")
+        + &route("\"literal\", \"by-name\", \"ipv6-loopback\"");
+    let gateway = start_gateway(&toml).await;
+    let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"x"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let ids: Vec<&str> = accepted["deliveries"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    receiver.next().await;
+    receiver.next().await;
+    wait_for_state(gateway.addr(), ids[0], "succeeded").await;
+    wait_for_state(gateway.addr(), ids[1], "succeeded").await;
+    // ::1 is outside the allow-list: refused before any connection, then dead.
+    let dead = wait_for_state(gateway.addr(), ids[2], "dead").await;
+    assert!(dead["last_error"].as_str().unwrap().contains("::1 is not public"), "{dead}");
+    gateway.shutdown().await;
+}
+
 async fn post_with_key(
     gateway: std::net::SocketAddr,
     key: &str,

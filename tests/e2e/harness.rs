@@ -258,6 +258,7 @@ jitter = 0.0
 
 [security]
 allow_private_destinations = true
+allow_unauthenticated_sources = true
 "#,
         url = redis.url()
     )

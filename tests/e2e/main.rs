@@ -1,6 +1,7 @@
 //! End-to-end tests: real redis-server, real receivers on loopback, real plugins built from source
 //! in `plugins/`, real gateways (in-process, and the `sluice` binary itself).
 
+mod auth;
 mod bad_input;
 mod binary;
 mod delivery;

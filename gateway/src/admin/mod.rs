@@ -31,9 +31,7 @@ pub fn authorize(configured: Option<&str>, header: Option<&str>) -> Result<(), A
     let (Some(expected), Some(given)) = (configured, header.and_then(|h| h.strip_prefix("Bearer "))) else {
         return Err(AdminError::Unauthorized);
     };
-    let (a, b) = (expected.as_bytes(), given.trim().as_bytes());
-    let differs = a.len() != b.len() || a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0;
-    if differs {
+    if !crate::ingest::auth::constant_time_eq(expected.as_bytes(), given.trim().as_bytes()) {
         Err(AdminError::Unauthorized)
     } else {
         Ok(())

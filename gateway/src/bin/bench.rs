@@ -201,6 +201,7 @@ url = "{redis_url}"
 shards = {shards}
 [security]
 allow_private_destinations = true
+allow_unauthenticated_sources = true
 [[endpoints]]
 name = "receiver"
 url = "http://{receiver}/hook"

@@ -4,7 +4,8 @@
 //! with the guard in its resolver; alerts use reqwest, unguarded (see [`build_alerts`]).
 //!
 //! The guard runs after DNS resolution (a custom resolver drops refused addresses), and again for
-//! URLs whose host is an IP literal, which never reach the resolver.
+//! URLs whose host is an IP literal, which never reach the resolver. Non-public addresses inside a
+//! CIDR of `security.allowed_destinations` pass (e.g. an internal subscriber at `10.1.0.0/16`).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -12,11 +13,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::dns::Name as HyperName;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
 
 use url::Url;
 
@@ -38,9 +42,44 @@ pub fn build_alerts() -> Result<reqwest::Client, reqwest::Error> {
 pub type DeliveryClient =
     hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
 
+/// Which destination addresses deliveries may reach.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationGuard {
+    /// Every address may be reached (`security.allow_private_destinations`).
+    pub allow_private: bool,
+    /// Non-public networks that may be reached anyway (`security.allowed_destinations`).
+    pub allowed: Vec<IpNet>,
+}
+
+impl DestinationGuard {
+    /// Whether `ip` may be contacted: public, inside an allowed network, or everything is allowed.
+    /// IPv4-mapped IPv6 addresses are also matched against the IPv4 networks.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        if self.allow_private || is_public(ip) {
+            return true;
+        }
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.allowed.iter().any(|net| net.contains(&ip) || mapped.is_some_and(|v4| net.contains(&v4)))
+    }
+
+    /// Why a URL whose host is an IP literal is refused, or `None` when it may be contacted (or its
+    /// host is a name, which the resolver checks).
+    pub fn refuse_literal(&self, url: &Url) -> Option<String> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        (!self.permits(ip)).then(|| refused_message(ip))
+    }
+}
+
 /// Builds the delivery client.
-pub fn build_delivery(allow_private: bool) -> DeliveryClient {
-    let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
+pub fn build_delivery(guard: DestinationGuard) -> DeliveryClient {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver { guard: Arc::new(guard) });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -55,18 +94,11 @@ pub fn build_delivery(allow_private: bool) -> DeliveryClient {
         .build(https)
 }
 
-/// Why a destination is refused, or `None` when it may be contacted.
-pub fn refuse_literal(url: &Url, allow_private: bool) -> Option<String> {
-    let ip = match url.host()? {
-        url::Host::Ipv4(ip) => IpAddr::V4(ip),
-        url::Host::Ipv6(ip) => IpAddr::V6(ip),
-        url::Host::Domain(_) => return None,
-    };
-    (!allow_private && !is_public(ip)).then(|| refused_message(ip))
-}
-
 fn refused_message(ip: IpAddr) -> String {
-    format!("destination address {ip} is not public; set security.allow_private_destinations to allow it")
+    format!(
+        "destination address {ip} is not public; add its network to security.allowed_destinations \
+         (or set security.allow_private_destinations) to allow it"
+    )
 }
 
 /// Whether `ip` is a public unicast address (not loopback, private, link-local, CGNAT, multicast,
@@ -104,13 +136,13 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// Resolves names and drops the addresses the guard refuses; fails when none is left.
 #[derive(Clone)]
 pub struct GuardedResolver {
-    allow_private: bool,
+    guard: Arc<DestinationGuard>,
 }
 
 impl GuardedResolver {
-    async fn lookup(host: String, allow_private: bool) -> std::io::Result<Vec<SocketAddr>> {
+    async fn lookup(host: String, guard: &DestinationGuard) -> std::io::Result<Vec<SocketAddr>> {
         let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-        let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
+        let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| guard.permits(a.ip())).collect();
         if allowed.is_empty() {
             let reason = match found.first() {
                 Some(addr) => format!("{host} resolves to {}", refused_message(addr.ip())),
@@ -132,8 +164,8 @@ impl tower_service::Service<HyperName> for GuardedResolver {
     }
 
     fn call(&mut self, name: HyperName) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move { Ok(Self::lookup(name.as_str().to_string(), allow_private).await?.into_iter()) })
+        let guard = self.guard.clone();
+        Box::pin(async move { Ok(Self::lookup(name.as_str().to_string(), &guard).await?.into_iter()) })
     }
 }
 
@@ -169,8 +201,23 @@ mod tests {
     #[test]
     fn literal_hosts_are_checked_unless_allowed() {
         let url = Url::parse("http://127.0.0.1:9/hook").unwrap();
-        assert!(refuse_literal(&url, false).is_some());
-        assert!(refuse_literal(&url, true).is_none());
-        assert!(refuse_literal(&Url::parse("http://example.com/").unwrap(), false).is_none());
+        let strict = DestinationGuard::default();
+        assert!(strict.refuse_literal(&url).is_some());
+        assert!(DestinationGuard { allow_private: true, allowed: vec![] }.refuse_literal(&url).is_none());
+        assert!(strict.refuse_literal(&Url::parse("http://example.com/").unwrap()).is_none());
+    }
+
+    #[test]
+    fn allowed_networks_let_non_public_addresses_through() {
+        let guard = DestinationGuard {
+            allow_private: false,
+            allowed: vec!["10.1.0.0/16".parse().unwrap(), "fd12::/16".parse().unwrap()],
+        };
+        for ip in ["10.1.2.3", "::ffff:10.1.9.9", "fd12::7", "8.8.8.8"] {
+            assert!(guard.permits(ip.parse().unwrap()), "{ip} should be permitted");
+        }
+        for ip in ["10.2.0.1", "127.0.0.1", "::ffff:127.0.0.1", "fd13::1", "169.254.169.254", "::1"] {
+            assert!(!guard.permits(ip.parse().unwrap()), "{ip} should be refused");
+        }
     }
 }

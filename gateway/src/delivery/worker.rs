@@ -44,7 +44,7 @@ struct Shared {
     client: client::DeliveryClient,
     endpoints: HashMap<String, Endpoint>,
     jitter: f64,
-    allow_private: bool,
+    guard: client::DestinationGuard,
     alerter: Option<Alerter>,
 }
 
@@ -90,7 +90,7 @@ impl Worker {
             client: http,
             endpoints,
             jitter: config.retry.jitter,
-            allow_private: config.security.allow_private_destinations,
+            guard: config.security.guard(),
             alerter,
         };
         Self {
@@ -241,7 +241,7 @@ impl Shared {
         delivery_id: &str,
         at: u64,
     ) -> (Outcome, AttemptRecord) {
-        if let Some(reason) = client::refuse_literal(&endpoint.url, self.allow_private) {
+        if let Some(reason) = self.guard.refuse_literal(&endpoint.url) {
             return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
         }
         let timestamp = unix_seconds();

@@ -2,10 +2,12 @@
 //! event type, runs the matching routes' plugin chains, and stores the event with one delivery per
 //! (event, endpoint) in the queue, answering only once the queue has them.
 //!
+//! - [`auth`]: each source's bearer token or sender signature.
 //! - [`parse`]: request body and headers → event type and kept headers.
 //! - [`plan`]: routes and plugin verdicts → the deliveries to enqueue.
 //! - [`service`]: the whole ingest step, testable without a socket.
 
+pub mod auth;
 pub mod parse;
 pub mod plan;
 pub mod service;
@@ -23,6 +25,9 @@ pub enum IngestError {
     /// No route serves this source (404).
     #[error("unknown source `{0}`: no route serves it")]
     UnknownSource(String),
+    /// The request carries no valid credential for its source (401).
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] auth::AuthError),
     /// The body exceeds `server.max_body_bytes` (413).
     #[error("body exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -35,6 +40,9 @@ pub enum IngestError {
     /// The body is not valid JSON (400).
     #[error("body is not valid JSON: {0}")]
     Json(String),
+    /// A header the gateway reads is malformed, e.g. not text (400).
+    #[error("invalid header: {0}")]
+    Header(String),
     /// The body could not be read (400).
     #[error("could not read the request body: {0}")]
     Body(String),

@@ -21,6 +21,10 @@ const DROPPED_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
     "x-api-key",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "stripe-signature",
+    "webhook-signature",
     "connection",
     "keep-alive",
     "transfer-encoding",
@@ -57,7 +61,16 @@ struct TypeProbe {
 /// Validates the body as JSON and works out the event type: the `x-event-type` header, else the
 /// body's string field `type`, else its string field `event`, else `"event"`.
 pub fn event_type(headers: &HeaderMap, body: &[u8]) -> Result<String, IngestError> {
-    let from_header = headers.get(EVENT_TYPE_HEADER).and_then(|v| v.to_str().ok()).map(str::trim);
+    let from_header = match headers.get(EVENT_TYPE_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| IngestError::Header(format!("{EVENT_TYPE_HEADER} must be visible ASCII text")))?
+                .trim(),
+        ),
+    };
+    check_depth(body)?;
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let from_body = if first == Some(&b'{') {
         let probe: TypeProbe = serde_json::from_slice(body).map_err(|e| IngestError::Json(e.to_string()))?;
@@ -77,6 +90,41 @@ pub fn event_type(headers: &HeaderMap, body: &[u8]) -> Result<String, IngestErro
         return Err(IngestError::Json(format!("event type is longer than {MAX_EVENT_TYPE_LEN} bytes")));
     }
     Ok(chosen)
+}
+
+/// Deepest accepted nesting of arrays and objects (serde_json's own limit, which it does not apply
+/// to values it skips).
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses bodies nested deeper than [`MAX_DEPTH`], which would exhaust the stack of whatever
+/// parses them next (plugins, receivers). One pass over the bytes, skipping strings.
+fn check_depth(body: &[u8]) -> Result<(), IngestError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(IngestError::Json(format!(
+                        "recursion limit exceeded: arrays and objects nest deeper than {MAX_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The headers stored with the event and shown to plugins: lower-case names, UTF-8 values only,
@@ -118,6 +166,26 @@ mod tests {
         for body in [&b"{"[..], b"{\"a\":}", b"", b"nope", b"{\"a\":1} trailing"] {
             assert!(matches!(event_type(&HeaderMap::new(), body), Err(IngestError::Json(_))), "{body:?}");
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_a_reason() {
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let body = format!("{}1{}", open.repeat(10_000), close.repeat(10_000));
+            match event_type(&HeaderMap::new(), body.as_bytes()) {
+                Err(IngestError::Json(message)) => assert!(message.contains("recursion limit"), "{message}"),
+                other => panic!("expected a JSON error, got {other:?}"),
+            }
+        }
+        let fine = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(event_type(&HeaderMap::new(), fine.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn event_type_header_must_be_text() {
+        let mut map = HeaderMap::new();
+        map.insert(EVENT_TYPE_HEADER, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert!(matches!(event_type(&map, b"{}"), Err(IngestError::Header(_))));
     }
 
     #[test]

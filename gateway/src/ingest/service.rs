@@ -9,6 +9,7 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 use tokio::sync::Notify;
 
+use super::auth::SourceAuth;
 use super::plan::plan;
 use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
@@ -20,6 +21,7 @@ use crate::route::RouteTable;
 /// Everything ingest needs, shared by all connections.
 pub struct Ingest {
     routes: RouteTable,
+    auth: SourceAuth,
     plugins: Arc<PluginSet>,
     queue: RedisQueue,
     /// Endpoint name → delay before its first attempt.
@@ -45,6 +47,7 @@ impl Ingest {
             .collect();
         Self {
             routes: RouteTable::new(config),
+            auth: SourceAuth::new(config),
             plugins,
             queue,
             endpoints,
@@ -64,6 +67,7 @@ impl Ingest {
         if !self.routes.knows_source(source) {
             return Err(IngestError::UnknownSource(source.chars().take(100).collect()));
         }
+        self.auth.check_headers(source, headers)?;
         parse::check_content_type(headers)?;
         let declared = headers
             .get(hyper::header::CONTENT_LENGTH)
@@ -78,11 +82,11 @@ impl Ingest {
     /// Accepts one event and answers with the JSON for the producer. With an `idempotency-key`
     /// header, a repeat of a key within the window gets the first answer and stores nothing.
     pub async fn answer(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, IngestError> {
+        self.check(source, headers, &body)?;
         let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
-            let accepted = self.accept(source, headers, body).await?;
+            let accepted = self.accept_checked(source, headers, body).await?;
             return Ok(Answer { body: encode(&accepted), replayed: false });
         };
-        self.precheck(source, headers)?;
         let key = key.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
         let key = key.ok_or(IngestError::IdempotencyKey)?;
         match self.queue.claim_idempotency(source, key).await? {
@@ -92,7 +96,7 @@ impl Ingest {
             }
             Some(earlier) => return Ok(Answer { body: earlier, replayed: true }),
         }
-        match self.accept(source, headers, body).await {
+        match self.accept_checked(source, headers, body).await {
             Ok(accepted) => {
                 let body = encode(&accepted);
                 if let Err(e) = self.queue.complete_idempotency(source, key, &body, self.idempotency_window).await {
@@ -109,12 +113,27 @@ impl Ingest {
         }
     }
 
-    /// Accepts one event: parse, route, run plugins, store. Returns once the queue holds every delivery.
+    /// Accepts one event: check, parse, route, run plugins, store. Returns once the queue holds
+    /// every delivery.
     pub async fn accept(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
+        self.check(source, headers, &body)?;
+        self.accept_checked(source, headers, body).await
+    }
+
+    /// Everything checked before an event is looked at: source, credential, size, signature.
+    fn check(&self, source: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), IngestError> {
         self.precheck(source, headers)?;
         if body.len() > self.max_body_bytes {
             return Err(IngestError::TooLarge { limit: self.max_body_bytes });
         }
+        if self.auth.verifies_body(source) {
+            self.auth.check_body(source, headers, body, crate::delivery::unix_seconds())?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::accept`] for a request that passed [`Self::check`].
+    async fn accept_checked(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
         let event_type = parse::event_type(headers, &body)?;
         let kept = parse::kept_headers(headers);
         let event_id = id::new_event();
