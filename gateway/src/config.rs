@@ -247,6 +247,17 @@ pub struct EndpointConfig {
     /// This endpoint's retry schedule; `[retry] schedule` when absent.
     #[serde(default, with = "opt_durations", skip_serializing_if = "Option::is_none")]
     pub retry_schedule: Option<Vec<Duration>>,
+    /// Most attempts to this endpoint in flight at once, per gateway process. Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Most attempts per second to this endpoint, per gateway process, evenly spaced (fractions
+    /// allowed: 0.5 = one every 2 s). Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Circuit breaker: disable the endpoint once its attempts have failed without a success for this
+    /// long (`"0s"`: never). Default `5d`.
+    #[serde(default = "default_disable_after", with = "humantime_serde")]
+    pub disable_after: Duration,
 }
 
 /// `[[routes]]`
@@ -299,6 +310,9 @@ pub struct PluginConfig {
 
 fn default_endpoint_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_disable_after() -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
 }
 fn default_signature_tolerance() -> Duration {
     Duration::from_secs(300)
@@ -489,6 +503,12 @@ impl Config {
         }
         if let Some(schedule) = &endpoint.retry_schedule {
             validate_schedule(&format!("{at}.retry_schedule"), schedule, problems);
+        }
+        if endpoint.max_in_flight == Some(0) {
+            problems.push(format!("{at}.max_in_flight: must be at least 1"));
+        }
+        if endpoint.rate_limit.is_some_and(|r| !r.is_finite() || r < 0.001) {
+            problems.push(format!("{at}.rate_limit: must be a number of attempts per second, at least 0.001"));
         }
     }
 

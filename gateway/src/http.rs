@@ -97,6 +97,17 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
             let known = state.endpoints.iter().any(|e| e == name);
             admin_call(state, &request, admin::replay_endpoint(&state.queue, name, known, state.replay_spacing)).await
         }
+        (&Method::GET, ["v1", "endpoints"]) => {
+            admin_call(state, &request, admin::endpoints(&state.queue, &state.endpoints)).await
+        }
+        (&Method::POST, ["v1", "endpoints", name, action @ ("enable" | "disable")]) => {
+            let known = state.endpoints.iter().any(|e| e == name);
+            if *action == "enable" {
+                admin_call(state, &request, admin::enable_endpoint(&state.queue, name, known)).await
+            } else {
+                admin_call(state, &request, admin::disable_endpoint(&state.queue, name, known)).await
+            }
+        }
         (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, ["metrics"]) => {
             let mut text = String::new();

@@ -102,6 +102,8 @@ pub enum Answer {
 pub struct Received {
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -125,6 +127,14 @@ pub struct Receiver {
     script: Arc<Mutex<Script>>,
     requests: mpsc::UnboundedReceiver<Received>,
     log: Arc<Mutex<Vec<Received>>>,
+    concurrency: Arc<Concurrency>,
+}
+
+/// Requests being answered right now, and the most there ever were at once.
+#[derive(Default)]
+struct Concurrency {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
 }
 
 impl Receiver {
@@ -134,22 +144,28 @@ impl Receiver {
         let script = Arc::new(Mutex::new(Script { plan: VecDeque::new(), default: Answer::Status(200) }));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, requests) = mpsc::unbounded_channel();
-        let (s, l) = (script.clone(), log.clone());
+        let concurrency = Arc::new(Concurrency::default());
+        let (s, l, c) = (script.clone(), log.clone(), concurrency.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (script, log, tx) = (s.clone(), l.clone(), tx.clone());
+                let (script, log, tx, concurrency) = (s.clone(), l.clone(), tx.clone(), c.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let (script, log, tx) = (script.clone(), log.clone(), tx.clone());
+                        let (script, log, tx, concurrency) =
+                            (script.clone(), log.clone(), tx.clone(), concurrency.clone());
                         async move {
+                            use std::sync::atomic::Ordering::SeqCst;
+                            let at = std::time::Instant::now();
+                            let now = concurrency.now.fetch_add(1, SeqCst) + 1;
+                            concurrency.most.fetch_max(now, SeqCst);
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let answer = {
                                 let mut script = script.lock().unwrap();
                                 script.plan.pop_front().unwrap_or_else(|| script.default.clone())
                             };
-                            let received = Received { headers: parts.headers, body };
+                            let received = Received { headers: parts.headers, body, at };
                             log.lock().unwrap().push(received.clone());
                             let _ = tx.send(received);
                             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -161,6 +177,7 @@ impl Receiver {
                                 }
                                 Answer::Hang(how_long) => tokio::time::sleep(how_long).await,
                             }
+                            concurrency.now.fetch_sub(1, SeqCst);
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -170,7 +187,12 @@ impl Receiver {
                 });
             }
         });
-        Self { addr, script, requests, log }
+        Self { addr, script, requests, log, concurrency }
+    }
+
+    /// The most requests this receiver was answering at the same time.
+    pub fn most_concurrent(&self) -> usize {
+        self.concurrency.most.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

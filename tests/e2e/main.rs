@@ -7,4 +7,5 @@ mod binary;
 mod delivery;
 mod harness;
 mod plugins;
+mod protection;
 mod scale;

@@ -1,4 +1,5 @@
-//! The admin API: look up events and deliveries, list and replay dead letters. Every route needs
+//! The admin API: look up events and deliveries, list and replay dead letters, see, disable and
+//! enable endpoints. Every route needs
 //! `Authorization: Bearer <admin.token>`.
 
 use serde_json::{json, Value};
@@ -114,12 +115,55 @@ pub async fn replay_endpoint(
     spacing: std::time::Duration,
 ) -> Result<Value, AdminError> {
     if !known {
-        return Err(AdminError::NotFound(format!("endpoint `{}`", endpoint.chars().take(64).collect::<String>())));
+        return Err(unknown_endpoint(endpoint));
     }
     let dead = queue.dead_letters(Some(endpoint), None, MAX_REPLAY_ALL).await?;
     let ids: Vec<_> = dead.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
     let replayed = queue.replay(&ids, spacing).await?;
     Ok(json!({ "endpoint": endpoint, "replayed": replayed.len() }))
+}
+
+fn unknown_endpoint(name: &str) -> AdminError {
+    AdminError::NotFound(format!("endpoint `{}`", name.chars().take(64).collect::<String>()))
+}
+
+/// `GET /v1/endpoints`: every configured endpoint with its shared state and parked deliveries.
+pub async fn endpoints(queue: &RedisQueue, names: &[String]) -> Result<Value, AdminError> {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let states = queue.endpoint_states(&refs).await?;
+    let mut listed = Vec::with_capacity(names.len());
+    for (name, state) in names.iter().zip(states) {
+        listed.push(json!({
+            "name": name,
+            "state": if state.disabled.is_some() { "disabled" } else { "enabled" },
+            "disabled_reason": state.disabled,
+            "disabled_at": state.disabled_at,
+            "failing_since": state.failing_since,
+            "paused_deliveries": queue.paused_count(name).await?,
+        }));
+    }
+    Ok(json!({ "endpoints": listed }))
+}
+
+/// `POST /v1/endpoints/{name}/enable`: enables the endpoint and puts its parked deliveries back in
+/// the queue, due now (the endpoint's rate limit and concurrency cap still apply).
+pub async fn enable_endpoint(queue: &RedisQueue, name: &str, known: bool) -> Result<Value, AdminError> {
+    if !known {
+        return Err(unknown_endpoint(name));
+    }
+    let resumed = queue.enable(name).await?;
+    tracing::info!(endpoint = name, resumed, "Endpoint enabled through the admin API.");
+    Ok(json!({ "endpoint": name, "state": "enabled", "resumed": resumed }))
+}
+
+/// `POST /v1/endpoints/{name}/disable`: disables the endpoint; its deliveries are parked.
+pub async fn disable_endpoint(queue: &RedisQueue, name: &str, known: bool) -> Result<Value, AdminError> {
+    if !known {
+        return Err(unknown_endpoint(name));
+    }
+    queue.disable(name, "disabled through the admin API", crate::delivery::unix_millis()).await?;
+    tracing::warn!(endpoint = name, "Endpoint disabled through the admin API.");
+    Ok(json!({ "endpoint": name, "state": "disabled" }))
 }
 
 #[cfg(test)]

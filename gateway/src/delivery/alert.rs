@@ -1,5 +1,6 @@
-//! Admin alerts: when a delivery is dead-lettered, a JSON alert is POSTed to `alerts.url` (signed
-//! like a delivery when `alerts.secret` is set), with a few quick retries of its own.
+//! Admin alerts: when a delivery is dead-lettered or an endpoint is disabled, a JSON alert is POSTed
+//! to `alerts.url` (signed like a delivery when `alerts.secret` is set), with a few quick retries of
+//! its own.
 
 use std::time::Duration;
 
@@ -37,6 +38,22 @@ pub struct DeadLetterAlert {
     pub at: u64,
 }
 
+/// The body of an endpoint alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointAlert {
+    /// `endpoint.disabled`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Endpoint URL.
+    pub url: String,
+    /// Why: `HTTP 410 Gone`, the run of failures, or the admin API.
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub at: u64,
+}
+
 /// Sends alerts.
 #[derive(Clone)]
 pub struct Alerter {
@@ -51,18 +68,28 @@ impl Alerter {
         Self { client, url, secret }
     }
 
-    /// Sends `alert` in the background; failures are logged at ERROR.
+    /// Sends a dead-letter alert in the background; failures are logged at ERROR.
     pub fn send(&self, alert: DeadLetterAlert) {
-        let this = self.clone();
-        tokio::spawn(async move { this.send_now(alert).await });
+        let id = format!("alert_{}", alert.delivery_id);
+        self.send_json(id, &alert);
     }
 
-    async fn send_now(&self, alert: DeadLetterAlert) {
-        let body = match serde_json::to_vec(&alert) {
+    /// Sends an endpoint alert in the background; failures are logged at ERROR.
+    pub fn send_endpoint(&self, alert: EndpointAlert) {
+        let id = format!("alert_{}_{}_{}", alert.kind, alert.endpoint, alert.at);
+        self.send_json(id, &alert);
+    }
+
+    fn send_json(&self, id: String, alert: &impl Serialize) {
+        let body = match serde_json::to_vec(alert) {
             Ok(body) => body,
             Err(e) => return tracing::error!(error = %e, "Could not encode an alert."),
         };
-        let alert_id = format!("alert_{}", alert.delivery_id);
+        let this = self.clone();
+        tokio::spawn(async move { this.send_now(id, body).await });
+    }
+
+    async fn send_now(&self, alert_id: String, body: Vec<u8>) {
         for (attempt, delay) in std::iter::once(Duration::ZERO).chain(ALERT_RETRIES).enumerate() {
             tokio::time::sleep(delay).await;
             let mut request = self
@@ -86,6 +113,6 @@ impl Alerter {
                 Err(e) => tracing::warn!(attempt, error = %super::error_chain(&e), "Alert could not be sent."),
             }
         }
-        tracing::error!(delivery_id = %alert.delivery_id, url = %self.url, "Gave up sending a dead-letter alert.");
+        tracing::error!(%alert_id, url = %self.url, "Gave up sending an alert.");
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! - [`worker`]: the claim → POST → settle loop.
 //! - [`client`]: the shared HTTP client and its destination guard.
+//! - [`limits`]: per-endpoint concurrency cap and rate limit.
 //! - [`retry`]: what to do after an attempt (decision) and when (schedule).
 //! - [`sign`]: Standard Webhooks signatures.
 //! - [`alert`]: dead-letter alerts to the admin.
 
 pub mod alert;
 pub mod client;
+pub mod limits;
 pub mod retry;
 pub mod sign;
 pub mod worker;

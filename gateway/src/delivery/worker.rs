@@ -1,9 +1,14 @@
 //! The delivery worker: claims due deliveries from every shard in batches, POSTs each to its endpoint
 //! (signed), and settles it: ack on 2xx, reschedule on failure, dead letter + alert when the schedule
 //! is exhausted. One loop claims; each delivery runs in its own task, bounded by a semaphore.
+//!
+//! Endpoints are protected on the way out: a per-endpoint cap on attempts in flight and a rate limit
+//! ([`super::limits`]); `410 Gone`, or failing without a success for `disable_after`, disables the
+//! endpoint (shared through Redis, alerted once), and its deliveries are parked, not attempted,
+//! until it is enabled through the admin API.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -13,11 +18,12 @@ use rand::Rng;
 use tokio::sync::{watch, Notify, Semaphore};
 use url::Url;
 
-use super::alert::{Alerter, DeadLetterAlert};
+use super::alert::{Alerter, DeadLetterAlert, EndpointAlert};
+use super::limits::{Admission, Gate};
 use super::retry::{self, Outcome, RetryAction};
 use super::sign::Secret;
 use super::{client, error_chain, unix_millis, unix_seconds};
-use crate::config::Config;
+use crate::config::{Config, LEASE_MARGIN};
 use crate::id;
 use crate::queue::{AttemptRecord, Claimed, RedisQueue, Settle};
 
@@ -28,14 +34,36 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most bytes of a receiver's answer kept in the attempt log.
 const RESPONSE_EXCERPT: usize = 1024;
+/// How often the shared endpoint states (disabled, failing since) are read from Redis.
+const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
 
 /// An endpoint as the worker needs it.
 struct Endpoint {
+    name: String,
     url: Url,
     uri: hyper::Uri,
     secret: Secret,
     timeout: Duration,
     schedule: Vec<Duration>,
+    gate: Gate,
+    /// Longest a claimed delivery may wait for the gate: what its lease leaves after the attempt.
+    max_wait: Duration,
+    /// `None`: the circuit breaker is off.
+    disable_after: Option<Duration>,
+    health: Mutex<Health>,
+}
+
+/// This process's view of an endpoint's shared state, refreshed every [`ENDPOINT_REFRESH`].
+#[derive(Debug, Default)]
+struct Health {
+    disabled: bool,
+    failing_since: Option<u64>,
+}
+
+impl Endpoint {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// What every delivery task shares.
@@ -46,6 +74,12 @@ struct Shared {
     jitter: f64,
     guard: client::DestinationGuard,
     alerter: Option<Alerter>,
+}
+
+/// Why the circuit breaker disabled an endpoint.
+fn failing_reason(since: u64, now: u64) -> String {
+    let secs = Duration::from_secs(now.saturating_sub(since) / 1000);
+    format!("every attempt has failed for {} without a success", humantime::format_duration(secs))
 }
 
 /// The delivery worker of one gateway process.
@@ -78,7 +112,20 @@ impl Worker {
                 let secret = Secret::parse(&e.secret).ok()?;
                 let uri = e.url.as_str().parse().ok()?;
                 let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
-                Some((e.name.clone(), Endpoint { url: e.url.clone(), uri, secret, timeout: e.timeout, schedule }))
+                let max_wait = config.queue.lease.saturating_sub(e.timeout + LEASE_MARGIN);
+                let endpoint = Endpoint {
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    uri,
+                    secret,
+                    timeout: e.timeout,
+                    schedule,
+                    gate: Gate::new(e.max_in_flight, e.rate_limit, max_wait),
+                    max_wait,
+                    disable_after: Some(e.disable_after).filter(|d| !d.is_zero()),
+                    health: Mutex::new(Health::default()),
+                };
+                Some((e.name.clone(), endpoint))
             })
             .collect();
         let alerter = config.alerts.url.clone().map(|url| {
@@ -109,7 +156,9 @@ impl Worker {
     /// Claims and delivers until `shutdown` turns true, then lets the deliveries in flight finish
     /// and settle (up to the longest endpoint timeout).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let refresher = tokio::spawn(self.shared.clone().refresh_endpoints(shutdown.clone()));
         self.claim_loop(shutdown).await;
+        refresher.abort();
         let in_flight = self.concurrency as usize - self.permits.available_permits();
         if in_flight > 0 {
             tracing::info!(in_flight, "Shutting down: waiting for deliveries in flight.");
@@ -202,22 +251,66 @@ impl Worker {
 }
 
 impl Shared {
+    /// Keeps each endpoint's view of the shared state (disabled, failing since) fresh, so a change
+    /// made by another gateway or the admin API is seen within [`ENDPOINT_REFRESH`].
+    async fn refresh_endpoints(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let names: Vec<&str> = self.endpoints.keys().map(String::as_str).collect();
+        let mut tick = tokio::time::interval(ENDPOINT_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            // A failure is left to the claim loop to report; the last known state stays.
+            let Ok(states) = self.queue.endpoint_states(&names).await else { continue };
+            for (name, state) in names.iter().zip(states) {
+                if let Some(endpoint) = self.endpoints.get(*name) {
+                    let mut health = endpoint.health();
+                    health.disabled = state.disabled.is_some();
+                    health.failing_since = state.failing_since;
+                }
+            }
+        }
+    }
+
     async fn deliver(&self, claimed: Claimed) {
         let delivery_id = id::format_delivery(claimed.id);
         let event_id = id::format_event(claimed.event_id);
-        let started_at = unix_millis();
         let Some(endpoint) = self.endpoints.get(&claimed.endpoint) else {
-            let record = failure_record(&claimed, started_at, "endpoint is no longer configured".into());
-            self.settle(&claimed, &record, Settle::Bury, None).await;
+            let record = failure_record(&claimed, unix_millis(), "endpoint is no longer configured".into());
+            self.settle(&claimed, Some(&record), Settle::Bury, None).await;
             return;
         };
-        let (outcome, record) = self.attempt(&claimed, endpoint, &delivery_id, started_at).await;
+        if endpoint.health().disabled {
+            tracing::debug!(%delivery_id, endpoint = %endpoint.name, "Endpoint disabled: delivery parked.");
+            self.settle(&claimed, None, Settle::Pause, Some(endpoint)).await;
+            return;
+        }
+        let permit = match endpoint.gate.admit(endpoint.max_wait).await {
+            Admission::Go(permit) => permit,
+            Admission::Busy(delay) => {
+                tracing::debug!(%delivery_id, endpoint = %endpoint.name, ?delay, "Endpoint at its limit: delivery put back.");
+                self.settle(&claimed, None, Settle::Defer(delay), Some(endpoint)).await;
+                return;
+            }
+        };
+        let (outcome, record) = self.attempt(&claimed, endpoint, &delivery_id, unix_millis()).await;
+        drop(permit);
         let roll = rand::thread_rng().gen_range(-1.0..=1.0);
-        let action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, self.jitter, roll) {
+        let mut action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, self.jitter, roll) {
             RetryAction::Done => Settle::Ack,
             RetryAction::RetryIn(delay) => Settle::Retry(delay),
             RetryAction::GiveUp => Settle::Bury,
         };
+        match &outcome {
+            Outcome::Success { .. } => self.note_success(endpoint).await,
+            Outcome::Status { status: 410, .. } => {
+                self.disable(endpoint, "the endpoint answered 410 Gone".into()).await;
+                action = Settle::Pause;
+            }
+            _ => self.note_failure(endpoint).await,
+        }
         match &action {
             Settle::Ack => {
                 tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
@@ -228,9 +321,67 @@ impl Shared {
                 outcome = %record.outcome, error = record.error.as_deref().unwrap_or_default(), retry_in = ?delay,
                 "Delivery attempt failed; will retry.")
             }
-            Settle::Bury => {}
+            Settle::Bury | Settle::Defer(_) | Settle::Pause => {}
         }
-        self.settle(&claimed, &record, action, Some(endpoint)).await;
+        self.settle(&claimed, Some(&record), action, Some(endpoint)).await;
+    }
+
+    /// A success ends the endpoint's run of failures.
+    async fn note_success(&self, endpoint: &Endpoint) {
+        if endpoint.health().failing_since.take().is_none() {
+            return;
+        }
+        if let Err(e) = self.queue.clear_failing(&endpoint.name).await {
+            tracing::warn!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's recovery.");
+        }
+    }
+
+    /// A failed attempt starts (or continues) the endpoint's run of failures; one that has lasted
+    /// `disable_after` disables the endpoint.
+    async fn note_failure(&self, endpoint: &Endpoint) {
+        let Some(limit) = endpoint.disable_after else { return };
+        let now = unix_millis();
+        let since = {
+            let mut health = endpoint.health();
+            let since = health.failing_since;
+            health.failing_since.get_or_insert(now);
+            since
+        };
+        match since {
+            None => {
+                if let Err(e) = self.queue.mark_failing(&endpoint.name, now).await {
+                    tracing::warn!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's failure.");
+                }
+            }
+            Some(since) if now.saturating_sub(since) >= limit.as_millis() as u64 => {
+                self.disable(endpoint, failing_reason(since, now)).await;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Disables the endpoint everywhere; the gateway that does it first logs and alerts.
+    async fn disable(&self, endpoint: &Endpoint, reason: String) {
+        endpoint.health().disabled = true;
+        let at = unix_millis();
+        match self.queue.disable(&endpoint.name, &reason, at).await {
+            Ok(true) => {
+                tracing::error!(endpoint = %endpoint.name, url = %endpoint.url, %reason,
+                    "Endpoint disabled: its deliveries are parked until it is enabled through the admin API.");
+                if let Some(alerter) = &self.alerter {
+                    alerter.send_endpoint(EndpointAlert {
+                        kind: "endpoint.disabled",
+                        endpoint: endpoint.name.clone(),
+                        url: endpoint.url.to_string(),
+                        reason,
+                        at,
+                    });
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(endpoint = %endpoint.name, error = %e, %reason,
+                "Could not record that the endpoint is disabled; it will be disabled again on its next failure."),
+        }
     }
 
     /// Makes one signed POST and records how it went.
@@ -291,7 +442,13 @@ impl Shared {
         (outcome, record)
     }
 
-    async fn settle(&self, claimed: &Claimed, record: &AttemptRecord, action: Settle, endpoint: Option<&Endpoint>) {
+    async fn settle(
+        &self,
+        claimed: &Claimed,
+        record: Option<&AttemptRecord>,
+        action: Settle,
+        endpoint: Option<&Endpoint>,
+    ) {
         let delivery_id = id::format_delivery(claimed.id);
         match self.queue.settle(claimed, record, action).await {
             Ok(true) => {}
@@ -306,7 +463,7 @@ impl Shared {
             }
         }
         if action == Settle::Bury {
-            let last_error = record.error.clone().unwrap_or_default();
+            let last_error = record.and_then(|r| r.error.clone()).unwrap_or_default();
             tracing::error!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
                 attempts = claimed.attempt, %last_error, "Delivery dead-lettered: retries exhausted.");
             if let Some(alerter) = &self.alerter {

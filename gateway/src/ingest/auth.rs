@@ -135,8 +135,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn check_timestamp(timestamp: &str, tolerance: Duration, now: u64) -> Result<u64, AuthError> {
-    let at: u64 =
-        timestamp.trim().parse().map_err(|_| AuthError("the signature timestamp is not a number".into()))?;
+    let at: u64 = timestamp.trim().parse().map_err(|_| AuthError("the signature timestamp is not a number".into()))?;
     if at.abs_diff(now) > tolerance.as_secs() {
         return Err(AuthError(format!(
             "the signature timestamp is {}s away from now, outside the tolerance of {}s",

@@ -134,6 +134,23 @@ pub enum Settle {
     Retry(Duration),
     /// Give up: dead letter.
     Bury,
+    /// Not attempted (the endpoint was at its concurrency cap or rate limit): put back, due after
+    /// this delay, without counting an attempt.
+    Defer(Duration),
+    /// Park in the endpoint's paused set until the endpoint is enabled again; deferred instead when
+    /// the endpoint is no longer disabled.
+    Pause,
+}
+
+/// The state of an endpoint shared by every gateway: disabled (and why), failing since when.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndpointState {
+    /// Why the endpoint is disabled; `None` when it is enabled.
+    pub disabled: Option<String>,
+    /// When it was disabled, ms since the epoch.
+    pub disabled_at: Option<u64>,
+    /// Start of the current run of failed attempts, ms since the epoch; `None` after a success.
+    pub failing_since: Option<u64>,
 }
 
 /// One attempt, as recorded in the attempt log.
@@ -176,7 +193,7 @@ pub struct DeliveryView {
     pub event_id: String,
     /// Endpoint name.
     pub endpoint: String,
-    /// `pending`, `succeeded` or `dead`.
+    /// `pending`, `paused` (its endpoint is disabled), `succeeded` or `dead`.
     pub state: String,
     /// Attempts started so far.
     pub attempts_made: u32,

@@ -12,6 +12,9 @@
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
 //! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, n (deliveries), open (unfinished) |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts, status, lease, updated, last_error, log (one JSON attempt record per line) |
+//! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
+//! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |
+//! | `<prefix>:endpoint:<name>` | HASH | disabled (reason), disabled_at, failing_since (ms): the endpoint's shared state |
 //! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
 //! | `<prefix>:idem:<source>:<key>` | STRING | the answer given to an `idempotency-key` (`pending` while in progress), with a TTL |
 //!
@@ -30,8 +33,8 @@ use ulid::Ulid;
 
 use super::batcher::Batcher;
 use super::{
-    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EventView, NewDelivery, NewEvent,
-    QueueError, Settle,
+    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EndpointState, EventView,
+    NewDelivery, NewEvent, QueueError, Settle,
 };
 use crate::config::{QueueConfig, RedisConfig};
 use crate::id;
@@ -40,6 +43,9 @@ const ENQUEUE: &str = include_str!("scripts/enqueue.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const SETTLE: &str = include_str!("scripts/settle.lua");
 const REPLAY: &str = include_str!("scripts/replay.lua");
+const RESUME: &str = include_str!("scripts/resume.lua");
+/// Most paused deliveries one resume call moves (the script runs until none is left).
+const RESUME_CHUNK: usize = 1000;
 
 /// What an idempotency key holds while its first request is still being processed.
 pub const IDEMPOTENCY_PENDING: &str = "pending";
@@ -71,6 +77,7 @@ struct Core {
     claim: Script,
     settle: Script,
     replay: Script,
+    resume: Script,
 }
 
 /// An event and its deliveries, owned, on its way to the enqueue batch.
@@ -123,6 +130,7 @@ impl RedisQueue {
             claim: Script::new(CLAIM),
             settle: Script::new(SETTLE),
             replay: Script::new(REPLAY),
+            resume: Script::new(RESUME),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -295,6 +303,94 @@ impl RedisQueue {
         Ok(replayed)
     }
 
+    fn endpoint_key(&self, name: &str) -> String {
+        format!("{}:endpoint:{name}", self.core.prefix)
+    }
+
+    /// The shared state of each endpoint in `names`, in order.
+    pub async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.cmd("HMGET").arg(self.endpoint_key(name)).arg(&["disabled", "disabled_at", "failing_since"]);
+        }
+        let mut conn = self.core.conn.clone();
+        let rows: Vec<(Option<String>, Option<u64>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(disabled, disabled_at, failing_since)| EndpointState { disabled, disabled_at, failing_since })
+            .collect())
+    }
+
+    /// Records that `name` started failing at `at` (ms), unless a run of failures is already recorded.
+    pub async fn mark_failing(&self, name: &str, at: u64) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: bool = conn.hset_nx(self.endpoint_key(name), "failing_since", at).await?;
+        Ok(())
+    }
+
+    /// Records that `name` succeeded: its run of failures is over.
+    pub async fn clear_failing(&self, name: &str) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: () = conn.hdel(self.endpoint_key(name), "failing_since").await?;
+        Ok(())
+    }
+
+    /// Disables `name` for `reason`: its deliveries are parked until it is enabled. Returns true
+    /// for the call that disabled it (exactly one across gateways), false when it already was.
+    pub async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
+        let mut conn = self.core.conn.clone();
+        let key = self.endpoint_key(name);
+        let first: bool = conn.hset_nx(&key, "disabled", reason).await?;
+        if first {
+            let _: () = conn.hset(&key, "disabled_at", at).await?;
+        }
+        // Every shard learns it (again, harmlessly, when it already knew).
+        let mut pipe = redis::pipe();
+        for shard in 0..self.core.shards {
+            pipe.hset(format!("{}off", self.core.shard_prefix(shard)), name, reason).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(first)
+    }
+
+    /// Enables `name` and puts its parked deliveries back in the queue, due now. Returns how many.
+    pub async fn enable(&self, name: &str) -> Result<u64, QueueError> {
+        let mut conn = self.core.conn.clone();
+        let mut resumed = 0;
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            loop {
+                let moved: u64 = self
+                    .core
+                    .resume
+                    .key(format!("{prefix}due"))
+                    .key(format!("{prefix}off"))
+                    .arg(&prefix)
+                    .arg(name)
+                    .arg(RESUME_CHUNK)
+                    .invoke_async(&mut conn)
+                    .await?;
+                resumed += moved;
+                if moved < RESUME_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        let _: () = conn.hdel(self.endpoint_key(name), &["disabled", "disabled_at", "failing_since"]).await?;
+        Ok(resumed)
+    }
+
+    /// How many deliveries of `name` are parked.
+    pub async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.core.shards {
+            pipe.zcard(format!("{}paused:{name}", self.core.shard_prefix(shard)));
+        }
+        let mut conn = self.core.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(counts.into_iter().sum())
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
@@ -375,21 +471,30 @@ impl RedisQueue {
         Ok(ClaimBatch { deliveries, next_due_in })
     }
 
-    /// Records `record` and settles the delivery; `Ok(false)` when the lease was lost meanwhile.
-    pub async fn settle(&self, claimed: &Claimed, record: &AttemptRecord, action: Settle) -> Result<bool, QueueError> {
+    /// Records `record` (`None`: no attempt was made, and the claim's count is taken back) and
+    /// settles the delivery; `Ok(false)` when the lease was lost meanwhile.
+    pub async fn settle(
+        &self,
+        claimed: &Claimed,
+        record: Option<&AttemptRecord>,
+        action: Settle,
+    ) -> Result<bool, QueueError> {
         let (action, delay_ms) = match action {
             Settle::Ack => ("ack", 0),
             Settle::Retry(delay) => ("retry", delay.as_millis() as u64),
             Settle::Bury => ("bury", 0),
+            Settle::Defer(delay) => ("defer", delay.as_millis() as u64),
+            // Deferred by this much should the endpoint have been enabled meanwhile.
+            Settle::Pause => ("pause", 1000),
         };
         let settlement = Settlement {
             shard: claimed.shard,
             id: id::format_delivery(claimed.id),
             token: claimed.token.clone(),
-            record: serde_json::to_string(record)?,
+            record: record.map(serde_json::to_string).transpose()?.unwrap_or_default(),
             action,
             delay_ms,
-            last_error: record.error.clone().unwrap_or_default(),
+            last_error: record.and_then(|r| r.error.clone()).unwrap_or_default(),
         };
         match self.settlements.submit(settlement).await {
             Some(Ok(applied)) => Ok(applied),
@@ -420,6 +525,7 @@ impl RedisQueue {
             .as_deref()
             .unwrap_or_default()
             .lines()
+            .filter(|line| !line.is_empty())
             .map(serde_json::from_str)
             .collect::<Result<Vec<serde_json::Value>, _>>()?;
         Ok(Some(DeliveryView {
@@ -556,7 +662,11 @@ impl Core {
         let prefix = self.shard_prefix(shard);
         let batch: Vec<&Settlement> = batch.collect();
         let mut call = self.settle.key(format!("{prefix}due"));
-        call.key(format!("{prefix}dead")).arg(&prefix).arg(self.retention_secs).arg(batch.len());
+        call.key(format!("{prefix}dead"))
+            .key(format!("{prefix}off"))
+            .arg(&prefix)
+            .arg(self.retention_secs)
+            .arg(batch.len());
         for s in &batch {
             call.arg(&s.id).arg(&s.token).arg(&s.record).arg(s.action).arg(s.delay_ms).arg(&s.last_error);
         }
