@@ -171,7 +171,10 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
             body["error"]["kind"] = json!(plugin_error.kind());
         }
         IngestError::Queue(e) => {
-            tracing::error!(source, error = %e, "Event refused: the queue could not store it.");
+            static REFUSALS: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(held_back) = REFUSALS.allow() {
+                tracing::error!(source, error = %e, similar_since_last = held_back, "Event refused: the queue could not store it.");
+            }
             body["error"]["message"] = json!("the queue is unavailable; the event was not accepted, retry later");
         }
         _ => tracing::debug!(source, error = %error, "Event refused."),

@@ -21,3 +21,46 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Lets a repeated log line through at most once a second, counting the ones it held back, so a
+/// failure that hits every request (e.g. Redis away) does not flood the log.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    second: std::sync::atomic::AtomicU64,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// A throttle that lets the first line through.
+    pub const fn new() -> Self {
+        Self { second: std::sync::atomic::AtomicU64::new(0), held_back: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// `Some(lines held back since the last one let through)` when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let last = self.second.load(Relaxed);
+        if now != last && self.second.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            Some(self.held_back.swap(0, Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.allow(), Some(0));
+        // Unless the second turns over right here, the next ones are held back.
+        let held: Vec<_> = (0..100).map(|_| throttle.allow()).collect();
+        assert!(held.iter().filter(|a| a.is_some()).count() <= 1, "{held:?}");
+    }
+}

@@ -28,7 +28,7 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("gateway/ has a parent").to_path_buf()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -45,8 +45,21 @@ impl RedisServer {
 
     /// Starts a server on `port` (e.g. again, after [`RedisServer::kill`]).
     pub async fn start_on(port: u16) -> Self {
+        Self::spawn(port, &["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// Starts a server on `port` that keeps its data in `dir` with an fsync per write (AOF,
+    /// `appendfsync always`): what the README asks of production, so a restart loses nothing
+    /// acknowledged.
+    pub async fn start_persistent(port: u16, dir: &Path) -> Self {
+        let dir = dir.to_str().unwrap();
+        Self::spawn(port, &["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", dir]).await
+    }
+
+    async fn spawn(port: u16, args: &[&str]) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
@@ -95,6 +108,13 @@ pub enum Answer {
     Status(u16),
     StatusWithHeader(u16, &'static str, String),
     Hang(Duration),
+    /// Out of every 100 requests, `fail` get 500 and `hang` hang for `hang_for`; the rest get 200.
+    /// The pattern is fixed (a permutation of 0..100), so runs are repeatable.
+    Mixed {
+        fail: u64,
+        hang: u64,
+        hang_for: Duration,
+    },
 }
 
 /// One request a receiver got.
@@ -104,6 +124,8 @@ pub struct Received {
     pub body: Bytes,
     /// When the request arrived.
     pub at: std::time::Instant,
+    /// Whether it was answered 2xx at once (not an error, not a hang the sender gives up on).
+    pub ok: bool,
 }
 
 impl Received {
@@ -119,6 +141,29 @@ impl Received {
 struct Script {
     plan: VecDeque<Answer>,
     default: Answer,
+    served: u64,
+}
+
+impl Script {
+    /// The answer to the next request, with `Mixed` resolved to a plain answer.
+    fn next(&mut self) -> Answer {
+        let answer = self.plan.pop_front().unwrap_or_else(|| self.default.clone());
+        self.served += 1;
+        match answer {
+            Answer::Mixed { fail, hang, hang_for } => {
+                // 37 is coprime with 100, so this visits every residue once per 100 requests.
+                let slot = (self.served * 37) % 100;
+                if slot < hang {
+                    Answer::Hang(hang_for)
+                } else if slot < hang + fail {
+                    Answer::Status(500)
+                } else {
+                    Answer::Status(200)
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A real HTTP receiver on loopback that records every request and answers as scripted.
@@ -141,7 +186,7 @@ impl Receiver {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let script = Arc::new(Mutex::new(Script { plan: VecDeque::new(), default: Answer::Status(200) }));
+        let script = Arc::new(Mutex::new(Script { plan: VecDeque::new(), default: Answer::Status(200), served: 0 }));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, requests) = mpsc::unbounded_channel();
         let concurrency = Arc::new(Concurrency::default());
@@ -161,11 +206,9 @@ impl Receiver {
                             concurrency.most.fetch_max(now, SeqCst);
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let answer = {
-                                let mut script = script.lock().unwrap();
-                                script.plan.pop_front().unwrap_or_else(|| script.default.clone())
-                            };
-                            let received = Received { headers: parts.headers, body, at };
+                            let answer = script.lock().unwrap().next();
+                            let ok = matches!(answer, Answer::Status(200..=299));
+                            let received = Received { headers: parts.headers, body, at, ok };
                             log.lock().unwrap().push(received.clone());
                             let _ = tx.send(received);
                             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -176,6 +219,7 @@ impl Receiver {
                                     response.headers_mut().insert(name, value.parse().unwrap());
                                 }
                                 Answer::Hang(how_long) => tokio::time::sleep(how_long).await,
+                                Answer::Mixed { .. } => unreachable!("resolved by Script::next"),
                             }
                             concurrency.now.fetch_sub(1, SeqCst);
                             Ok::<_, Infallible>(response)

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod chaos;
 mod delivery;
 mod harness;
 mod plugins;

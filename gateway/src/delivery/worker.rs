@@ -228,8 +228,9 @@ impl Worker {
             tokio::select! {
                 // Timer: the next delivery (or lease) falls due, or the idle poll.
                 _ = tokio::time::sleep(sleep_for) => {}
-                // Ingest just enqueued something due now.
-                _ = self.wake.notified(), if !failed => {}
+                // Ingest just enqueued something due now (which also shows Redis is back, so it
+                // ends a back-off early).
+                _ = self.wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }
@@ -332,7 +333,8 @@ impl Shared {
             return;
         }
         if let Err(e) = self.queue.clear_failing(&endpoint.name).await {
-            tracing::warn!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's recovery.");
+            // The claim loop reports an unreachable queue once; this would repeat it per delivery.
+            tracing::debug!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's recovery.");
         }
     }
 
@@ -350,7 +352,7 @@ impl Shared {
         match since {
             None => {
                 if let Err(e) = self.queue.mark_failing(&endpoint.name, now).await {
-                    tracing::warn!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's failure.");
+                    tracing::debug!(endpoint = %endpoint.name, error = %e, "Could not record the endpoint's failure.");
                 }
             }
             Some(since) if now.saturating_sub(since) >= limit.as_millis() as u64 => {
