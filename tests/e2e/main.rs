@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod bad_input_table;
 mod binary;
 mod chaos;
 mod delivery;

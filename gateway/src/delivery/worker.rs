@@ -422,7 +422,7 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + endpoint.timeout;
         let (outcome, excerpt) = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => (Outcome::Timeout, None),
-            Ok(Err(e)) => (Outcome::Failed(error_chain(&e)), None),
+            Ok(Err(e)) => (Outcome::Failed(describe_failure(&e, &endpoint.url)), None),
             Ok(Ok(response)) => read_answer(response, deadline).await,
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -518,6 +518,30 @@ async fn read_answer(response: hyper::Response<Incoming>, deadline: tokio::time:
         Outcome::Status { status, retry_after }
     };
     (outcome, excerpt)
+}
+
+/// The text of a request that got no answer, with TLS failures named as such (rustls' own words,
+/// e.g. "received corrupt message of type InvalidContentType", do not say it).
+fn describe_failure(error: &(dyn std::error::Error + 'static), url: &Url) -> String {
+    let chain = error_chain(error);
+    // The TLS layer reports as an io::Error of kind InvalidData, possibly wrapped in another
+    // io::Error (whose `source()` skips it, hence `get_ref`).
+    let invalid_data = |e: &(dyn std::error::Error + 'static)| {
+        let io = e.downcast_ref::<std::io::Error>()?;
+        let inner = io.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>());
+        Some(
+            io.kind() == std::io::ErrorKind::InvalidData
+                || inner.is_some_and(|i| i.kind() == std::io::ErrorKind::InvalidData),
+        )
+    };
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if url.scheme() == "https" && invalid_data(e) == Some(true) {
+            return format!("TLS handshake with {} failed: {chain}", url.host_str().unwrap_or_default());
+        }
+        source = e.source();
+    }
+    chain
 }
 
 fn failure_record(claimed: &Claimed, at: u64, error: String) -> AttemptRecord {

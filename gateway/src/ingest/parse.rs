@@ -70,6 +70,10 @@ pub fn event_type(headers: &HeaderMap, body: &[u8]) -> Result<String, IngestErro
                 .trim(),
         ),
     };
+    // JSON is UTF-8 (RFC 8259); serde_json does not check the strings of fields it skips.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(IngestError::Json(format!("the body is not UTF-8: invalid byte at offset {}", e.valid_up_to())));
+    }
     check_depth(body)?;
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let from_body = if first == Some(&b'{') {
