@@ -29,6 +29,9 @@ pub mod queue;
 pub mod route;
 pub mod telemetry;
 
+#[cfg(test)]
+mod props;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
