@@ -33,6 +33,8 @@ pub struct AppState {
     pub endpoints: Vec<String>,
     /// Time between the replays of a replay-all.
     pub replay_spacing: std::time::Duration,
+    /// Gateway metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -109,45 +111,80 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
             }
         }
         (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, ["metrics"]) => {
-            let mut text = String::new();
-            state.plugins.render_metrics(&mut text);
-            let mut reply = Response::new(Full::new(Bytes::from(text)));
-            reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            reply
-        }
-        (_, ["v1", "events", _]) | (_, ["v1", "deliveries", _]) | (_, ["healthz"]) | (_, ["metrics"]) => {
+        (&Method::GET, ["readyz"]) => readyz(state).await,
+        (&Method::GET, ["metrics"]) => metrics(state).await,
+        (_, ["v1", "events", _])
+        | (_, ["v1", "deliveries", _])
+        | (_, ["healthz"])
+        | (_, ["readyz"])
+        | (_, ["metrics"]) => {
             error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         }
         _ => error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
 
+/// How long `/readyz` and the queue gauges of `/metrics` wait for Redis.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /readyz`: 200 when the queue answers (plugins are loaded before the server starts, and a
+/// failed reload keeps the running version), else 503 with the reason.
+async fn readyz(state: &AppState) -> Reply {
+    match tokio::time::timeout(PROBE_TIMEOUT, state.queue.ping()).await {
+        Ok(Ok(())) => json_reply(StatusCode::OK, json!({"status": "ready", "store": "ok", "plugins": "loaded"})),
+        Ok(Err(e)) => {
+            state.metrics.store_error("admin");
+            json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "store": e.to_string()}))
+        }
+        Err(_) => json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "store": format!("no answer within {PROBE_TIMEOUT:?}")}),
+        ),
+    }
+}
+
+/// `GET /metrics`: gateway, plugin and queue metrics (the queue gauges are left out when Redis
+/// does not answer within [`PROBE_TIMEOUT`]).
+async fn metrics(state: &AppState) -> Reply {
+    let mut text = String::new();
+    state.metrics.render(&mut text);
+    state.plugins.render_metrics(&mut text);
+    match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&state.endpoints)).await {
+        Ok(Ok(depth)) => depth.render(&mut text),
+        _ => state.metrics.store_error("admin"),
+    }
+    let mut reply = Response::new(Full::new(Bytes::from(text)));
+    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    reply
+}
+
 async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> Reply {
+    state.metrics.received(source);
     let (parts, body) = request.into_parts();
     if let Err(e) = state.ingest.precheck(source, &parts.headers) {
-        return ingest_error(source, e);
+        return ingest_error(state, source, e);
     }
     let body = match Limited::new(body, state.ingest.max_body_bytes()).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return ingest_error(source, IngestError::TooLarge { limit: state.ingest.max_body_bytes() })
+            return ingest_error(state, source, IngestError::TooLarge { limit: state.ingest.max_body_bytes() })
         }
-        Err(e) => return ingest_error(source, IngestError::Body(e.to_string())),
+        Err(e) => return ingest_error(state, source, IngestError::Body(e.to_string())),
     };
     match state.ingest.answer(source, &parts.headers, body).await {
         Ok(answer) => {
+            state.metrics.accepted(source);
             let mut reply = bytes_reply(StatusCode::ACCEPTED, answer.body.into_bytes());
             if answer.replayed {
                 reply.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
             reply
         }
-        Err(e) => ingest_error(source, e),
+        Err(e) => ingest_error(state, source, e),
     }
 }
 
-fn ingest_error(source: &str, error: IngestError) -> Reply {
+fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
     let (status, code) = match &error {
         IngestError::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
         IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -163,6 +200,7 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
         IngestError::Queue(q) if q.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
         IngestError::Queue(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_error"),
     };
+    state.metrics.rejected(source, code);
     let mut body = json!({"error": {"code": code, "message": error.to_string()}});
     match &error {
         IngestError::Plugin(plugin_error) => {
@@ -171,6 +209,7 @@ fn ingest_error(source: &str, error: IngestError) -> Reply {
             body["error"]["kind"] = json!(plugin_error.kind());
         }
         IngestError::Queue(e) => {
+            state.metrics.store_error("enqueue");
             static REFUSALS: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(held_back) = REFUSALS.allow() {
                 tracing::error!(source, error = %e, similar_since_last = held_back, "Event refused: the queue could not store it.");
@@ -211,6 +250,7 @@ async fn admin_call(
         Err(e @ AdminError::BadRequest(_)) => error_reply(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
         Err(e @ AdminError::NotDead(_)) => error_reply(StatusCode::CONFLICT, "not_dead", &e.to_string()),
         Err(AdminError::Queue(e)) => {
+            state.metrics.store_error("admin");
             tracing::error!(error = %e, "Admin lookup failed.");
             let status =
                 if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };

@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod http;
 pub mod id;
 pub mod ingest;
+pub mod metrics;
 pub mod plugin;
 pub mod queue;
 pub mod route;
@@ -105,7 +106,8 @@ impl Gateway {
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
 
         let (shutdown, watcher) = watch::channel(false);
-        let worker = Worker::new(&config, queue.clone(), http, alerts_http, wake.clone());
+        let metrics = Arc::new(metrics::Metrics::new(&config));
+        let worker = Worker::new(&config, queue.clone(), http, alerts_http, wake.clone(), metrics.clone());
         let state = Arc::new(AppState {
             ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
             queue,
@@ -113,6 +115,7 @@ impl Gateway {
             plugins: plugins.clone(),
             endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
+            metrics,
         });
         let tasks = vec![
             tokio::spawn(http::serve(listener, state, watcher.clone())),

@@ -8,6 +8,7 @@ mod binary;
 mod chaos;
 mod delivery;
 mod harness;
+mod observability;
 mod plugins;
 mod protection;
 mod scale;

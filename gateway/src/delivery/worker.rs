@@ -74,6 +74,7 @@ struct Shared {
     jitter: f64,
     guard: client::DestinationGuard,
     alerter: Option<Alerter>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the circuit breaker disabled an endpoint.
@@ -104,6 +105,7 @@ impl Worker {
         http: client::DeliveryClient,
         alerts_http: reqwest::Client,
         wake: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let endpoints = config
             .endpoints
@@ -139,6 +141,7 @@ impl Worker {
             jitter: config.retry.jitter,
             guard: config.security.guard(),
             alerter,
+            metrics,
         };
         Self {
             shared: Arc::new(shared),
@@ -207,6 +210,7 @@ impl Worker {
                     }
                     Err(e) => {
                         failed = true;
+                        self.shared.metrics.store_error("claim");
                         if backoff.is_zero() {
                             tracing::warn!(error = %e, "Cannot claim deliveries; backing off until the queue answers.");
                         }
@@ -296,8 +300,11 @@ impl Shared {
                 return;
             }
         };
+        self.metrics.in_flight(1);
         let (outcome, record) = self.attempt(&claimed, endpoint, &delivery_id, unix_millis()).await;
+        self.metrics.in_flight(-1);
         drop(permit);
+        self.metrics.attempt(&endpoint.name, &record.outcome, Duration::from_secs_f64(record.latency_ms / 1000.0));
         let roll = rand::thread_rng().gen_range(-1.0..=1.0);
         let mut action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, self.jitter, roll) {
             RetryAction::Done => Settle::Ack,
@@ -459,6 +466,7 @@ impl Shared {
                 return;
             }
             Err(e) => {
+                self.metrics.store_error("settle");
                 // Nothing is lost: the lease runs out and the delivery is attempted again.
                 tracing::warn!(%delivery_id, error = %e, "Could not record the attempt; it will be retried when the lease expires.");
                 return;

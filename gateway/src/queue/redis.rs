@@ -391,6 +391,36 @@ impl RedisQueue {
         Ok(counts.into_iter().sum())
     }
 
+    /// The queue's depth: deliveries due now, scheduled later (or leased), dead, and parked per endpoint.
+    pub async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
+        let now = crate::delivery::unix_millis();
+        let mut pipe = redis::pipe();
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            pipe.zcount(format!("{prefix}due"), "-inf", now)
+                .zcount(format!("{prefix}due"), format!("({now}"), "+inf")
+                .zcard(format!("{prefix}dead"));
+            for endpoint in endpoints {
+                pipe.zcard(format!("{prefix}paused:{endpoint}"));
+            }
+        }
+        let mut conn = self.core.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let mut depth = crate::metrics::QueueDepth {
+            paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
+            ..Default::default()
+        };
+        for shard in counts.chunks(3 + endpoints.len()) {
+            depth.due += shard[0];
+            depth.scheduled += shard[1];
+            depth.dead += shard[2];
+            for (slot, n) in depth.paused.iter_mut().zip(&shard[3..]) {
+                slot.1 += n;
+            }
+        }
+        Ok(depth)
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();

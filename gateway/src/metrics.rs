@@ -1,0 +1,253 @@
+//! Gateway metrics in the Prometheus text format: events by source (received, accepted, rejected by
+//! reason), deliveries by endpoint and outcome, attempt latency, deliveries in flight, and queue
+//! store errors by operation. Counters are atomics indexed by the configured sources and endpoints
+//! (fixed at start-up, so label cardinality is bounded); only rejections, a slow path, take a lock.
+//! Queue depth is read from Redis at scrape time (see `http.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Upper bounds of the attempt latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Attempt outcomes, in counter order (the attempt log's `outcome` values).
+pub const OUTCOMES: [&str; 4] = ["success", "http_error", "timeout", "error"];
+/// Queue operations whose store errors are counted.
+pub const STORE_OPS: [&str; 4] = ["enqueue", "claim", "settle", "admin"];
+/// The label of events for sources no route serves.
+const OTHER_SOURCE: &str = "_unknown";
+
+/// One endpoint's attempt counters.
+#[derive(Default)]
+struct EndpointStats {
+    outcomes: [AtomicU64; 4],
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_micros: AtomicU64,
+}
+
+/// Every gateway metric except the plugins' (which live with the plugins).
+pub struct Metrics {
+    sources: HashMap<String, usize>,
+    source_names: Vec<String>,
+    received: Vec<AtomicU64>,
+    accepted: Vec<AtomicU64>,
+    rejected: Mutex<BTreeMap<(usize, &'static str), u64>>,
+    endpoints: HashMap<String, usize>,
+    endpoint_names: Vec<String>,
+    attempts: Vec<EndpointStats>,
+    in_flight: AtomicI64,
+    store_errors: [AtomicU64; 4],
+}
+
+impl Metrics {
+    /// Counters for the sources and endpoints of `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut source_names: Vec<String> = config.routes.iter().map(|r| r.source.clone()).collect();
+        source_names.sort();
+        source_names.dedup();
+        source_names.push(OTHER_SOURCE.to_string());
+        let endpoint_names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+        Self {
+            sources: source_names.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
+            received: source_names.iter().map(|_| AtomicU64::new(0)).collect(),
+            accepted: source_names.iter().map(|_| AtomicU64::new(0)).collect(),
+            source_names,
+            rejected: Mutex::new(BTreeMap::new()),
+            endpoints: endpoint_names.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect(),
+            attempts: endpoint_names.iter().map(|_| EndpointStats::default()).collect(),
+            endpoint_names,
+            in_flight: AtomicI64::new(0),
+            store_errors: Default::default(),
+        }
+    }
+
+    fn source(&self, source: &str) -> usize {
+        self.sources.get(source).copied().unwrap_or(self.source_names.len() - 1)
+    }
+
+    /// An ingest request for `source` arrived.
+    pub fn received(&self, source: &str) {
+        self.received[self.source(source)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event of `source` was stored (answered 202).
+    pub fn accepted(&self, source: &str) {
+        self.accepted[self.source(source)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event of `source` was refused; `reason` is the error code of the answer.
+    pub fn rejected(&self, source: &str, reason: &'static str) {
+        let key = (self.source(source), reason);
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+    }
+
+    /// One delivery attempt to `endpoint` ended with `outcome` (one of [`OUTCOMES`]) after `took`.
+    pub fn attempt(&self, endpoint: &str, outcome: &str, took: Duration) {
+        let Some(stats) = self.endpoints.get(endpoint).map(|&i| &self.attempts[i]) else { return };
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            stats.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = took.as_secs_f64();
+        if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            stats.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        stats.sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A delivery attempt started (`+1`) or ended (`-1`) in this process.
+    pub fn in_flight(&self, change: i64) {
+        self.in_flight.fetch_add(change, Ordering::Relaxed);
+    }
+
+    /// A queue operation (one of [`STORE_OPS`]) failed.
+    pub fn store_error(&self, op: &str) {
+        if let Some(i) = STORE_OPS.iter().position(|o| *o == op) {
+            self.store_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends every metric in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        header(
+            out,
+            "sluice_events_received_total",
+            "counter",
+            "Ingest requests by source (_unknown: no route serves it).",
+        );
+        for (name, n) in self.source_names.iter().zip(&self.received) {
+            let _ = writeln!(out, "sluice_events_received_total{{source=\"{}\"}} {}", escape(name), load(n));
+        }
+        header(out, "sluice_events_accepted_total", "counter", "Events stored and answered 202, by source.");
+        for (name, n) in self.source_names.iter().zip(&self.accepted) {
+            let _ = writeln!(out, "sluice_events_accepted_total{{source=\"{}\"}} {}", escape(name), load(n));
+        }
+        header(
+            out,
+            "sluice_events_rejected_total",
+            "counter",
+            "Events refused, by source and reason (the error code).",
+        );
+        for ((source, reason), n) in self.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let name = escape(&self.source_names[*source]);
+            let _ = writeln!(out, "sluice_events_rejected_total{{source=\"{name}\",reason=\"{reason}\"}} {n}");
+        }
+        header(out, "sluice_delivery_attempts_total", "counter", "Delivery attempts by endpoint and outcome.");
+        for (name, stats) in self.endpoint_names.iter().zip(&self.attempts) {
+            for (outcome, n) in OUTCOMES.iter().zip(&stats.outcomes) {
+                let _ = writeln!(
+                    out,
+                    "sluice_delivery_attempts_total{{endpoint=\"{}\",outcome=\"{outcome}\"}} {}",
+                    escape(name),
+                    load(n)
+                );
+            }
+        }
+        header(out, "sluice_delivery_attempt_seconds", "histogram", "Duration of delivery attempts, by endpoint.");
+        for (name, stats) in self.endpoint_names.iter().zip(&self.attempts) {
+            let name = escape(name);
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS.iter().zip(&stats.buckets) {
+                cumulative += load(n);
+                let _ = writeln!(
+                    out,
+                    "sluice_delivery_attempt_seconds_bucket{{endpoint=\"{name}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count: u64 = stats.outcomes.iter().map(load).sum();
+            let sum = load(&stats.sum_micros) as f64 / 1e6;
+            let _ = writeln!(out, "sluice_delivery_attempt_seconds_bucket{{endpoint=\"{name}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "sluice_delivery_attempt_seconds_sum{{endpoint=\"{name}\"}} {sum}");
+            let _ = writeln!(out, "sluice_delivery_attempt_seconds_count{{endpoint=\"{name}\"}} {count}");
+        }
+        header(out, "sluice_deliveries_in_flight", "gauge", "Delivery attempts in flight in this process.");
+        let _ = writeln!(out, "sluice_deliveries_in_flight {}", self.in_flight.load(Ordering::Relaxed).max(0));
+        header(out, "sluice_store_errors_total", "counter", "Failed queue (Redis) operations, by operation.");
+        for (op, n) in STORE_OPS.iter().zip(&self.store_errors) {
+            let _ = writeln!(out, "sluice_store_errors_total{{op=\"{op}\"}} {}", load(n));
+        }
+    }
+}
+
+/// The queue's depth as read at scrape time.
+#[derive(Debug, Default)]
+pub struct QueueDepth {
+    /// Deliveries due now (waiting for a worker).
+    pub due: u64,
+    /// Deliveries scheduled later: retries waiting for their time, and deliveries leased to a worker.
+    pub scheduled: u64,
+    /// Dead-lettered deliveries.
+    pub dead: u64,
+    /// Parked deliveries per endpoint (the endpoint is disabled).
+    pub paused: Vec<(String, u64)>,
+}
+
+impl QueueDepth {
+    /// Appends the queue gauges.
+    pub fn render(&self, out: &mut String) {
+        header(
+            out,
+            "sluice_queue_deliveries",
+            "gauge",
+            "Deliveries in the queue by state (due now, scheduled or leased, dead).",
+        );
+        for (state, n) in [("due", self.due), ("scheduled", self.scheduled), ("dead", self.dead)] {
+            let _ = writeln!(out, "sluice_queue_deliveries{{state=\"{state}\"}} {n}");
+        }
+        header(out, "sluice_queue_paused_deliveries", "gauge", "Deliveries parked because their endpoint is disabled.");
+        for (endpoint, n) in &self.paused {
+            let _ = writeln!(out, "sluice_queue_paused_deliveries{{endpoint=\"{}\"}} {n}", escape(endpoint));
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn load(n: &AtomicU64) -> u64 {
+    n.load(Ordering::Relaxed)
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_source_endpoint_and_outcome() {
+        let config = crate::config::from_toml(
+            "[[endpoints]]\nname = \"a\\\"b\"\nurl = \"http://x/\"\nsecret = \"s\"\n[[routes]]\nsource = \"shop\"\nendpoints = [\"a\"]\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new(&config);
+        metrics.received("shop");
+        metrics.received("nope");
+        metrics.accepted("shop");
+        metrics.rejected("nope", "unknown_source");
+        metrics.attempt("a\"b", "timeout", Duration::from_millis(30));
+        metrics.store_error("claim");
+        let mut text = String::new();
+        metrics.render(&mut text);
+        for line in [
+            r#"sluice_events_received_total{source="shop"} 1"#,
+            r#"sluice_events_received_total{source="_unknown"} 1"#,
+            r#"sluice_events_accepted_total{source="shop"} 1"#,
+            r#"sluice_events_rejected_total{source="_unknown",reason="unknown_source"} 1"#,
+            r#"sluice_delivery_attempts_total{endpoint="a\"b",outcome="timeout"} 1"#,
+            r#"sluice_delivery_attempt_seconds_bucket{endpoint="a\"b",le="0.025"} 0"#,
+            r#"sluice_delivery_attempt_seconds_bucket{endpoint="a\"b",le="0.05"} 1"#,
+            r#"sluice_store_errors_total{op="claim"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
+        }
+    }
+}

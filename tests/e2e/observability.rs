@@ -1,0 +1,126 @@
+//! `/metrics` (Prometheus text, checked by `promtool check metrics`), `/readyz` and `/healthz`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+
+async fn scrape(gateway: std::net::SocketAddr) -> String {
+    let response = client().get(format!("http://{gateway}/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.text().await.unwrap()
+}
+
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l == *line), "missing `{line}` in:\n{text}");
+    }
+}
+
+/// Runs `promtool check metrics` on `text`; `None` when promtool is not installed.
+fn promtool(text: &str) -> Option<(bool, String)> {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(_) => {
+            eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+            return None;
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    Some((output.status.success(), said))
+}
+
+#[tokio::test]
+async fn metrics_count_events_deliveries_and_queue_depth_and_promtool_accepts_them() {
+    let redis = RedisServer::start().await;
+    let ok = Receiver::start().await;
+    let failing = Receiver::start().await;
+    failing.answer_always(Answer::Status(500));
+    let toml = base_toml(&redis)
+        + &endpoint_toml("ok", &ok.url(), "")
+        + &endpoint_toml("failing", &failing.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"ok\", \"failing\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, accepted) = post_event(gateway.addr(), "shop", &format!(r#"{{"event":"e","n":{n}}}"#)).await;
+        assert_eq!(status, 202);
+        ids.extend(accepted["deliveries"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(post_event(gateway.addr(), "shop", "{").await.0, 400);
+    assert_eq!(post_event(gateway.addr(), "nope", "{}").await.0, 404);
+    for id in &ids {
+        let view = wait_for_state(gateway.addr(), id, if id.ends_with('1') { "succeeded" } else { "dead" }).await;
+        assert!(view["endpoint"] == if id.ends_with('1') { "ok" } else { "failing" }, "{view}");
+    }
+
+    let text = scrape(gateway.addr()).await;
+    assert_lines(
+        &text,
+        &[
+            r#"sluice_events_received_total{source="shop"} 4"#,
+            r#"sluice_events_received_total{source="_unknown"} 1"#,
+            r#"sluice_events_accepted_total{source="shop"} 3"#,
+            r#"sluice_events_rejected_total{source="shop",reason="invalid_json"} 1"#,
+            r#"sluice_events_rejected_total{source="_unknown",reason="unknown_source"} 1"#,
+            r#"sluice_delivery_attempts_total{endpoint="ok",outcome="success"} 3"#,
+            // Three attempts each (the test schedule), all answered 500.
+            r#"sluice_delivery_attempts_total{endpoint="failing",outcome="http_error"} 9"#,
+            r#"sluice_delivery_attempt_seconds_count{endpoint="failing"} 9"#,
+            r#"sluice_queue_deliveries{state="dead"} 3"#,
+            r#"sluice_queue_deliveries{state="due"} 0"#,
+            r#"sluice_queue_paused_deliveries{endpoint="ok"} 0"#,
+            r#"sluice_deliveries_in_flight 0"#,
+            r#"sluice_store_errors_total{op="enqueue"} 0"#,
+        ],
+    );
+    if let Some((accepted, said)) = promtool(&text) {
+        assert!(accepted, "promtool refused the metrics:\n{said}\n{text}");
+        assert!(said.trim().is_empty(), "promtool lint findings:\n{said}");
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_follows_the_store_while_healthz_stays_up() {
+    let mut redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let toml = base_toml(&redis)
+        + &endpoint_toml("ok", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"ok\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let get = |path: &'static str| {
+        let url = format!("http://{}{path}", gateway.addr());
+        async move {
+            let response = client().get(url).send().await.unwrap();
+            {
+                let status = response.status().as_u16();
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&response.bytes().await.unwrap()).unwrap_or_default(),
+                )
+            }
+        }
+    };
+    let (status, ready) = get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
+
+    redis.kill();
+    let (status, ready) = get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("not_ready")), "{ready}");
+    assert!(!ready["store"].as_str().unwrap().is_empty(), "{ready}");
+    assert_eq!(get("/healthz").await.0, 200, "the process is alive");
+    // Metrics still answer, without the queue gauges, and count the failed store reads.
+    let text = scrape(gateway.addr()).await;
+    assert!(!text.contains("sluice_queue_deliveries{"), "{text}");
+    assert!(!text.contains(r#"sluice_store_errors_total{op="admin"} 0"#), "{text}");
+    gateway.shutdown().await;
+}
