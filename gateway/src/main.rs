@@ -40,6 +40,65 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Talk to a running gateway's admin API.
+    Admin {
+        /// The gateway's base URL.
+        #[arg(long, env = "SLUICE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+        url: url::Url,
+        /// The admin bearer token (`admin.token`).
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Show an event and its deliveries.
+    Event {
+        /// Event id (`evt_…`).
+        id: String,
+    },
+    /// Show a delivery with every attempt.
+    Delivery {
+        /// Delivery id (`dlv_…`).
+        id: String,
+    },
+    /// List dead letters, newest first.
+    DeadLetters {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Page size (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only those dead-lettered before this time (ms since the epoch; `next_before` of a page).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Put one dead letter back in the queue.
+    Replay {
+        /// Delivery id.
+        id: String,
+    },
+    /// Put every dead letter of an endpoint back in the queue (spaced at `queue.replay_rate`).
+    ReplayDead {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// List endpoints with their state.
+    Endpoints,
+    /// Disable an endpoint: its deliveries are parked.
+    Disable {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Enable an endpoint and put its parked deliveries back in the queue.
+    Enable {
+        /// Endpoint name.
+        endpoint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +163,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admin { url, token, command } => {
+            let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+            let answer = runtime.block_on(admin(&url, &token, command))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Test { plugin, event, config, event_type, deadline, max_memory_mb }) => {
             let payload =
                 std::fs::read(&event).with_context(|| format!("failed to read the event file {}", event.display()))?;
@@ -122,6 +187,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if trial.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// Runs one admin subcommand against the gateway at `url`.
+async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Result<serde_json::Value> {
+    use reqwest::Method;
+    use sluice::admin::client::call;
+    let answer = match &command {
+        AdminCommand::Event { id } => call(url, token, Method::GET, &["v1", "events", id], &[]).await,
+        AdminCommand::Delivery { id } => call(url, token, Method::GET, &["v1", "deliveries", id], &[]).await,
+        AdminCommand::DeadLetters { endpoint, limit, before } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(endpoint.iter().map(|e| ("endpoint", e.clone())));
+            query.extend(before.iter().map(|b| ("before", b.to_string())));
+            call(url, token, Method::GET, &["v1", "dead-letters"], &query).await
+        }
+        AdminCommand::Replay { id } => call(url, token, Method::POST, &["v1", "deliveries", id, "replay"], &[]).await,
+        AdminCommand::ReplayDead { endpoint } => {
+            call(url, token, Method::POST, &["v1", "endpoints", endpoint, "replay-dead"], &[]).await
+        }
+        AdminCommand::Endpoints => call(url, token, Method::GET, &["v1", "endpoints"], &[]).await,
+        AdminCommand::Disable { endpoint } => {
+            call(url, token, Method::POST, &["v1", "endpoints", endpoint, "disable"], &[]).await
+        }
+        AdminCommand::Enable { endpoint } => {
+            call(url, token, Method::POST, &["v1", "endpoints", endpoint, "enable"], &[]).await
+        }
+    };
+    Ok(answer?)
 }
 
 /// Prints a trial's verdict for a person to read.

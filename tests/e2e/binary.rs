@@ -181,3 +181,61 @@ async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
     assert_eq!(status.as_deref(), Some("succeeded"));
     assert_eq!(receiver.count(), 1);
 }
+
+/// Runs `sluice admin … args` against `gateway`; returns (success, stdout, stderr).
+fn sluice_admin(gateway: std::net::SocketAddr, token: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let output = Command::new(SLUICE)
+        .args(["admin", "--url", &format!("http://{gateway}"), "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    (output.status.success(), stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn sluice_admin_shows_lists_replays_and_switches_endpoints() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.answer_next([Answer::Status(500), Answer::Status(500), Answer::Status(500)]);
+    let toml = base_toml(&redis)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let addr = gateway.addr();
+    let (_, accepted) = post_event(addr, "shop", r#"{"event":"order_created","n":1}"#).await;
+    let event = accepted["id"].as_str().unwrap().to_string();
+    let delivery = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+    wait_for_state(addr, &delivery, "dead").await;
+
+    // The CLI blocks; run it off the async threads.
+    let admin = move |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sluice_admin(addr, ADMIN_TOKEN, &args)
+        })
+    };
+    let (ok, shown, _) = admin(vec!["event".into(), event.clone()]).await.unwrap();
+    assert!(ok && shown["payload"]["n"] == 1, "{shown}");
+    let (ok, dead, _) = admin(vec!["dead-letters".into(), "--endpoint".into(), "orders".into()]).await.unwrap();
+    assert!(ok && dead["dead_letters"][0]["id"] == delivery.as_str(), "{dead}");
+    let (ok, replayed, _) = admin(vec!["replay".into(), delivery.clone()]).await.unwrap();
+    assert!(ok && replayed["replayed"][0] == delivery.as_str(), "{replayed}");
+    wait_for_state(addr, &delivery, "succeeded").await;
+    let (ok, view, _) = admin(vec!["delivery".into(), delivery.clone()]).await.unwrap();
+    assert!(ok && view["state"] == "succeeded" && view["attempts"].as_array().unwrap().len() == 5, "{view}");
+
+    let (ok, _, _) = admin(vec!["disable".into(), "orders".into()]).await.unwrap();
+    assert!(ok);
+    let (_, listed, _) = admin(vec!["endpoints".into()]).await.unwrap();
+    assert_eq!(listed["endpoints"][0]["state"], "disabled", "{listed}");
+    let (ok, enabled, _) = admin(vec!["enable".into(), "orders".into()]).await.unwrap();
+    assert!(ok && enabled["state"] == "enabled", "{enabled}");
+
+    // Errors: a non-zero exit naming the cause.
+    let (ok, _, stderr) = admin(vec!["replay-dead".into(), "nope".into()]).await.unwrap();
+    assert!(!ok && stderr.contains("404") && stderr.contains("endpoint `nope` not found"), "{stderr}");
+    let wrong = tokio::task::spawn_blocking(move || sluice_admin(addr, "wrong-token", &["endpoints"])).await.unwrap();
+    assert!(!wrong.0 && wrong.2.contains("401"), "{}", wrong.2);
+    gateway.shutdown().await;
+}

@@ -2,6 +2,8 @@
 //! enable endpoints. Every route needs
 //! `Authorization: Bearer <admin.token>`.
 
+pub mod client;
+
 use serde_json::{json, Value};
 
 use crate::id;

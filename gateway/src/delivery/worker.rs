@@ -245,7 +245,8 @@ impl Worker {
         let permits = self.permits.clone();
         // A permit is free: the claim asked for no more than the free permits, and only this loop takes them.
         let Ok(permit) = permits.try_acquire_owned() else {
-            tracing::warn!(delivery_id = %id::format_delivery(claimed.id), "No free delivery slot; the lease will expire and it will be retried.");
+            tracing::warn!(delivery_id = %id::format_delivery(claimed.id), event_id = %id::format_event(claimed.event_id),
+                endpoint = %claimed.endpoint, "No free delivery slot; the lease will expire and it will be retried.");
             return;
         };
         tokio::spawn(async move {
@@ -288,14 +289,14 @@ impl Shared {
             return;
         };
         if endpoint.health().disabled {
-            tracing::debug!(%delivery_id, endpoint = %endpoint.name, "Endpoint disabled: delivery parked.");
+            tracing::debug!(%delivery_id, %event_id, endpoint = %endpoint.name, "Endpoint disabled: delivery parked.");
             self.settle(&claimed, None, Settle::Pause, Some(endpoint)).await;
             return;
         }
         let permit = match endpoint.gate.admit(endpoint.max_wait).await {
             Admission::Go(permit) => permit,
             Admission::Busy(delay) => {
-                tracing::debug!(%delivery_id, endpoint = %endpoint.name, ?delay, "Endpoint at its limit: delivery put back.");
+                tracing::debug!(%delivery_id, %event_id, endpoint = %endpoint.name, ?delay, "Endpoint at its limit: delivery put back.");
                 self.settle(&claimed, None, Settle::Defer(delay), Some(endpoint)).await;
                 return;
             }
@@ -462,13 +463,15 @@ impl Shared {
         match self.queue.settle(claimed, record, action).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(%delivery_id, "Lease expired before the attempt was recorded; another worker owns it now.");
+                tracing::warn!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
+                    "Lease expired before the attempt was recorded; another worker owns it now.");
                 return;
             }
             Err(e) => {
                 self.metrics.store_error("settle");
                 // Nothing is lost: the lease runs out and the delivery is attempted again.
-                tracing::warn!(%delivery_id, error = %e, "Could not record the attempt; it will be retried when the lease expires.");
+                tracing::warn!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
+                    error = %e, "Could not record the attempt; it will be retried when the lease expires.");
                 return;
             }
         }
