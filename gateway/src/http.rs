@@ -35,6 +35,10 @@ pub struct AppState {
     pub replay_spacing: std::time::Duration,
     /// Gateway metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Operational alerts (`endpoint.recovered` when an endpoint is enabled).
+    pub alerter: Option<crate::delivery::alert::Alerter>,
+    /// Endpoint name → URL, for alerts.
+    pub endpoint_urls: std::collections::HashMap<String, String>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -105,7 +109,9 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
         (&Method::POST, ["v1", "endpoints", name, action @ ("enable" | "disable")]) => {
             let known = state.endpoints.iter().any(|e| e == name);
             if *action == "enable" {
-                admin_call(state, &request, admin::enable_endpoint(&state.queue, name, known)).await
+                let alert =
+                    state.alerter.as_ref().map(|a| (a, state.endpoint_urls.get(*name).cloned().unwrap_or_default()));
+                admin_call(state, &request, admin::enable_endpoint(&state.queue, name, known, alert)).await
             } else {
                 admin_call(state, &request, admin::disable_endpoint(&state.queue, name, known)).await
             }

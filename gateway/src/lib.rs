@@ -107,7 +107,8 @@ impl Gateway {
 
         let (shutdown, watcher) = watch::channel(false);
         let metrics = Arc::new(metrics::Metrics::new(&config));
-        let worker = Worker::new(&config, queue.clone(), http, alerts_http, wake.clone(), metrics.clone());
+        let alerter = delivery::alert::Alerter::from_config(&config, alerts_http);
+        let worker = Worker::new(&config, queue.clone(), http, alerter.clone(), wake.clone(), metrics.clone());
         let state = Arc::new(AppState {
             ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
             queue,
@@ -116,6 +117,8 @@ impl Gateway {
             endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
             metrics,
+            alerter,
+            endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
         });
         let tasks = vec![
             tokio::spawn(http::serve(listener, state, watcher.clone())),

@@ -124,6 +124,9 @@ async fn gone_disables_the_endpoint_alerts_and_parks_until_enabled() {
 
     let (status, enabled) = admin_post(gateway.addr(), "/v1/endpoints/leaving/enable").await;
     assert_eq!((status, enabled["resumed"].clone()), (200, 2.into()), "{enabled}");
+    let recovered = alerts.next().await.json();
+    assert_eq!(recovered["type"], "endpoint.recovered", "{recovered}");
+    assert!(recovered["reason"].as_str().unwrap().contains("2 parked deliveries resumed"), "{recovered}");
     let done = wait_for_state(gateway.addr(), &first, "succeeded").await;
     assert_eq!(done["attempts"].as_array().unwrap().len(), 2, "410 then success: {done}");
     wait_for_state(gateway.addr(), &second, "succeeded").await;

@@ -6,6 +6,7 @@ pub mod client;
 
 use serde_json::{json, Value};
 
+use crate::delivery::alert::{Alerter, EndpointAlert};
 use crate::id;
 use crate::queue::{QueueError, RedisQueue};
 
@@ -149,12 +150,30 @@ pub async fn endpoints(queue: &RedisQueue, names: &[String]) -> Result<Value, Ad
 
 /// `POST /v1/endpoints/{name}/enable`: enables the endpoint and puts its parked deliveries back in
 /// the queue, due now (the endpoint's rate limit and concurrency cap still apply).
-pub async fn enable_endpoint(queue: &RedisQueue, name: &str, known: bool) -> Result<Value, AdminError> {
+/// When it was disabled, an `endpoint.recovered` alert goes to `alert` (the alerter and the URL).
+pub async fn enable_endpoint(
+    queue: &RedisQueue,
+    name: &str,
+    known: bool,
+    alert: Option<(&Alerter, String)>,
+) -> Result<Value, AdminError> {
     if !known {
         return Err(unknown_endpoint(name));
     }
+    let was = queue.endpoint_states(&[name]).await?.pop().unwrap_or_default();
     let resumed = queue.enable(name).await?;
     tracing::info!(endpoint = name, resumed, "Endpoint enabled through the admin API.");
+    if let (Some(reason), Some((alerter, url))) = (was.disabled, alert) {
+        alerter.send_endpoint(EndpointAlert {
+            kind: "endpoint.recovered",
+            endpoint: name.to_string(),
+            url,
+            reason: format!(
+                "enabled through the admin API ({resumed} parked deliveries resumed); it was disabled: {reason}"
+            ),
+            at: crate::delivery::unix_millis(),
+        });
+    }
     Ok(json!({ "endpoint": name, "state": "enabled", "resumed": resumed }))
 }
 

@@ -41,7 +41,7 @@ pub struct DeadLetterAlert {
 /// The body of an endpoint alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointAlert {
-    /// `endpoint.disabled`.
+    /// `endpoint.disabled` or `endpoint.recovered`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Endpoint name.
@@ -66,6 +66,13 @@ impl Alerter {
     /// An alerter for `url`, signing with `secret` when given.
     pub fn new(client: reqwest::Client, url: Url, secret: Option<Secret>) -> Self {
         Self { client, url, secret }
+    }
+
+    /// The alerter `[alerts]` describes, `None` when no `alerts.url` is set.
+    pub fn from_config(config: &crate::config::Config, client: reqwest::Client) -> Option<Self> {
+        let url = config.alerts.url.clone()?;
+        let secret = config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok());
+        Some(Self::new(client, url, secret))
     }
 
     /// Sends a dead-letter alert in the background; failures are logged at ERROR.

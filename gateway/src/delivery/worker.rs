@@ -103,7 +103,7 @@ impl Worker {
         config: &Config,
         queue: RedisQueue,
         http: client::DeliveryClient,
-        alerts_http: reqwest::Client,
+        alerter: Option<Alerter>,
         wake: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
@@ -130,10 +130,6 @@ impl Worker {
                 Some((e.name.clone(), endpoint))
             })
             .collect();
-        let alerter = config.alerts.url.clone().map(|url| {
-            let secret = config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok());
-            Alerter::new(alerts_http.clone(), url, secret)
-        });
         let shared = Shared {
             queue,
             client: http,
