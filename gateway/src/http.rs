@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -83,49 +83,108 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
     }
 }
 
+/// Every route the server answers, as (method, path template): the single source of the router
+/// (dispatch goes through [`find_route`]) and of the check that `openapi.json` documents them all.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/events/{source}"),
+    ("GET", "/v1/events/{id}"),
+    ("GET", "/v1/deliveries/{id}"),
+    ("POST", "/v1/deliveries/{id}/replay"),
+    ("GET", "/v1/dead-letters"),
+    ("GET", "/v1/endpoints"),
+    ("POST", "/v1/endpoints/{name}/replay-dead"),
+    ("POST", "/v1/endpoints/{name}/enable"),
+    ("POST", "/v1/endpoints/{name}/disable"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
+
+/// The OpenAPI 3.1 document of [`ROUTES`], served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// How a request path matched the route table.
+#[derive(Debug, PartialEq)]
+pub enum Found<'a> {
+    /// A route: its template and the path's values for the template's `{…}` segments.
+    Route(&'static str, Vec<&'a str>),
+    /// The path exists, but not for this method.
+    WrongMethod,
+    /// No route has this path.
+    NotFound,
+}
+
+/// Matches `method` and `path` against [`ROUTES`]. Path values are non-empty single segments.
+pub fn find_route<'a>(method: &str, path: &'a str) -> Found<'a> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut path_known = false;
+    for (route_method, template) in ROUTES {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut values = Vec::new();
+        let matches = parts.iter().zip(&segments).all(|(part, segment)| {
+            if part.starts_with('{') {
+                values.push(*segment);
+                !segment.is_empty()
+            } else {
+                part == segment
+            }
+        });
+        if matches {
+            if *route_method == method {
+                return Found::Route(template, values);
+            }
+            path_known = true;
+        }
+    }
+    if path_known {
+        Found::WrongMethod
+    } else {
+        Found::NotFound
+    }
+}
+
 async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr) -> Reply {
     let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (request.method(), segments.as_slice()) {
-        (&Method::POST, ["v1", "events", source]) => ingest(state, source, request).await,
-        (&Method::GET, ["v1", "events", id]) => admin_call(state, &request, admin::event(&state.queue, id)).await,
-        (&Method::GET, ["v1", "deliveries", id]) => {
-            admin_call(state, &request, admin::delivery(&state.queue, id)).await
+    let (template, values) = match find_route(request.method().as_str(), &path) {
+        Found::Route(template, values) => (template, values),
+        Found::WrongMethod => {
+            return error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
         }
-        (&Method::POST, ["v1", "deliveries", id, "replay"]) => {
-            admin_call(state, &request, admin::replay_one(&state.queue, id)).await
-        }
-        (&Method::GET, ["v1", "dead-letters"]) => {
+        Found::NotFound => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    };
+    let value = values.first().copied().unwrap_or_default();
+    let known = |name: &str| state.endpoints.iter().any(|e| e == name);
+    match template {
+        "/v1/events/{source}" => ingest(state, value, request).await,
+        "/v1/events/{id}" => admin_call(state, &request, admin::event(&state.queue, value)).await,
+        "/v1/deliveries/{id}" => admin_call(state, &request, admin::delivery(&state.queue, value)).await,
+        "/v1/deliveries/{id}/replay" => admin_call(state, &request, admin::replay_one(&state.queue, value)).await,
+        "/v1/dead-letters" => {
             let query = request.uri().query().unwrap_or_default().to_string();
             admin_call(state, &request, admin::dead_letters(&state.queue, &query)).await
         }
-        (&Method::POST, ["v1", "endpoints", name, "replay-dead"]) => {
-            let known = state.endpoints.iter().any(|e| e == name);
-            admin_call(state, &request, admin::replay_endpoint(&state.queue, name, known, state.replay_spacing)).await
+        "/v1/endpoints" => admin_call(state, &request, admin::endpoints(&state.queue, &state.endpoints)).await,
+        "/v1/endpoints/{name}/replay-dead" => {
+            let call = admin::replay_endpoint(&state.queue, value, known(value), state.replay_spacing);
+            admin_call(state, &request, call).await
         }
-        (&Method::GET, ["v1", "endpoints"]) => {
-            admin_call(state, &request, admin::endpoints(&state.queue, &state.endpoints)).await
+        "/v1/endpoints/{name}/enable" => {
+            let alert =
+                state.alerter.as_ref().map(|a| (a, state.endpoint_urls.get(value).cloned().unwrap_or_default()));
+            admin_call(state, &request, admin::enable_endpoint(&state.queue, value, known(value), alert)).await
         }
-        (&Method::POST, ["v1", "endpoints", name, action @ ("enable" | "disable")]) => {
-            let known = state.endpoints.iter().any(|e| e == name);
-            if *action == "enable" {
-                let alert =
-                    state.alerter.as_ref().map(|a| (a, state.endpoint_urls.get(*name).cloned().unwrap_or_default()));
-                admin_call(state, &request, admin::enable_endpoint(&state.queue, name, known, alert)).await
-            } else {
-                admin_call(state, &request, admin::disable_endpoint(&state.queue, name, known)).await
-            }
+        "/v1/endpoints/{name}/disable" => {
+            admin_call(state, &request, admin::disable_endpoint(&state.queue, value, known(value))).await
         }
-        (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, ["readyz"]) => readyz(state).await,
-        (&Method::GET, ["metrics"]) => metrics(state).await,
-        (_, ["v1", "events", _])
-        | (_, ["v1", "deliveries", _])
-        | (_, ["healthz"])
-        | (_, ["readyz"])
-        | (_, ["metrics"]) => {
-            error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
-        }
+        "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
+        "/readyz" => readyz(state).await,
+        "/metrics" => metrics(state).await,
+        "/openapi.json" => bytes_reply(StatusCode::OK, OPENAPI.as_bytes().to_vec()),
+        // Every template of ROUTES has an arm above (the OpenAPI end-to-end test calls each route).
         _ => error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
@@ -278,4 +337,23 @@ fn bytes_reply(status: StatusCode, body: Vec<u8>) -> Reply {
     *reply.status_mut() = status;
     reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_matches_itself_and_only_with_its_method() {
+        for (method, template) in ROUTES {
+            let path = template.replace("{source}", "shop").replace("{id}", "x1").replace("{name}", "orders");
+            assert!(matches!(find_route(method, &path), Found::Route(t, _) if t == *template), "{method} {path}");
+            assert!(!matches!(find_route("PATCH", &path), Found::Route(..)), "PATCH {path}");
+        }
+        assert_eq!(find_route("POST", "/v1/events/shop"), Found::Route("/v1/events/{source}", vec!["shop"]));
+        assert_eq!(find_route("DELETE", "/v1/events/shop"), Found::WrongMethod);
+        assert_eq!(find_route("POST", "/v1/events/"), Found::NotFound);
+        assert_eq!(find_route("GET", "/v2/events/shop"), Found::NotFound);
+        assert_eq!(find_route("GET", "/v1/events/a/b"), Found::NotFound);
+    }
 }

@@ -9,6 +9,7 @@ mod chaos;
 mod delivery;
 mod harness;
 mod observability;
+mod openapi;
 mod plugins;
 mod protection;
 mod scale;
