@@ -86,8 +86,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
 /// Every route the server answers, as (method, path template): the single source of the router
 /// (dispatch goes through [`find_route`]) and of the check that `openapi.json` documents them all.
 pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/events/{source}"),
-    ("GET", "/v1/events/{id}"),
+    // One path for both (OpenAPI forbids two templates of the same shape): a source name for POST,
+    // an event id for GET.
+    ("POST", "/v1/events/{key}"),
+    ("GET", "/v1/events/{key}"),
     ("GET", "/v1/deliveries/{id}"),
     ("POST", "/v1/deliveries/{id}/replay"),
     ("GET", "/v1/dead-letters"),
@@ -109,8 +111,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub enum Found<'a> {
     /// A route: its template and the path's values for the template's `{…}` segments.
     Route(&'static str, Vec<&'a str>),
-    /// The path exists, but not for this method.
-    WrongMethod,
+    /// The path exists, but not for this method; these are its methods.
+    WrongMethod(Vec<&'static str>),
     /// No route has this path.
     NotFound,
 }
@@ -118,7 +120,7 @@ pub enum Found<'a> {
 /// Matches `method` and `path` against [`ROUTES`]. Path values are non-empty single segments.
 pub fn find_route<'a>(method: &str, path: &'a str) -> Found<'a> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let mut path_known = false;
+    let mut allowed = Vec::new();
     for (route_method, template) in ROUTES {
         let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
         if parts.len() != segments.len() {
@@ -137,13 +139,13 @@ pub fn find_route<'a>(method: &str, path: &'a str) -> Found<'a> {
             if *route_method == method {
                 return Found::Route(template, values);
             }
-            path_known = true;
+            allowed.push(*route_method);
         }
     }
-    if path_known {
-        Found::WrongMethod
-    } else {
+    if allowed.is_empty() {
         Found::NotFound
+    } else {
+        Found::WrongMethod(allowed)
     }
 }
 
@@ -151,16 +153,21 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
     let path = request.uri().path().to_string();
     let (template, values) = match find_route(request.method().as_str(), &path) {
         Found::Route(template, values) => (template, values),
-        Found::WrongMethod => {
-            return error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        Found::WrongMethod(allowed) => {
+            let mut reply =
+                error_reply(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path");
+            if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                reply.headers_mut().insert(hyper::header::ALLOW, value);
+            }
+            return reply;
         }
         Found::NotFound => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
     let value = values.first().copied().unwrap_or_default();
     let known = |name: &str| state.endpoints.iter().any(|e| e == name);
     match template {
-        "/v1/events/{source}" => ingest(state, value, request).await,
-        "/v1/events/{id}" => admin_call(state, &request, admin::event(&state.queue, value)).await,
+        "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, value, request).await,
+        "/v1/events/{key}" => admin_call(state, &request, admin::event(&state.queue, value)).await,
         "/v1/deliveries/{id}" => admin_call(state, &request, admin::delivery(&state.queue, value)).await,
         "/v1/deliveries/{id}/replay" => admin_call(state, &request, admin::replay_one(&state.queue, value)).await,
         "/v1/dead-letters" => {
@@ -346,12 +353,12 @@ mod tests {
     #[test]
     fn every_route_matches_itself_and_only_with_its_method() {
         for (method, template) in ROUTES {
-            let path = template.replace("{source}", "shop").replace("{id}", "x1").replace("{name}", "orders");
+            let path = template.replace("{key}", "shop").replace("{id}", "x1").replace("{name}", "orders");
             assert!(matches!(find_route(method, &path), Found::Route(t, _) if t == *template), "{method} {path}");
             assert!(!matches!(find_route("PATCH", &path), Found::Route(..)), "PATCH {path}");
         }
-        assert_eq!(find_route("POST", "/v1/events/shop"), Found::Route("/v1/events/{source}", vec!["shop"]));
-        assert_eq!(find_route("DELETE", "/v1/events/shop"), Found::WrongMethod);
+        assert_eq!(find_route("POST", "/v1/events/shop"), Found::Route("/v1/events/{key}", vec!["shop"]));
+        assert_eq!(find_route("DELETE", "/v1/events/shop"), Found::WrongMethod(vec!["POST", "GET"]));
         assert_eq!(find_route("POST", "/v1/events/"), Found::NotFound);
         assert_eq!(find_route("GET", "/v2/events/shop"), Found::NotFound);
         assert_eq!(find_route("GET", "/v1/events/a/b"), Found::NotFound);

@@ -33,7 +33,7 @@ async fn openapi_documents_every_route_and_the_statuses_they_answer() {
 
     // The server answers each one (no "no such route"), with a documented status.
     for (method, template) in &served {
-        let path = template.replace("{source}", "shop").replace("{id}", "dlv_unknown").replace("{name}", "orders");
+        let path = template.replace("{key}", "shop").replace("{id}", "dlv_unknown").replace("{name}", "orders");
         let response = client()
             .request(method.parse().unwrap(), format!("http://{}{path}", gateway.addr()))
             .bearer_auth(ADMIN_TOKEN)

@@ -76,9 +76,10 @@ const MAX_REPLAY_ALL: usize = 10_000;
 /// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
 pub async fn dead_letters(queue: &RedisQueue, query: &str) -> Result<Value, AdminError> {
     let (mut endpoint, mut before, mut limit) = (None, None, 50);
-    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
-        match key {
-            "endpoint" => endpoint = Some(value),
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            // An empty `endpoint=` means no filter.
+            "endpoint" => endpoint = Some(value.into_owned()).filter(|e| !e.is_empty()),
             "before" => {
                 before = Some(value.parse().map_err(|_| AdminError::BadRequest(format!("bad `before`: {value}")))?)
             }
@@ -92,7 +93,7 @@ pub async fn dead_letters(queue: &RedisQueue, query: &str) -> Result<Value, Admi
             other => return Err(AdminError::BadRequest(format!("unknown query parameter `{other}`"))),
         }
     }
-    let page = queue.dead_letters(endpoint, before, limit).await?;
+    let page = queue.dead_letters(endpoint.as_deref(), before, limit).await?;
     let next_before = (page.len() == limit).then(|| page.last().map(|d| d.dead_at)).flatten();
     Ok(json!({ "dead_letters": page, "next_before": next_before }))
 }

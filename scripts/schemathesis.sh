@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs schemathesis (property-based API testing from the OpenAPI document) against a real gateway:
+# its own redis-server and `sluice run` on free loopback ports. Usage: scripts/schemathesis.sh [SECONDS]
+# Needs redis-server and python3; installs schemathesis into target/schemathesis-venv on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+budget=${1:-60}
+venv=target/schemathesis-venv
+if [ ! -x "$venv/bin/st" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q schemathesis
+fi
+cargo build --release -p sluice --bin sluice
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port); port=$(free_port)
+work=$(mktemp -d)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
+redis_pid=$!
+token=schemathesis-token-0123456789
+cat > "$work/sluice.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+[redis]
+url = "redis://127.0.0.1:$redis_port/"
+[admin]
+token = "$token"
+[security]
+allow_private_destinations = true
+[[sources]]
+name = "shop"
+token = "$token"
+[[endpoints]]
+name = "orders"
+url = "http://127.0.0.1:9/discard"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+timeout = "1s"
+[[routes]]
+source = "shop"
+endpoints = ["orders"]
+TOML
+./target/release/sluice run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+sluice_pid=$!
+trap 'kill $sluice_pid $redis_pid 2>/dev/null; rm -rf "$work"' EXIT
+status=0
+"$venv/bin/st" run "http://127.0.0.1:$port/openapi.json" --wait-for-schema 20 \
+  -H "Authorization: Bearer $token" --checks all --max-time "$budget" || status=$?
+echo "gateway log: $(grep -c ERROR "$work/sluice.log" || true) ERROR lines"
+exit $status
