@@ -239,3 +239,65 @@ async fn sluice_admin_shows_lists_replays_and_switches_endpoints() {
     assert!(!wrong.0 && wrong.2.contains("401"), "{}", wrong.2);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn json_logs_carry_delivery_ids_and_never_a_secret() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.answer_next([Answer::Status(500)]);
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-logs-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "source-token-that-must-not-leak";
+    let github_secret = "github-secret-that-must-not-leak";
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &addr.to_string()).replace("allow_unauthenticated_sources = true", "")
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &format!(
+            "\n[[sources]]\nname = \"shop\"\ntoken = \"{token}\"\n[[sources]]\nname = \"gh\"\nverify = \"github\"\nsecret = \"{github_secret}\"\n\
+             [[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n[[routes]]\nsource = \"gh\"\nendpoints = [\"orders\"]\n"
+        );
+    let config = dir.join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.join("sluice.log");
+    let child = Command::new(SLUICE)
+        .args(["--log-format", "json", "run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sluice = Running(child);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let post = |source: &str, auth: (&'static str, String)| {
+        client()
+            .post(format!("http://{addr}/v1/events/{source}"))
+            .header("content-type", "application/json")
+            .header(auth.0, auth.1)
+            .body(r#"{"event":"order_created"}"#)
+            .send()
+    };
+    let answer = post("shop", ("authorization", format!("Bearer {token}"))).await.unwrap().bytes().await.unwrap();
+    let accepted: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(post("shop", ("authorization", "Bearer wrong-but-secret".into())).await.unwrap().status(), 401);
+    assert_eq!(post("gh", ("x-hub-signature-256", "sha256=deadbeef".into())).await.unwrap().status(), 401);
+    let delivery = accepted["deliveries"][0]["id"].as_str().unwrap();
+    // 500, then 200: one failed and one successful attempt are logged.
+    wait_for_state(addr, delivery, "succeeded").await;
+    drop(sluice);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in [token, github_secret, "wrong-but-secret", "deadbeef", SECRET, ADMIN_TOKEN] {
+        assert!(!text.contains(secret), "`{secret}` appears in the log");
+    }
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let about_deliveries: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("delivery_id").is_some()).collect();
+    assert!(about_deliveries.len() >= 2, "expected the failed and the successful attempt:\n{text}");
+    for line in about_deliveries {
+        assert!(line["event_id"].is_string() && line["endpoint"] == "orders", "delivery line without ids: {line}");
+    }
+}
