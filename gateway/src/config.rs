@@ -165,13 +165,32 @@ pub struct RetryConfig {
 }
 
 /// `[alerts]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// URL that receives a JSON POST for every dead-lettered delivery.
     pub url: Option<Url>,
     /// Secret (`whsec_…`) used to sign alerts like deliveries; unsigned when absent.
     pub secret: Option<String>,
+    /// `plugin.failing` fires when this fraction of a plugin's calls in one window fail. Default 0.5.
+    pub plugin_error_rate: f64,
+    /// ... and the window saw at least this many calls. Default 20.
+    pub plugin_min_calls: u64,
+    /// The window over which a plugin's error rate is measured. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub plugin_window: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            plugin_error_rate: 0.5,
+            plugin_min_calls: 20,
+            plugin_window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[security]`
@@ -472,6 +491,12 @@ impl Config {
         }
         if let Some(url) = &self.alerts.url {
             validate_url("alerts.url", url, problems);
+        }
+        if !(self.alerts.plugin_error_rate > 0.0 && self.alerts.plugin_error_rate <= 1.0) {
+            problems.push("alerts.plugin_error_rate: must be above 0 and at most 1".to_string());
+        }
+        if self.alerts.plugin_window.is_zero() {
+            problems.push("alerts.plugin_window: must be greater than zero".to_string());
         }
         if let Some(secret) = &self.alerts.secret {
             if let Err(e) = Secret::parse(secret) {

@@ -117,14 +117,20 @@ impl Gateway {
             endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
             metrics,
-            alerter,
+            alerter: alerter.clone(),
             endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
         });
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        if let Some(alerter) = &alerter {
+            let watch =
+                plugin::failing::watch(plugins.clone(), alerter.clone(), config.alerts.clone(), watcher.clone());
+            tasks.push(tokio::spawn(watch));
+        }
+        tasks.extend([
             tokio::spawn(http::serve(listener, state, watcher.clone())),
             tokio::spawn(plugin::reload::watch(plugins, watcher.clone())),
             tokio::spawn(worker.run(watcher)),
-        ];
+        ]);
         tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),
             plugins = config.plugins.len(), "Sluice is listening.");
         Ok(Self { addr, shutdown, tasks })

@@ -124,3 +124,36 @@ async fn readyz_follows_the_store_while_healthz_stays_up() {
     assert!(!text.contains(r#"sluice_store_errors_total{op="admin"} 0"#), "{text}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failing_plugin_raises_one_plugin_failing_alert() {
+    let Some(chaos) = plugin_file("rust-chaos") else { return };
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let mut alerts = Receiver::start().await;
+    let toml = base_toml(&redis)
+        + &format!(
+            "\n[alerts]\nurl = \"{}\"\nplugin_window = \"300ms\"\nplugin_min_calls = 5\nplugin_error_rate = 0.5\n",
+            alerts.url()
+        )
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &format!(
+            "\n[[plugins]]\nname = \"chaos\"\npath = \"{}\"\nconfig = {{ mode = \"trap\", when_type = \"bad\" }}\n\
+             [[routes]]\nsource = \"shop\"\nplugins = [\"chaos\"]\nendpoints = [\"orders\"]\n",
+            chaos.display()
+        );
+    let gateway = start_gateway(&toml).await;
+    for _ in 0..30 {
+        assert_eq!(post_event(gateway.addr(), "shop", r#"{"type":"bad"}"#).await.0, 422);
+    }
+    let alert = alerts.next().await.json();
+    assert_eq!(alert["type"], "plugin.failing", "{alert}");
+    assert_eq!(alert["plugin"], "chaos");
+    assert!(alert["errors"].as_u64().unwrap() >= 5 && alert["error_rate"] == 1.0, "{alert}");
+    // Healthy traffic afterwards brings no second alert.
+    for _ in 0..10 {
+        assert_eq!(post_event(gateway.addr(), "shop", r#"{"type":"good"}"#).await.0, 202);
+    }
+    gateway.shutdown().await;
+    assert_eq!(alerts.count(), 1, "one alert per episode");
+}

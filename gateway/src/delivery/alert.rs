@@ -87,6 +87,12 @@ impl Alerter {
         self.send_json(id, &alert);
     }
 
+    /// Sends a `plugin.failing` alert in the background.
+    pub fn send_plugin(&self, alert: crate::plugin::failing::PluginFailingAlert) {
+        let id = format!("alert_{}_{}_{}", alert.kind, alert.plugin, alert.at);
+        self.send_json(id, &alert);
+    }
+
     fn send_json(&self, id: String, alert: &impl Serialize) {
         let body = match serde_json::to_vec(alert) {
             Ok(body) => body,

@@ -315,6 +315,19 @@ impl PluginSet {
         outcome
     }
 
+    /// Each plugin's (name, calls, errors) so far, in config order.
+    pub fn totals(&self) -> Vec<(String, u64, u64)> {
+        let current = self.current();
+        self.configs
+            .iter()
+            .filter_map(|c| current.get(c.name.as_str()))
+            .map(|p| {
+                let (calls, errors) = p.stats.totals();
+                (p.name.to_string(), calls, errors)
+            })
+            .collect()
+    }
+
     /// Renders every plugin's metrics in the Prometheus text format, in config order.
     pub fn render_metrics(&self, out: &mut String) {
         let current = self.current();

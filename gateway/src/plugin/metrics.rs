@@ -45,6 +45,13 @@ impl PluginStats {
     }
 }
 
+impl PluginStats {
+    /// Calls and failed calls so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum())
+    }
+}
+
 /// Renders the metrics of every plugin.
 pub fn render<'a>(plugins: impl Iterator<Item = (&'a str, &'a PluginStats)> + Clone, out: &mut String) {
     let _ = writeln!(out, "# HELP sluice_plugin_calls_total Plugin calls by verdict.");

@@ -14,6 +14,7 @@ pub mod chain;
 mod convert;
 mod core_abi;
 pub mod engine;
+pub mod failing;
 pub mod metrics;
 pub mod reload;
 pub mod trial;
