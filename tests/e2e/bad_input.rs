@@ -11,9 +11,7 @@ async fn simple_gateway(redis: &RedisServer, receiver: &Receiver) -> sluice::Gat
 }
 
 async fn queued_deliveries(redis: &RedisServer) -> usize {
-    let mut conn = redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:*:d:*").query_async(&mut conn).await.unwrap();
-    keys.len()
+    redis.count_keys("sluice:*:d:*").await
 }
 
 #[tokio::test]

@@ -53,9 +53,7 @@ impl Request {
 }
 
 async fn stored(redis: &RedisServer) -> usize {
-    let mut conn = redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:*").query_async(&mut conn).await.unwrap();
-    keys.iter().filter(|k| k.contains(":ev:") || k.contains(":d:")).count()
+    redis.count_keys("sluice:*:ev:*").await + redis.count_keys("sluice:*:d:*").await
 }
 
 /// Sends `request` to a gateway whose `shop` source needs a bearer token and whose `github` source

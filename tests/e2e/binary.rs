@@ -19,7 +19,7 @@ impl Drop for Running {
 /// Starts `sluice run` on a free port with the tests' base config plus `extra` (endpoint and route
 /// tables), and waits until it answers.
 async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (Running, std::net::SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sluice.toml");
@@ -28,11 +28,7 @@ async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (Running, std::net::S
         Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(addr).await;
     (sluice, addr)
 }
 
@@ -267,11 +263,7 @@ async fn json_logs_carry_delivery_ids_and_never_a_secret() {
         .spawn()
         .unwrap();
     let sluice = Running(child);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(addr).await;
     let post = |source: &str, auth: (&'static str, String)| {
         client()
             .post(format!("http://{addr}/v1/events/{source}"))

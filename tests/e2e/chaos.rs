@@ -32,12 +32,9 @@ impl Sluice {
             .stderr(log)
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
-            assert!(started.elapsed() < PATIENCE, "sluice did not start listening");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child }
+        let sluice = Self { child };
+        wait_listening(addr).await;
+        sluice
     }
 
     /// SIGKILL: no drain, no goodbye; leases held by this process have to run out.

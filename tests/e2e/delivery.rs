@@ -139,7 +139,7 @@ async fn refused_connection_is_retried_then_dead() {
     let redis = RedisServer::start().await;
     let mut alerts = Receiver::start().await;
     // Nothing listens on this port: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let toml = base_toml(&redis)
         + &format!("\n[alerts]\nurl = \"{}\"\n", alerts.url())
         + &endpoint_toml("gone", &format!("http://127.0.0.1:{port}/hook"), "")
@@ -241,15 +241,14 @@ async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
     assert_ne!(other["id"], first["id"]);
     receiver.next().await;
     receiver.next().await;
-    let mut conn = redis.connection().await;
-    let stored: Vec<String> = redis::cmd("KEYS").arg("sluice:*:d:*").query_async(&mut conn).await.unwrap();
-    assert_eq!(stored.len(), 2, "two keys, two deliveries: {stored:?}");
+    assert_eq!(redis.count_keys("sluice:*:d:*").await, 2, "two keys, two deliveries");
 
     // A refused event frees its key; a key still in progress is a conflict; a bad key is refused.
     let (status, _, _) = post_with_key(addr, "retry-me", "{not json").await;
     assert_eq!(status, 400);
     let (status, _, _) = post_with_key(addr, "retry-me", r#"{"event":"x"}"#).await;
     assert_eq!(status, 202);
+    let mut conn = redis.connection().await;
     let _: () = redis::cmd("SET").arg("sluice:idem:shop:busy").arg("pending").query_async(&mut conn).await.unwrap();
     let (status, _, body) = post_with_key(addr, "busy", r#"{"event":"x"}"#).await;
     assert_eq!(status, 409, "{body}");
@@ -257,12 +256,6 @@ async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "invalid_idempotency_key");
     gateway.shutdown().await;
-}
-
-async fn admin_post(gateway: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let response = client().post(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or_default())
 }
 
 #[tokio::test]

@@ -89,6 +89,13 @@ impl RedisServer {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
+    /// How many keys match `pattern` (e.g. `sluice:*:d:*`, one per stored delivery).
+    pub async fn count_keys(&self, pattern: &str) -> usize {
+        let mut conn = self.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+        keys.len()
+    }
+
     /// Kills the server now (Redis "going away").
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -361,6 +368,21 @@ pub async fn admin_get(gateway: SocketAddr, path: &str) -> (u16, Value) {
     let response = client().get(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     let status = response.status().as_u16();
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+pub async fn admin_post(gateway: SocketAddr, path: &str) -> (u16, Value) {
+    let response = client().post(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// Waits until a gateway (e.g. a `sluice run` just spawned) answers `/healthz` at `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Polls a delivery until its state is `state`, and returns it.

@@ -22,12 +22,6 @@ async fn post_many(gateway: &sluice::Gateway, n: usize) -> Vec<String> {
     ids
 }
 
-async fn admin_post(gateway: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    let response = client().post(format!("http://{gateway}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
-}
-
 async fn endpoint_state(gateway: std::net::SocketAddr, name: &str) -> Value {
     let (status, list) = admin_get(gateway, "/v1/endpoints").await;
     assert_eq!(status, 200, "{list}");
