@@ -45,7 +45,11 @@ impl RedisServer {
 
     /// Starts a server on `port` (e.g. again, after [`RedisServer::kill`]).
     pub async fn start_on(port: u16) -> Self {
-        Self::spawn(port, &["--save", "", "--appendonly", "no"]).await
+        // Its own working directory, so files Redis may write (e.g. when a test turns AOF on) stay
+        // out of the source tree.
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::spawn(port, &["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()]).await
     }
 
     /// Starts a server on `port` that keeps its data in `dir` with an fsync per write (AOF,
