@@ -37,8 +37,9 @@ pub enum ConfigError {
 pub struct Config {
     /// The HTTP server: where it listens and what it accepts.
     pub server: ServerConfig,
-    /// The Redis server that holds the queue.
-    pub redis: RedisConfig,
+    /// The Redis server that holds the queue (with the `redis` backend). Given or not, it decides the
+    /// backend when `queue.backend` is absent: see [`Config::backend`].
+    pub redis: Option<RedisConfig>,
     /// Queue and worker tuning.
     pub queue: QueueConfig,
     /// The admin API.
@@ -126,6 +127,13 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// Where deliveries wait: `embedded` (one local file, a single gateway) or `redis` (shared by
+    /// any number of gateways). Default: `redis` when a `[redis]` section is given, else `embedded`.
+    pub backend: Option<Backend>,
+    /// The embedded store's file. Relative paths are resolved against the config file's directory.
+    /// Default `$XDG_DATA_HOME/sluice/queue.redb`, else `$HOME/.local/share/sluice/queue.redb`, else
+    /// `sluice-data/queue.redb` in the working directory.
+    pub path: Option<PathBuf>,
     /// Number of shards (sorted sets with distinct hash tags). Fixed once data exists. One is fastest
     /// on a single Redis; more spread the load over a Redis Cluster. Default 1.
     pub shards: u32,
@@ -142,6 +150,33 @@ pub struct QueueConfig {
     /// How long finished deliveries and events are kept for the admin API. Default `7d`.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+}
+
+/// The queue backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One local redb file: no other service, one gateway.
+    Embedded,
+    /// Redis or Redis Cluster: several gateways share it.
+    Redis,
+}
+
+impl QueueConfig {
+    /// The embedded store's file: `path` when given, else the default under the data directory.
+    pub fn path(&self) -> PathBuf {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("share")));
+        match data {
+            Some(dir) => dir.join("sluice").join("queue.redb"),
+            None => PathBuf::from("sluice-data").join("queue.redb"),
+        }
+    }
 }
 
 /// `[admin]`
@@ -378,6 +413,8 @@ impl Default for RedisConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
+            backend: None,
+            path: None,
             shards: 1,
             lease: Duration::from_secs(60),
             batch: 128,
@@ -420,6 +457,9 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
                 plugin.path = dir.join(&plugin.path);
             }
         }
+        if let Some(store) = config.queue.path.as_mut().filter(|p| p.is_relative()) {
+            *store = dir.join(&*store);
+        }
     }
     Ok(config)
 }
@@ -433,6 +473,17 @@ pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
 }
 
 impl Config {
+    /// The queue backend: `queue.backend` when given, else `redis` when a `[redis]` section is
+    /// given, else `embedded`.
+    pub fn backend(&self) -> Backend {
+        self.queue.backend.unwrap_or(if self.redis.is_some() { Backend::Redis } else { Backend::Embedded })
+    }
+
+    /// The `[redis]` settings, with their defaults when the section is absent.
+    pub fn redis_settings(&self) -> RedisConfig {
+        self.redis.clone().unwrap_or_default()
+    }
+
     /// Checks everything that types alone cannot: names, references, secrets, URLs, timings.
     /// Returns every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -470,11 +521,28 @@ impl Config {
     }
 
     fn validate_sections(&self, problems: &mut Vec<String>) {
-        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
-            problems.push(format!("redis.url: {e}"));
-        }
-        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}']) {
-            problems.push("redis.prefix: must be non-empty and free of `{` and `}`".to_string());
+        match self.backend() {
+            Backend::Redis => {
+                let redis = self.redis_settings();
+                if let Err(e) = redis::Client::open(redis.url.as_str()) {
+                    problems.push(format!("redis.url: {e}"));
+                }
+                if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
+                    problems.push("redis.prefix: must be non-empty and free of `{` and `}`".to_string());
+                }
+            }
+            Backend::Embedded => {
+                if self.queue.shards != 1 {
+                    problems.push(
+                        "queue.shards: applies to the redis backend only; the embedded backend keeps one ordered \
+                         table (leave shards at 1, or set queue.backend = \"redis\")"
+                            .to_string(),
+                    );
+                }
+                if self.queue.path.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.is_dir()) {
+                    problems.push("queue.path: must name a file (the embedded store), not a directory".to_string());
+                }
+            }
         }
         if self.queue.shards == 0 || self.queue.shards > 1024 {
             problems.push("queue.shards: must be between 1 and 1024".to_string());

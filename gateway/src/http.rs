@@ -17,14 +17,14 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminError};
 use crate::ingest::{Ingest, IngestError};
-use crate::queue::RedisQueue;
+use crate::queue::{Queue, Store};
 
 /// What request handlers share.
 pub struct AppState {
     /// The ingest step.
     pub ingest: Ingest,
     /// The queue, for admin lookups.
-    pub queue: RedisQueue,
+    pub queue: Store,
     /// The admin bearer token.
     pub admin_token: Option<String>,
     /// The plugins, for their metrics.

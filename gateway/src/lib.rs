@@ -1,7 +1,7 @@
 //! Sluice: a self-hosted webhook gateway.
 //!
 //! An event arrives over HTTP, Wasm plugins filter, transform or route it, each resulting delivery
-//! waits in a Redis sorted set keyed by its next-attempt time, and a worker POSTs it, signed, to its
+//! waits in the queue (a Redis sorted set, or an embedded redb file) keyed by its next-attempt time, and a worker POSTs it, signed, to its
 //! endpoint, retrying on the endpoint's schedule until a 2xx, or dead-lettering it and alerting the
 //! admin when the schedule runs out.
 //!
@@ -10,7 +10,7 @@
 //!
 //! - [`ingest`]: stage 1, HTTP in: limits, JSON, event type, routes → deliveries → queue.
 //! - [`plugin`]: stage 2, the Wasm engine and plugin chains.
-//! - [`queue`]: stage 3, the Redis queue (sorted sets, Lua scripts, leases).
+//! - [`queue`]: stage 3, the queue: Redis (sorted sets, Lua scripts) or embedded (redb), with leases.
 //! - [`delivery`]: stage 4, the worker: claim → signed POST → ack / retry / dead letter + alert.
 //! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
 //! - [`config`], [`route`], [`id`], [`telemetry`]: configuration, the route table, ids, logging.
@@ -46,7 +46,7 @@ use crate::delivery::Worker;
 use crate::http::AppState;
 use crate::ingest::Ingest;
 use crate::plugin::{PluginError, PluginSet};
-use crate::queue::{QueueError, RedisQueue};
+use crate::queue::{QueueError, Store};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +86,23 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let plugins = Arc::new(PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?);
-        let queue = RedisQueue::open(&config.redis, &config.queue)?;
-        match queue.check_layout().await {
-            Ok(()) => {
-                for risk in queue.risky_settings().await {
-                    tracing::warn!("Redis setting puts deliveries at risk: {risk}");
+        let queue = Store::open(&config)?;
+        match &queue {
+            Store::Redis(redis) => match redis.check_layout().await {
+                Ok(()) => {
+                    for risk in redis.risky_settings().await {
+                        tracing::warn!("Redis setting puts deliveries at risk: {risk}");
+                    }
                 }
+                Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
+                // Redis may come later; the gateway answers 503 until it does.
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is.")
+                }
+            },
+            Store::Embedded(store) => {
+                tracing::info!(path = %store.path().display(), "Queue: embedded store (single node).")
             }
-            Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
-            // Redis may come later; the gateway answers 503 until it does.
-            Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is."),
         }
         let http = delivery::client::build_delivery(config.security.guard());
         let alerts_http = delivery::client::build_alerts()?;

@@ -196,7 +196,9 @@ fn bad_durations_are_errors_that_name_the_value() {
 async fn risky_redis_settings_are_reported() {
     let redis = RedisServer::start().await;
     let config = sluice::config::from_toml(&base_toml(&redis)).unwrap();
-    let queue = sluice::queue::RedisQueue::open(&config.redis, &config.queue).unwrap();
+    let sluice::queue::Store::Redis(queue) = sluice::queue::Store::open(&config).unwrap() else {
+        panic!("a [redis] section selects the redis backend")
+    };
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")

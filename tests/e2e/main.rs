@@ -12,4 +12,5 @@ mod observability;
 mod openapi;
 mod plugins;
 mod protection;
+mod queue_conformance;
 mod scale;

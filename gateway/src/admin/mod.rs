@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::delivery::alert::{Alerter, EndpointAlert};
 use crate::id;
-use crate::queue::{QueueError, RedisQueue};
+use crate::queue::{Queue, QueueError, Store};
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub fn authorize(configured: Option<&str>, header: Option<&str>) -> Result<(), A
 }
 
 /// `GET /v1/deliveries/{id}`: state and every attempt.
-pub async fn delivery(queue: &RedisQueue, text: &str) -> Result<Value, AdminError> {
+pub async fn delivery(queue: &Store, text: &str) -> Result<Value, AdminError> {
     let not_found = || AdminError::NotFound(format!("delivery `{}`", text.chars().take(64).collect::<String>()));
     let delivery = id::parse_delivery(text).ok_or_else(not_found)?;
     let view = queue.delivery(delivery).await?.ok_or_else(not_found)?;
@@ -51,7 +51,7 @@ pub async fn delivery(queue: &RedisQueue, text: &str) -> Result<Value, AdminErro
 }
 
 /// `GET /v1/events/{id}`: the event (payload as JSON when it is JSON) and its deliveries.
-pub async fn event(queue: &RedisQueue, text: &str) -> Result<Value, AdminError> {
+pub async fn event(queue: &Store, text: &str) -> Result<Value, AdminError> {
     let not_found = || AdminError::NotFound(format!("event `{}`", text.chars().take(64).collect::<String>()));
     let event = id::parse_event(text).ok_or_else(not_found)?;
     let view = queue.event(event).await?.ok_or_else(not_found)?;
@@ -74,7 +74,7 @@ const MAX_PAGE: usize = 500;
 const MAX_REPLAY_ALL: usize = 10_000;
 
 /// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
-pub async fn dead_letters(queue: &RedisQueue, query: &str) -> Result<Value, AdminError> {
+pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminError> {
     let (mut endpoint, mut before, mut limit) = (None, None, 50);
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
@@ -99,7 +99,7 @@ pub async fn dead_letters(queue: &RedisQueue, query: &str) -> Result<Value, Admi
 }
 
 /// `POST /v1/deliveries/{id}/replay`: one dead letter back in the queue, with a fresh schedule.
-pub async fn replay_one(queue: &RedisQueue, text: &str) -> Result<Value, AdminError> {
+pub async fn replay_one(queue: &Store, text: &str) -> Result<Value, AdminError> {
     let not_found = || AdminError::NotFound(format!("delivery `{}`", text.chars().take(64).collect::<String>()));
     let delivery = id::parse_delivery(text).ok_or_else(not_found)?;
     queue.delivery(delivery).await?.ok_or_else(not_found)?;
@@ -113,7 +113,7 @@ pub async fn replay_one(queue: &RedisQueue, text: &str) -> Result<Value, AdminEr
 /// `POST /v1/endpoints/{name}/replay-dead`: every dead letter of an endpoint back in the queue,
 /// spaced by `spacing` so the endpoint is not flooded.
 pub async fn replay_endpoint(
-    queue: &RedisQueue,
+    queue: &Store,
     endpoint: &str,
     known: bool,
     spacing: std::time::Duration,
@@ -132,7 +132,7 @@ fn unknown_endpoint(name: &str) -> AdminError {
 }
 
 /// `GET /v1/endpoints`: every configured endpoint with its shared state and parked deliveries.
-pub async fn endpoints(queue: &RedisQueue, names: &[String]) -> Result<Value, AdminError> {
+pub async fn endpoints(queue: &Store, names: &[String]) -> Result<Value, AdminError> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let states = queue.endpoint_states(&refs).await?;
     let mut listed = Vec::with_capacity(names.len());
@@ -153,7 +153,7 @@ pub async fn endpoints(queue: &RedisQueue, names: &[String]) -> Result<Value, Ad
 /// the queue, due now (the endpoint's rate limit and concurrency cap still apply).
 /// When it was disabled, an `endpoint.recovered` alert goes to `alert` (the alerter and the URL).
 pub async fn enable_endpoint(
-    queue: &RedisQueue,
+    queue: &Store,
     name: &str,
     known: bool,
     alert: Option<(&Alerter, String)>,
@@ -179,7 +179,7 @@ pub async fn enable_endpoint(
 }
 
 /// `POST /v1/endpoints/{name}/disable`: disables the endpoint; its deliveries are parked.
-pub async fn disable_endpoint(queue: &RedisQueue, name: &str, known: bool) -> Result<Value, AdminError> {
+pub async fn disable_endpoint(queue: &Store, name: &str, known: bool) -> Result<Value, AdminError> {
     if !known {
         return Err(unknown_endpoint(name));
     }

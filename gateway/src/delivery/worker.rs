@@ -25,7 +25,7 @@ use super::sign::Secret;
 use super::{client, error_chain, unix_millis, unix_seconds};
 use crate::config::{Config, LEASE_MARGIN};
 use crate::id;
-use crate::queue::{AttemptRecord, Claimed, RedisQueue, Settle};
+use crate::queue::{AttemptRecord, Claimed, Queue, Settle, Store};
 
 /// Longest an idle worker sleeps before looking again (deliveries enqueued by other gateways and
 /// lease expiries are also found through the claim's next-due time).
@@ -68,7 +68,7 @@ impl Endpoint {
 
 /// What every delivery task shares.
 struct Shared {
-    queue: RedisQueue,
+    queue: Store,
     client: client::DeliveryClient,
     endpoints: HashMap<String, Endpoint>,
     jitter: f64,
@@ -101,7 +101,7 @@ impl Worker {
     /// operator's own infrastructure and often internal, so it is not subject to the destination guard.
     pub fn new(
         config: &Config,
-        queue: RedisQueue,
+        queue: Store,
         http: client::DeliveryClient,
         alerter: Option<Alerter>,
         wake: Arc<Notify>,

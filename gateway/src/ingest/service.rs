@@ -15,7 +15,7 @@ use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
 use crate::plugin::{PluginEvent, PluginSet};
-use crate::queue::{NewDelivery, NewEvent, RedisQueue};
+use crate::queue::{NewDelivery, NewEvent, Queue, Store};
 use crate::route::RouteTable;
 
 /// Everything ingest needs, shared by all connections.
@@ -23,7 +23,7 @@ pub struct Ingest {
     routes: RouteTable,
     auth: SourceAuth,
     plugins: Arc<PluginSet>,
-    queue: RedisQueue,
+    queue: Store,
     /// Endpoint name → delay before its first attempt.
     endpoints: HashMap<Arc<str>, Duration>,
     max_body_bytes: usize,
@@ -36,7 +36,7 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 impl Ingest {
     /// Builds the ingest step from a validated config.
-    pub fn new(config: &Config, plugins: Arc<PluginSet>, queue: RedisQueue, wake_worker: Arc<Notify>) -> Self {
+    pub fn new(config: &Config, plugins: Arc<PluginSet>, queue: Store, wake_worker: Arc<Notify>) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -91,7 +91,7 @@ impl Ingest {
         let key = key.ok_or(IngestError::IdempotencyKey)?;
         match self.queue.claim_idempotency(source, key).await? {
             None => {}
-            Some(pending) if pending == crate::queue::redis::IDEMPOTENCY_PENDING => {
+            Some(pending) if pending == crate::queue::IDEMPOTENCY_PENDING => {
                 return Err(IngestError::IdempotencyInProgress)
             }
             Some(earlier) => return Ok(Answer { body: earlier, replayed: true }),

@@ -1,14 +1,23 @@
 //! Stage 3: the queue. Every delivery waits here, ordered by the time of its next attempt, until a
 //! worker claims it under a lease and settles it (ack, retry or bury).
 //!
-//! - [`redis`]: the Redis backend (sorted sets keyed by next-attempt time, Lua scripts).
-//! - [`batcher`]: group commit of concurrent requests into one round trip.
+//! The [`Queue`] trait is the contract every backend keeps; the conformance suite
+//! (`tests/e2e/queue_conformance.rs`) runs the same tests against each.
+//!
+//! - [`redis`]: the Redis backend (sorted sets keyed by next-attempt time, Lua scripts); several
+//!   gateways share it.
+//! - [`embedded`]: the embedded backend (one redb file on local disk) for a single node.
+//! - [`store`]: [`Store`], the backend the configuration picks.
+//! - [`batcher`]: group commit of concurrent requests into one round trip (or one transaction).
 //!
 //! The types below are the hand-offs between ingest, the queue and the delivery worker.
 
 pub mod batcher;
+pub mod embedded;
 pub mod redis;
+pub mod store;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +25,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+pub use self::embedded::EmbeddedQueue;
 pub use self::redis::RedisQueue;
+pub use self::store::Store;
+
+/// What an idempotency key holds while its first request is still being processed.
+pub const IDEMPOTENCY_PENDING: &str = "pending";
+/// How long a claimed idempotency key stays pending at most (a gateway that died mid-request frees
+/// it then).
+pub const IDEMPOTENCY_PENDING_TTL: Duration = Duration::from_secs(60);
 
 /// Errors of the queue.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +41,17 @@ pub enum QueueError {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    /// The embedded store failed (I/O, or a damaged file).
+    #[error("embedded store: {0}")]
+    Embedded(#[from] redb::Error),
+    /// The embedded store's file could not be opened.
+    #[error("cannot open the embedded store {path}: {reason}")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A stored record could not be (de)serialised.
     #[error("queue record: {0}")]
     Json(#[from] serde_json::Error),
@@ -56,6 +84,7 @@ impl QueueError {
             QueueError::Redis(e) => {
                 e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
             }
+            QueueError::Embedded(e) => matches!(e, redb::Error::Io(_)),
             QueueError::Shared(e) => e.is_unavailable(),
             QueueError::Stopped => true,
             _ => false,
@@ -241,4 +270,112 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// The last attempt's error.
     pub last_error: Option<String>,
+}
+
+/// The contract of a queue backend. Both backends keep the same semantics, checked by one
+/// conformance suite: deliveries ordered by next-attempt time, claimed under a lease, settled only
+/// by the lease holder, dead letters, an attempt log, parked deliveries of disabled endpoints,
+/// idempotency keys and retention of finished work.
+pub trait Queue: Send + Sync {
+    /// Number of shards a worker claims from (each claim names one).
+    fn shards(&self) -> u32;
+
+    /// Checks that the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Stores an event and schedules its deliveries, atomically; returns once the store has them
+    /// (durably: a crash after this returns loses none of them).
+    fn enqueue(
+        &self,
+        event: &NewEvent<'_>,
+        deliveries: &[NewDelivery],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Claims up to `limit` due deliveries of `shard`, leasing each for `lease`. `token` is unique
+    /// per call; each delivery's lease token derives from it.
+    fn claim(
+        &self,
+        shard: u32,
+        limit: usize,
+        lease: Duration,
+        token: &str,
+    ) -> impl Future<Output = Result<ClaimBatch, QueueError>> + Send;
+
+    /// Records `record` (`None`: no attempt was made, and the claim's count is taken back) and
+    /// settles the delivery; `Ok(false)` when the lease was lost meanwhile.
+    fn settle(
+        &self,
+        claimed: &Claimed,
+        record: Option<&AttemptRecord>,
+        action: Settle,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// A delivery with its state and every attempt, or `None` when unknown (or expired).
+    fn delivery(&self, delivery: Ulid) -> impl Future<Output = Result<Option<DeliveryView>, QueueError>> + Send;
+
+    /// An event with its deliveries' states, or `None` when unknown (or expired).
+    fn event(&self, event: Ulid) -> impl Future<Output = Result<Option<EventView>, QueueError>> + Send;
+
+    /// Dead letters, newest first: up to `limit` buried before `before` (ms, exclusive), optionally
+    /// only those of `endpoint`.
+    fn dead_letters(
+        &self,
+        endpoint: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+
+    /// Puts dead deliveries back in the queue with a fresh schedule, `spacing` apart; returns the
+    /// ids replayed (ids that are not dead are skipped).
+    fn replay(
+        &self,
+        deliveries: &[Ulid],
+        spacing: Duration,
+    ) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
+
+    /// The shared state of each endpoint in `names`, in order.
+    fn endpoint_states(&self, names: &[&str]) -> impl Future<Output = Result<Vec<EndpointState>, QueueError>> + Send;
+
+    /// Records that `name` started failing at `at` (ms), unless a run of failures is already recorded.
+    fn mark_failing(&self, name: &str, at: u64) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Records that `name` succeeded: its run of failures is over.
+    fn clear_failing(&self, name: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Disables `name` for `reason`: its deliveries are parked until it is enabled. Returns true
+    /// for the call that disabled it (exactly one across gateways), false when it already was.
+    fn disable(&self, name: &str, reason: &str, at: u64) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Enables `name` and puts its parked deliveries back in the queue, due now. Returns how many.
+    fn enable(&self, name: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// How many deliveries of `name` are parked.
+    fn paused_count(&self, name: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// The queue's depth: deliveries due now, scheduled later (or leased), dead, and parked per endpoint.
+    fn depth(
+        &self,
+        endpoints: &[String],
+    ) -> impl Future<Output = Result<crate::metrics::QueueDepth, QueueError>> + Send;
+
+    /// Claims an idempotency key for a new event. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`:
+    /// seen before, with the answer given then ([`IDEMPOTENCY_PENDING`] while the first request is
+    /// still running).
+    fn claim_idempotency(
+        &self,
+        source: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, QueueError>> + Send;
+
+    /// Records the answer given for an idempotency key, for `window`.
+    fn complete_idempotency(
+        &self,
+        source: &str,
+        key: &str,
+        answer: &str,
+        window: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Gives up an idempotency key claimed for an event that was not accepted, so a retry can proceed.
+    fn release_idempotency(&self, source: &str, key: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
 }

@@ -34,7 +34,7 @@ use ulid::Ulid;
 use super::batcher::Batcher;
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EndpointState, EventView,
-    NewDelivery, NewEvent, QueueError, Settle,
+    NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
 };
 use crate::config::{QueueConfig, RedisConfig};
 use crate::id;
@@ -46,11 +46,6 @@ const REPLAY: &str = include_str!("scripts/replay.lua");
 const RESUME: &str = include_str!("scripts/resume.lua");
 /// Most paused deliveries one resume call moves (the script runs until none is left).
 const RESUME_CHUNK: usize = 1000;
-
-/// What an idempotency key holds while its first request is still being processed.
-pub const IDEMPOTENCY_PENDING: &str = "pending";
-/// How long a claimed key stays pending at most (a gateway that died mid-request frees it then).
-const IDEMPOTENCY_PENDING_TTL: Duration = Duration::from_secs(60);
 
 /// Most events (or settlements) in one script call.
 const BATCH: usize = 64;
@@ -145,11 +140,6 @@ impl RedisQueue {
         Ok(Self { core, enqueues, settlements })
     }
 
-    /// Number of shards.
-    pub fn shards(&self) -> u32 {
-        self.core.shards
-    }
-
     /// Checks that the data in Redis was written with this shard count (recording it when new).
     pub async fn check_layout(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
@@ -181,9 +171,21 @@ impl RedisQueue {
         risks
     }
 
-    /// Claims an idempotency key for a new event. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`:
-    /// seen before, with the answer given then (`PENDING` while the first request is still running).
-    pub async fn claim_idempotency(&self, source: &str, key: &str) -> Result<Option<String>, QueueError> {
+    fn idempotency_key(&self, source: &str, key: &str) -> String {
+        format!("{}:idem:{source}:{key}", self.core.prefix)
+    }
+
+    fn endpoint_key(&self, name: &str) -> String {
+        format!("{}:endpoint:{name}", self.core.prefix)
+    }
+}
+
+impl Queue for RedisQueue {
+    fn shards(&self) -> u32 {
+        self.core.shards
+    }
+
+    async fn claim_idempotency(&self, source: &str, key: &str) -> Result<Option<String>, QueueError> {
         let mut conn = self.core.conn.clone();
         let name = self.idempotency_key(source, key);
         for _ in 0..2 {
@@ -206,8 +208,7 @@ impl RedisQueue {
         Ok(Some(IDEMPOTENCY_PENDING.to_string()))
     }
 
-    /// Records the answer given for an idempotency key, for `window`.
-    pub async fn complete_idempotency(
+    async fn complete_idempotency(
         &self,
         source: &str,
         key: &str,
@@ -219,20 +220,13 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Gives up an idempotency key claimed for an event that was not accepted, so a retry can proceed.
-    pub async fn release_idempotency(&self, source: &str, key: &str) -> Result<(), QueueError> {
+    async fn release_idempotency(&self, source: &str, key: &str) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
         let _: () = conn.del(self.idempotency_key(source, key)).await?;
         Ok(())
     }
 
-    fn idempotency_key(&self, source: &str, key: &str) -> String {
-        format!("{}:idem:{source}:{key}", self.core.prefix)
-    }
-
-    /// Dead letters, newest first: up to `limit` buried before `before` (ms, exclusive), optionally
-    /// only those of `endpoint`.
-    pub async fn dead_letters(
+    async fn dead_letters(
         &self,
         endpoint: Option<&str>,
         before: Option<u64>,
@@ -281,9 +275,7 @@ impl RedisQueue {
         Ok(found)
     }
 
-    /// Puts dead deliveries back in the queue with a fresh schedule, `spacing` apart; returns the
-    /// ids replayed (ids that are not dead are skipped).
-    pub async fn replay(&self, deliveries: &[Ulid], spacing: Duration) -> Result<Vec<String>, QueueError> {
+    async fn replay(&self, deliveries: &[Ulid], spacing: Duration) -> Result<Vec<String>, QueueError> {
         let mut by_shard: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for delivery in deliveries {
             by_shard.entry(id::shard_of(*delivery, self.core.shards)).or_default().push(id::format_delivery(*delivery));
@@ -303,12 +295,7 @@ impl RedisQueue {
         Ok(replayed)
     }
 
-    fn endpoint_key(&self, name: &str) -> String {
-        format!("{}:endpoint:{name}", self.core.prefix)
-    }
-
-    /// The shared state of each endpoint in `names`, in order.
-    pub async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
+    async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
         let mut pipe = redis::pipe();
         for name in names {
             pipe.cmd("HMGET").arg(self.endpoint_key(name)).arg(&["disabled", "disabled_at", "failing_since"]);
@@ -321,23 +308,19 @@ impl RedisQueue {
             .collect())
     }
 
-    /// Records that `name` started failing at `at` (ms), unless a run of failures is already recorded.
-    pub async fn mark_failing(&self, name: &str, at: u64) -> Result<(), QueueError> {
+    async fn mark_failing(&self, name: &str, at: u64) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
         let _: bool = conn.hset_nx(self.endpoint_key(name), "failing_since", at).await?;
         Ok(())
     }
 
-    /// Records that `name` succeeded: its run of failures is over.
-    pub async fn clear_failing(&self, name: &str) -> Result<(), QueueError> {
+    async fn clear_failing(&self, name: &str) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
         let _: () = conn.hdel(self.endpoint_key(name), "failing_since").await?;
         Ok(())
     }
 
-    /// Disables `name` for `reason`: its deliveries are parked until it is enabled. Returns true
-    /// for the call that disabled it (exactly one across gateways), false when it already was.
-    pub async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
+    async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
         let mut conn = self.core.conn.clone();
         let key = self.endpoint_key(name);
         let first: bool = conn.hset_nx(&key, "disabled", reason).await?;
@@ -353,8 +336,7 @@ impl RedisQueue {
         Ok(first)
     }
 
-    /// Enables `name` and puts its parked deliveries back in the queue, due now. Returns how many.
-    pub async fn enable(&self, name: &str) -> Result<u64, QueueError> {
+    async fn enable(&self, name: &str) -> Result<u64, QueueError> {
         let mut conn = self.core.conn.clone();
         let mut resumed = 0;
         for shard in 0..self.core.shards {
@@ -380,8 +362,7 @@ impl RedisQueue {
         Ok(resumed)
     }
 
-    /// How many deliveries of `name` are parked.
-    pub async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
+    async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
         let mut pipe = redis::pipe();
         for shard in 0..self.core.shards {
             pipe.zcard(format!("{}paused:{name}", self.core.shard_prefix(shard)));
@@ -391,8 +372,7 @@ impl RedisQueue {
         Ok(counts.into_iter().sum())
     }
 
-    /// The queue's depth: deliveries due now, scheduled later (or leased), dead, and parked per endpoint.
-    pub async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
+    async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         let now = crate::delivery::unix_millis();
         let mut pipe = redis::pipe();
         for shard in 0..self.core.shards {
@@ -421,15 +401,13 @@ impl RedisQueue {
         Ok(depth)
     }
 
-    /// Checks that Redis answers.
-    pub async fn ping(&self) -> Result<(), QueueError> {
+    async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
 
-    /// Stores an event and schedules its deliveries, atomically; returns once Redis has them.
-    pub async fn enqueue(&self, event: &NewEvent<'_>, deliveries: &[NewDelivery]) -> Result<(), QueueError> {
+    async fn enqueue(&self, event: &NewEvent<'_>, deliveries: &[NewDelivery]) -> Result<(), QueueError> {
         let pending = PendingEvent {
             shard: id::shard_of(event.id, self.core.shards),
             id: id::format_event(event.id),
@@ -458,14 +436,7 @@ impl RedisQueue {
         }
     }
 
-    /// Claims up to `limit` due deliveries of `shard`, leasing each for `lease`.
-    pub async fn claim(
-        &self,
-        shard: u32,
-        limit: usize,
-        lease: Duration,
-        token: &str,
-    ) -> Result<ClaimBatch, QueueError> {
+    async fn claim(&self, shard: u32, limit: usize, lease: Duration, token: &str) -> Result<ClaimBatch, QueueError> {
         type Row = (String, String, String, u32, String, String, Vec<u8>, String);
         let core = &self.core;
         let prefix = core.shard_prefix(shard);
@@ -501,9 +472,7 @@ impl RedisQueue {
         Ok(ClaimBatch { deliveries, next_due_in })
     }
 
-    /// Records `record` (`None`: no attempt was made, and the claim's count is taken back) and
-    /// settles the delivery; `Ok(false)` when the lease was lost meanwhile.
-    pub async fn settle(
+    async fn settle(
         &self,
         claimed: &Claimed,
         record: Option<&AttemptRecord>,
@@ -533,8 +502,7 @@ impl RedisQueue {
         }
     }
 
-    /// A delivery with its state and every attempt, or `None` when unknown (or expired).
-    pub async fn delivery(&self, delivery: Ulid) -> Result<Option<DeliveryView>, QueueError> {
+    async fn delivery(&self, delivery: Ulid) -> Result<Option<DeliveryView>, QueueError> {
         let core = &self.core;
         let prefix = core.shard_prefix(id::shard_of(delivery, core.shards));
         let name = id::format_delivery(delivery);
@@ -572,8 +540,7 @@ impl RedisQueue {
         }))
     }
 
-    /// An event with its deliveries' states, or `None` when unknown (or expired).
-    pub async fn event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
+    async fn event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
         let core = &self.core;
         let prefix = core.shard_prefix(id::shard_of(event, core.shards));
         let name = id::format_event(event);

@@ -1,0 +1,418 @@
+//! The queue contract, one suite run against both backends (a real redis-server of the test's own,
+//! and an embedded store in a scratch directory): every test below is instantiated once per backend
+//! by `conformance!`, so the backends cannot drift apart.
+//!
+//! Waiting here is for time itself (a delay or lease to run out), the thing under test; every wait
+//! is bounded by what the store says is next (`next_due_in`) or polls for the awaited state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice::queue::{AttemptRecord, Claimed, NewDelivery, NewEvent, Queue, Settle, Store};
+use ulid::Ulid;
+
+use crate::harness::{RedisServer, Scratch, PATIENCE};
+
+/// A store under test with what keeps it alive.
+pub struct Subject {
+    pub store: Store,
+    _redis: Option<RedisServer>,
+    _dir: Scratch,
+}
+
+pub enum Kind {
+    Redis,
+    Embedded,
+}
+
+pub async fn open(kind: Kind, queue_toml: &str) -> Subject {
+    let dir = Scratch::new("queue");
+    let (toml, redis) = match kind {
+        Kind::Redis => {
+            let redis = RedisServer::start().await;
+            (format!("[redis]\nurl = \"{}\"\n[queue]\n{queue_toml}\n", redis.url()), Some(redis))
+        }
+        Kind::Embedded => {
+            let path = dir.path().join("queue.redb");
+            (format!("[queue]\nbackend = \"embedded\"\npath = \"{}\"\n{queue_toml}\n", path.display()), None)
+        }
+    };
+    let config = sluice::config::from_toml(&toml).unwrap();
+    config.validate().unwrap();
+    let store = Store::open(&config).unwrap();
+    Subject { store, _redis: redis, _dir: dir }
+}
+
+/// Instantiates each named test for both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Kind::Embedded).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    claims_in_order_of_next_attempt,
+    a_lease_hides_a_delivery_until_it_runs_out,
+    retry_bury_replay_ack_with_the_attempt_log,
+    defer_puts_back_without_counting_an_attempt,
+    pause_parks_until_enable_and_only_while_disabled,
+    endpoint_failure_runs_are_recorded_once,
+    idempotency_keys_claim_complete_release_expire,
+    events_keep_payloads_headers_and_rewritten_bodies,
+    finished_deliveries_expire_after_retention,
+    depth_counts_due_scheduled_dead_and_parked,
+    dead_letters_filter_by_endpoint_newest_first,
+);
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Stores one event with a delivery per `(endpoint, delay)`; returns the event id and delivery ids.
+async fn enqueue(store: &Store, deliveries: &[(&str, Duration)]) -> (Ulid, Vec<Ulid>) {
+    enqueue_with(store, b"{\"n\":1}", deliveries.iter().map(|(e, d)| (*e, *d, None)).collect()).await
+}
+
+async fn enqueue_with(
+    store: &Store,
+    payload: &[u8],
+    deliveries: Vec<(&str, Duration, Option<Bytes>)>,
+) -> (Ulid, Vec<Ulid>) {
+    let event = sluice::id::new_event();
+    let headers = vec![("x-origin".to_string(), "test".to_string())];
+    let new = NewEvent { id: event, source: "shop", event_type: "order.created", headers: &headers, payload };
+    let deliveries: Vec<NewDelivery> = deliveries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (endpoint, delay, payload))| NewDelivery {
+            id: sluice::id::delivery_of(event, i + 1),
+            endpoint: Arc::from(endpoint),
+            headers: if payload.is_some() { vec![("x-rewritten".into(), "yes".into())] } else { Vec::new() },
+            payload,
+            delay,
+        })
+        .collect();
+    store.enqueue(&new, &deliveries).await.unwrap();
+    (event, deliveries.iter().map(|d| d.id).collect())
+}
+
+async fn claim(store: &Store, limit: usize, lease: Duration) -> (Vec<Claimed>, Option<Duration>) {
+    let token = Ulid::new().to_string();
+    let batch = store.claim(0, limit, lease, &token).await.unwrap();
+    (batch.deliveries, batch.next_due_in)
+}
+
+/// Claims until `want` deliveries came back, waiting for the store's own `next_due_in` in between.
+async fn claim_when_due(store: &Store, want: usize, lease: Duration) -> Vec<Claimed> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let (mut claimed, next) = claim(store, want - got.len(), lease).await;
+        got.append(&mut claimed);
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {want} deliveries fell due", got.len());
+        if got.len() < want {
+            let next = next.expect("deliveries left, so something is scheduled");
+            tokio::time::sleep(next.max(Duration::from_millis(1))).await;
+        }
+    }
+    got
+}
+
+fn record(attempt: u32, status: Option<u16>, error: Option<&str>) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        at: 1,
+        outcome: if status.is_some_and(|s| (200..300).contains(&s)) { "success" } else { "http_error" }.to_string(),
+        status,
+        error: error.map(str::to_string),
+        latency_ms: 1.5,
+        response: None,
+    }
+}
+
+async fn view(store: &Store, id: Ulid) -> sluice::queue::DeliveryView {
+    store.delivery(id).await.unwrap().expect("delivery is known")
+}
+
+async fn claimed_settles(store: &Store, claimed: &Claimed, record: Option<&AttemptRecord>, action: Settle) {
+    assert!(store.settle(claimed, record, action).await.unwrap(), "the lease holder settles");
+}
+
+async fn claims_in_order_of_next_attempt(kind: Kind) {
+    let s = open(kind, "").await;
+    let (_, later) = enqueue(&s.store, &[("a", Duration::from_millis(400))]).await;
+    let (_, sooner) = enqueue(&s.store, &[("a", Duration::from_millis(200))]).await;
+    let (_, now) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let (_, tomorrow) = enqueue(&s.store, &[("a", Duration::from_secs(86_400))]).await;
+
+    let (first, next) = claim(&s.store, 10, LEASE).await;
+    assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), now, "only the due delivery is claimed");
+    assert!(next.is_some_and(|n| n <= Duration::from_millis(200)), "next due within the shortest delay: {next:?}");
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (rest, next) = claim(&s.store, 10, LEASE).await;
+    let order: Vec<Ulid> = rest.iter().map(|c| c.id).collect();
+    assert_eq!(order, [sooner[0], later[0]], "earliest next attempt first");
+    assert!(rest.iter().all(|c| c.attempt == 1 && c.endpoint == "a"));
+    // Left: the one due tomorrow (and the leases, due in a minute).
+    let next = next.expect("something is scheduled");
+    assert!(next > Duration::from_secs(50) && next <= LEASE, "{next:?}");
+    assert_eq!(view(&s.store, tomorrow[0]).await.state, "pending");
+}
+
+async fn a_lease_hides_a_delivery_until_it_runs_out(kind: Kind) {
+    let s = open(kind, "").await;
+    let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let lease = Duration::from_secs(1);
+    let (first, next) = claim(&s.store, 10, lease).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1);
+    let (none, next_again) = claim(&s.store, 10, lease).await;
+    assert!(none.is_empty(), "a leased delivery is not claimed twice");
+    assert!(next.is_some_and(|n| n <= lease) && next_again.is_some_and(|n| n <= lease));
+    let leased = view(&s.store, ids[0]).await;
+    assert_eq!((leased.state.as_str(), leased.attempts_made), ("pending", 1));
+    assert!(leased.next_attempt_at.is_some(), "the lease expiry is its next chance");
+
+    // The worker holding it died: the lease runs out and another worker gets it.
+    let second = claim_when_due(&s.store, 1, LEASE).await;
+    assert_eq!(second[0].id, ids[0]);
+    assert_eq!(second[0].attempt, 2);
+    assert_ne!(second[0].token, first[0].token);
+    let stale = s.store.settle(&first[0], Some(&record(1, Some(200), None)), Settle::Ack).await.unwrap();
+    assert!(!stale, "the old holder's settlement is refused");
+    assert_eq!(view(&s.store, ids[0]).await.state, "pending", "...and changed nothing");
+    claimed_settles(&s.store, &second[0], Some(&record(2, Some(200), None)), Settle::Ack).await;
+    let done = view(&s.store, ids[0]).await;
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.attempts.len(), 1, "only the holder's attempt is logged");
+    assert!(!s.store.settle(&second[0], None, Settle::Ack).await.unwrap(), "a settled lease is spent");
+}
+
+async fn retry_bury_replay_ack_with_the_attempt_log(kind: Kind) {
+    let s = open(kind, "").await;
+    let (event, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let id = ids[0];
+
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &c, Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Retry(Duration::ZERO)).await;
+    let v = view(&s.store, id).await;
+    assert_eq!((v.state.as_str(), v.attempts_made, v.last_error.as_deref()), ("pending", 1, Some("HTTP 500")));
+    assert_eq!(v.attempts.len(), 1);
+    assert_eq!(v.attempts[0]["status"], 500);
+    assert!(v.updated_at.is_some());
+
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    assert_eq!(c.attempt, 2);
+    claimed_settles(&s.store, &c, Some(&record(2, None, Some("timed out"))), Settle::Bury).await;
+    let v = view(&s.store, id).await;
+    assert_eq!((v.state.as_str(), v.attempts_made, v.next_attempt_at), ("dead", 2, None));
+    assert_eq!(v.attempts.len(), 2);
+    let (nothing, _) = claim(&s.store, 10, LEASE).await;
+    assert!(nothing.is_empty(), "a dead letter is not claimed");
+    let dead = s.store.dead_letters(None, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, sluice::id::format_delivery(id));
+    assert_eq!((dead[0].endpoint.as_str(), dead[0].attempts), ("a", 2));
+    assert_eq!(dead[0].last_error.as_deref(), Some("timed out"));
+
+    let not_dead = sluice::id::delivery_of(event, 2);
+    let replayed = s.store.replay(&[id, not_dead], Duration::ZERO).await.unwrap();
+    assert_eq!(replayed, [sluice::id::format_delivery(id)], "only dead deliveries are replayed");
+    assert!(s.store.dead_letters(None, None, 10).await.unwrap().is_empty());
+    let v = view(&s.store, id).await;
+    assert_eq!((v.state.as_str(), v.attempts_made), ("pending", 0));
+    assert_eq!(v.attempts.len(), 3);
+    assert_eq!(v.attempts[2]["outcome"], "replayed");
+
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    assert_eq!(c.attempt, 1, "a replay starts the schedule again");
+    claimed_settles(&s.store, &c, Some(&record(1, Some(204), None)), Settle::Ack).await;
+    let v = view(&s.store, id).await;
+    assert_eq!((v.state.as_str(), v.attempts_made, v.attempts.len()), ("succeeded", 1, 4));
+    let e = s.store.event(event).await.unwrap().unwrap();
+    assert_eq!(e.deliveries[0].state.as_deref(), Some("succeeded"));
+}
+
+async fn defer_puts_back_without_counting_an_attempt(kind: Kind) {
+    let s = open(kind, "").await;
+    let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &c, None, Settle::Defer(Duration::from_millis(20))).await;
+    let v = view(&s.store, ids[0]).await;
+    assert_eq!((v.state.as_str(), v.attempts_made, v.attempts.len()), ("pending", 0, 0));
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    assert_eq!(c.attempt, 1, "the deferred claim was not counted");
+}
+
+async fn pause_parks_until_enable_and_only_while_disabled(kind: Kind) {
+    let s = open(kind, "").await;
+    let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    assert!(s.store.disable("a", "410 Gone", 1234).await.unwrap(), "the first disable reports it");
+    assert!(!s.store.disable("a", "again", 9999).await.unwrap(), "a second one does not");
+    let states = s.store.endpoint_states(&["a", "b"]).await.unwrap();
+    assert_eq!((states[0].disabled.as_deref(), states[0].disabled_at), (Some("410 Gone"), Some(1234)));
+    assert!(states[1].disabled.is_none());
+
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    for c in &claimed {
+        claimed_settles(&s.store, c, None, Settle::Pause).await;
+    }
+    let a = view(&s.store, ids[0]).await;
+    let b = view(&s.store, ids[1]).await;
+    assert_eq!((a.state.as_str(), a.attempts_made), ("paused", 0), "parked without spending an attempt");
+    assert_eq!(b.state, "pending", "an enabled endpoint's delivery is deferred, not parked");
+    assert_eq!(s.store.paused_count("a").await.unwrap(), 1);
+    assert_eq!(s.store.paused_count("b").await.unwrap(), 0);
+
+    // b comes back after the deferral; a stays parked.
+    let again = claim_when_due(&s.store, 1, LEASE).await;
+    assert_eq!(again[0].id, ids[1]);
+    assert_eq!(s.store.enable("a").await.unwrap(), 1);
+    assert!(s.store.endpoint_states(&["a"]).await.unwrap()[0].disabled.is_none());
+    assert_eq!(s.store.paused_count("a").await.unwrap(), 0);
+    assert_eq!(view(&s.store, ids[0]).await.state, "pending");
+    let resumed = claim_when_due(&s.store, 1, LEASE).await;
+    assert_eq!((resumed[0].id, resumed[0].attempt), (ids[0], 1));
+    assert_eq!(s.store.enable("a").await.unwrap(), 0, "enabling twice moves nothing");
+}
+
+async fn endpoint_failure_runs_are_recorded_once(kind: Kind) {
+    let s = open(kind, "").await;
+    s.store.mark_failing("a", 5).await.unwrap();
+    s.store.mark_failing("a", 9).await.unwrap();
+    assert_eq!(s.store.endpoint_states(&["a"]).await.unwrap()[0].failing_since, Some(5), "the run's start stays");
+    s.store.clear_failing("a").await.unwrap();
+    assert_eq!(s.store.endpoint_states(&["a"]).await.unwrap()[0].failing_since, None);
+    s.store.mark_failing("a", 11).await.unwrap();
+    assert_eq!(s.store.endpoint_states(&["a"]).await.unwrap()[0].failing_since, Some(11));
+}
+
+async fn idempotency_keys_claim_complete_release_expire(kind: Kind) {
+    let s = open(kind, "").await;
+    let q = &s.store;
+    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap(), None, "a new key is claimed");
+    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap().as_deref(), Some(sluice::queue::IDEMPOTENCY_PENDING));
+    assert_eq!(q.claim_idempotency("other", "k1").await.unwrap(), None, "keys are per source");
+    q.complete_idempotency("shop", "k1", "{\"id\":\"evt_1\"}", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap().as_deref(), Some("{\"id\":\"evt_1\"}"));
+    q.release_idempotency("other", "k1").await.unwrap();
+    assert_eq!(q.claim_idempotency("other", "k1").await.unwrap(), None, "a released key can be claimed again");
+
+    let window = Duration::from_secs(1);
+    q.complete_idempotency("shop", "k2", "answer", window).await.unwrap();
+    assert_eq!(q.claim_idempotency("shop", "k2").await.unwrap().as_deref(), Some("answer"));
+    tokio::time::sleep(window + Duration::from_millis(50)).await;
+    assert_eq!(q.claim_idempotency("shop", "k2").await.unwrap(), None, "the window is over");
+}
+
+async fn events_keep_payloads_headers_and_rewritten_bodies(kind: Kind) {
+    let s = open(kind, "").await;
+    let payload = b"{\"order\":42}";
+    let rewritten = Bytes::from_static(b"{\"order\":42,\"tagged\":true}");
+    let (event, ids) = enqueue_with(
+        &s.store,
+        payload,
+        vec![("a", Duration::ZERO, None), ("b", Duration::ZERO, Some(rewritten.clone()))],
+    )
+    .await;
+    let mut claimed = claim_when_due(&s.store, 2, LEASE).await;
+    claimed.sort_by_key(|c| c.id);
+    assert_eq!(claimed[0].payload.as_ref(), payload);
+    assert!(claimed[0].headers.is_empty());
+    assert_eq!(claimed[1].payload, rewritten, "a plugin's rewrite is what goes out");
+    assert_eq!(claimed[1].headers, [("x-rewritten".to_string(), "yes".to_string())]);
+    assert!(claimed.iter().all(|c| c.event_id == event && c.event_type == "order.created"));
+
+    let e = s.store.event(event).await.unwrap().expect("event is known");
+    assert_eq!((e.source.as_str(), e.event_type.as_str()), ("shop", "order.created"));
+    assert_eq!(e.payload.as_ref(), payload);
+    assert_eq!(e.headers, [("x-origin".to_string(), "test".to_string())]);
+    let listed: Vec<(String, String)> =
+        e.deliveries.iter().map(|d| (d.id.clone(), d.endpoint.clone())).collect::<Vec<_>>();
+    assert_eq!(
+        listed,
+        [
+            (sluice::id::format_delivery(ids[0]), "a".to_string()),
+            (sluice::id::format_delivery(ids[1]), "b".to_string())
+        ]
+    );
+    assert!(s.store.event(sluice::id::new_event()).await.unwrap().is_none());
+    assert!(s.store.delivery(sluice::id::delivery_of(sluice::id::new_event(), 1)).await.unwrap().is_none());
+}
+
+async fn finished_deliveries_expire_after_retention(kind: Kind) {
+    let s = open(kind, "retention = \"1s\"").await;
+    let (event, ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    let (acked, buried) = if claimed[0].id == ids[0] { (&claimed[0], &claimed[1]) } else { (&claimed[1], &claimed[0]) };
+    claimed_settles(&s.store, acked, Some(&record(1, Some(200), None)), Settle::Ack).await;
+    claimed_settles(&s.store, buried, Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+    assert!(s.store.delivery(ids[0]).await.unwrap().is_some(), "kept for the retention period");
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while s.store.delivery(ids[0]).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the succeeded delivery never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A dead letter stays until someone acts on it; so does its event.
+    assert_eq!(view(&s.store, ids[1]).await.state, "dead");
+    let e = s.store.event(event).await.unwrap().expect("an event with an open delivery is kept");
+    assert_eq!(e.deliveries[0].state.as_deref(), Some("expired"));
+    assert_eq!(e.deliveries[1].state.as_deref(), Some("dead"));
+}
+
+async fn depth_counts_due_scheduled_dead_and_parked(kind: Kind) {
+    let s = open(kind, "").await;
+    enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    enqueue(&s.store, &[("a", Duration::from_secs(3600))]).await;
+    let names = ["a".to_string(), "b".to_string()];
+    let depth = s.store.depth(&names).await.unwrap();
+    assert_eq!((depth.due, depth.scheduled, depth.dead), (2, 1, 0));
+
+    s.store.disable("b", "test", 1).await.unwrap();
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    for c in &claimed {
+        let action = if c.endpoint == "a" { Settle::Bury } else { Settle::Pause };
+        claimed_settles(&s.store, c, Some(&record(1, Some(500), Some("HTTP 500"))), action).await;
+    }
+    let depth = s.store.depth(&names).await.unwrap();
+    assert_eq!((depth.due, depth.scheduled, depth.dead), (0, 1, 1));
+    assert_eq!(depth.paused, [("a".to_string(), 0), ("b".to_string(), 1)]);
+    s.store.ping().await.unwrap();
+}
+
+async fn dead_letters_filter_by_endpoint_newest_first(kind: Kind) {
+    let s = open(kind, "").await;
+    let mut buried = Vec::new();
+    for endpoint in ["a", "b", "a"] {
+        let (_, ids) = enqueue(&s.store, &[(endpoint, Duration::ZERO)]).await;
+        let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+        claimed_settles(&s.store, &c, Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+        buried.push(sluice::id::format_delivery(ids[0]));
+        // Distinct burial times, so "newest first" has one answer.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = s.store.dead_letters(None, None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[2], &buried[1], &buried[0]]);
+    let a = s.store.dead_letters(Some("a"), None, 10).await.unwrap();
+    assert_eq!(a.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[2], &buried[0]]);
+    let page = s.store.dead_letters(None, None, 1).await.unwrap();
+    assert_eq!(page[0].id, buried[2]);
+    let next = s.store.dead_letters(None, Some(page[0].dead_at), 10).await.unwrap();
+    assert_eq!(next.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[1], &buried[0]], "`before` pages on");
+}
