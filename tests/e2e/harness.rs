@@ -339,16 +339,23 @@ pub fn plugin_file(name: &str) -> Option<PathBuf> {
 
 /// The TOML that every test gateway starts from: loopback allowed, fast retries, its own Redis.
 pub fn base_toml(redis: &RedisServer) -> String {
+    base_toml_with(&format!("[redis]\nurl = \"{}\"\ntimeout = \"500ms\"\n", redis.url()))
+}
+
+/// The base config with no `[redis]` section, hence on the embedded backend (its `[queue] path` is
+/// the caller's to add: the default is the user's data directory).
+pub fn base_toml_embedded() -> String {
+    base_toml_with("")
+}
+
+fn base_toml_with(store: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 max_body_bytes = 65536
 
-[redis]
-url = "{url}"
-timeout = "500ms"
-
+{store}
 
 [admin]
 token = "{ADMIN_TOKEN}"
@@ -360,8 +367,7 @@ jitter = 0.0
 [security]
 allow_private_destinations = true
 allow_unauthenticated_sources = true
-"#,
-        url = redis.url()
+"#
     )
 }
 
