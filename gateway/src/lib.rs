@@ -86,6 +86,11 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let plugins = Arc::new(PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?);
+        if config.routes.is_empty() {
+            tracing::warn!(
+                "No routes configured: every event is refused (unknown source). Pass --config; see config/sluice.toml."
+            );
+        }
         let queue = Store::open(&config)?;
         match &queue {
             Store::Redis(redis) => match redis.check_layout().await {

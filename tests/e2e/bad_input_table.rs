@@ -185,6 +185,9 @@ config_rows! {
     config_lease_shorter_than_timeout: valid_config().replace("[security]", "[queue]\nlease = \"20s\"\n[security]") => "exceeds queue.lease";
     config_source_without_credentials: valid_config().replace("allow_unauthenticated_sources = true", "") => "source `shop` has no [[sources]] entry";
     config_bad_cidr: valid_config().replace("[security]", "[security]\nallowed_destinations = [\"10.0.0.0/33\"]") => "allowed_destinations";
+    config_unknown_queue_backend: valid_config().replace("[security]", "[queue]\nbackend = \"postgres\"\n[security]") => "postgres";
+    config_shards_on_the_embedded_backend: valid_config().replace("[security]", "[queue]\nshards = 4\n[security]") => "queue.shards: applies to the redis backend only";
+    config_store_path_is_a_directory: valid_config().replace("[security]", "[queue]\npath = \"/tmp\"\n[security]") => "queue.path: must name a file";
 }
 
 /// A loopback TCP server that treats every connection with `serve` (a misbehaving receiver).

@@ -105,12 +105,19 @@ endpoints = ["b"]
 }
 
 #[test]
-fn sluice_check_accepts_the_shipped_config() {
+fn sluice_check_accepts_the_shipped_configs() {
     let Some(_) = plugins_dir() else { return };
-    let config = repo_root().join("config/sluice.toml");
-    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("OK"));
+    for name in ["config/sluice.toml", "config/sluice-redis.toml"] {
+        let config = repo_root().join(name);
+        let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("OK"));
+    }
+    // The quickstart runs on the embedded store, the second config on Redis.
+    let quickstart = sluice::config::load(Some(&repo_root().join("config/sluice.toml"))).unwrap();
+    assert_eq!(quickstart.backend(), sluice::config::Backend::Embedded);
+    let redis = sluice::config::load(Some(&repo_root().join("config/sluice-redis.toml"))).unwrap();
+    assert_eq!(redis.backend(), sluice::config::Backend::Redis);
 }
 
 #[test]

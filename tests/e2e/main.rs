@@ -7,6 +7,7 @@ mod bad_input_table;
 mod binary;
 mod chaos;
 mod delivery;
+mod embedded;
 mod harness;
 mod observability;
 mod openapi;

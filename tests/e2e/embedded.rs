@@ -1,0 +1,162 @@
+//! Running with no other service: the shipped quickstart config and `sluice run` without a config
+//! both keep their queue in an embedded file, and what was accepted survives a SIGKILL.
+//! No redis-server is started by these tests.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const SOURCE_TOKEN: &str = "change-me-source-token";
+
+/// A `sluice run` process with a scratch home and data directory; SIGKILLed on drop.
+struct Sluice(Child);
+
+impl Sluice {
+    fn spawn(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut command = Command::new(SLUICE);
+        command.args(args).stdout(Stdio::null()).stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(command.spawn().unwrap())
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn post_with_token(addr: std::net::SocketAddr, body: &str) -> (u16, Value) {
+    let response = client()
+        .post(format!("http://{addr}/v1/events/shop"))
+        .bearer_auth(SOURCE_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// Polls a delivery until it has made at least one attempt.
+async fn wait_attempted(addr: std::net::SocketAddr, delivery: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, view) = admin_get(addr, &format!("/v1/deliveries/{delivery}")).await;
+        if status == 200 && view["attempts_made"].as_u64().unwrap_or(0) >= 1 {
+            return view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt of {delivery}: {status} {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_quickstart_config_runs_with_no_redis_and_keeps_events_through_a_sigkill() {
+    let Some(_) = plugins_dir() else { return };
+    let dir = Scratch::new("quickstart");
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let store = dir.path().join("data").join("queue.redb");
+    let config = repo_root().join("config/sluice.toml");
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let env = [
+        ("SLUICE_SERVER__LISTEN", addr.to_string()),
+        ("SLUICE_QUEUE__PATH", store.display().to_string()),
+        ("SLUICE_ADMIN__TOKEN", ADMIN_TOKEN.to_string()),
+        ("HOME", dir.path().display().to_string()),
+    ];
+    let log = dir.path().join("sluice.log");
+    let sluice = Sluice::spawn(&args, &env, &log);
+    wait_listening(addr).await;
+    let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // The README's curl.
+    let (status, accepted) = post_with_token(addr, r#"{"event":"order_created","order_id":12345}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let deliveries = accepted["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2, "{accepted}");
+    // Nothing listens on the quickstart's endpoint URL in this test: the attempt fails and is logged.
+    let first = deliveries[0]["id"].as_str().unwrap();
+    let view = wait_attempted(addr, first).await;
+    assert_eq!(view["state"], "pending", "{view}");
+    assert!(view["attempts"][0]["error"].is_string(), "{view}");
+    let (status, dropped) = post_with_token(addr, r#"{"type":"test.ping"}"#).await;
+    assert_eq!((status, dropped["deliveries"].as_array().map(Vec::len)), (202, Some(0)), "{dropped}");
+    assert!(store.exists(), "the store is the configured file");
+
+    // SIGKILL, then start again on the same file: the event and its deliveries are still there.
+    drop(sluice);
+    let _sluice = Sluice::spawn(&args, &env, &log);
+    wait_listening(addr).await;
+    let event = accepted["id"].as_str().unwrap();
+    let (status, stored) = admin_get(addr, &format!("/v1/events/{event}")).await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["payload"]["order_id"], 12345);
+    let states: Vec<&str> =
+        stored["deliveries"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "pending"], "{stored}");
+    let (_, again) = admin_get(addr, &format!("/v1/deliveries/{first}")).await;
+    assert!(again["attempts_made"].as_u64().unwrap() >= 1, "the attempt log survived: {again}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("embedded store"), "{text}");
+    assert!(!text.to_lowercase().contains("redis"), "nothing about Redis on the embedded backend:\n{text}");
+}
+
+#[tokio::test]
+async fn sluice_run_without_a_config_serves_on_8080_with_its_store_in_the_data_directory() {
+    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    assert!(
+        std::net::TcpListener::bind(addr).is_ok(),
+        "this test checks the built-in default address, and 127.0.0.1:8080 is taken on this machine"
+    );
+    let dir = Scratch::new("defaults");
+    let env =
+        [("XDG_DATA_HOME", dir.path().join("data").display().to_string()), ("HOME", dir.path().display().to_string())];
+    let log = dir.path().join("sluice.log");
+    let _sluice = Sluice::spawn(&["run"], &env, &log);
+    wait_listening(addr).await;
+    let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    assert!(dir.path().join("data/sluice/queue.redb").exists(), "the store is under $XDG_DATA_HOME/sluice");
+    // Nothing is routed without a config: the answer says so.
+    let (status, body) = post_event(addr, "shop", "{}").await;
+    assert_eq!(status, 404, "{body}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("No routes configured"), "{text}");
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
+    let dir = Scratch::new("store-lock");
+    let store = dir.path().join("queue.redb");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, base_toml_embedded() + &format!("\n[queue]\npath = \"{}\"\n", store.display())).unwrap();
+    let first_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = dir.path().join("first.log");
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let _first = Sluice::spawn(&args, &[("SLUICE_SERVER__LISTEN", first_addr.to_string())], &log);
+    wait_listening(first_addr).await;
+
+    let second = Command::new(SLUICE)
+        .args(args)
+        .env("SLUICE_SERVER__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second gateway started:\n{stderr}");
+    assert!(stderr.contains("another process has it open") && stderr.contains("queue.redb"), "{stderr}");
+    let ready = client().get(format!("http://{first_addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "the first gateway keeps serving");
+}
