@@ -1,6 +1,7 @@
 //! `bench`: drives a real gateway end to end and prints figures.
 //!
-//! It starts its own `redis-server` on a free loopback port, a receiver on loopback that answers 200,
+//! It starts its own `redis-server` on a free loopback port (or, with `--backend embedded`, keeps the
+//! queue in a scratch redb file instead), a receiver on loopback that answers 200,
 //! and a gateway (in this process) with one route through the example filter plugin (when built) to
 //! the receiver. Then:
 //!
@@ -10,7 +11,8 @@
 //! 3. the peak again with chains of 0 and 3 plugins;
 //! 4. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
-//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]`
+//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
+//! [--backend redis|embedded]`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,10 +39,11 @@ struct Options {
     producers: usize,
     plugin: bool,
     shards: u32,
+    embedded: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { events: 30_000, producers: 64, plugin: true, shards: 1 };
+    let mut options = Options { events: 30_000, producers: 64, plugin: true, shards: 1, embedded: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -48,6 +51,11 @@ fn options() -> anyhow::Result<Options> {
             "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
             "--no-plugin" => options.plugin = false,
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
+            "--backend" => match args.next().as_deref() {
+                Some("redis") => options.embedded = false,
+                Some("embedded") => options.embedded = true,
+                _ => bail!("--backend redis|embedded"),
+            },
             other => bail!("unknown argument {other}; see the doc comment of bench.rs"),
         }
     }
@@ -181,7 +189,7 @@ async fn produce(
     Ok(all)
 }
 
-fn gateway_toml(redis_url: &str, receiver: SocketAddr, chain: usize, shards: u32) -> String {
+fn gateway_toml(store: &str, receiver: SocketAddr, chain: usize) -> String {
     let mut plugin_tables = String::new();
     for i in 1..=chain {
         plugin_tables += &format!(
@@ -195,10 +203,7 @@ fn gateway_toml(redis_url: &str, receiver: SocketAddr, chain: usize, shards: u32
         r#"
 [server]
 listen = "127.0.0.1:0"
-[redis]
-url = "{redis_url}"
-[queue]
-shards = {shards}
+{store}
 [security]
 allow_private_destinations = true
 allow_unauthenticated_sources = true
@@ -219,16 +224,27 @@ endpoints = ["receiver"]
 /// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
 /// measures ingest latency at half the peak rate.
 async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow::Result<()> {
-    let (_redis, redis_url) = start_redis().await?;
+    // The queue: a redis-server of our own, or a scratch embedded store.
+    let mut _redis = None;
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-{}-{chain}.redb", std::process::id()));
+    let store = if options.embedded {
+        let _ = std::fs::remove_file(&scratch);
+        format!("[queue]\nbackend = \"embedded\"\npath = \"{}\"", scratch.display())
+    } else {
+        let (redis, url) = start_redis().await?;
+        _redis = Some(redis);
+        format!("[redis]\nurl = \"{url}\"\n[queue]\nshards = {}", options.shards)
+    };
     let count = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(AtomicUsize::new(options.events));
     let done = Arc::new(Notify::new());
     let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
-    let config = sluice::config::from_toml(&gateway_toml(&redis_url, receiver, chain, options.shards))?;
+    let config = sluice::config::from_toml(&gateway_toml(&store, receiver, chain))?;
     let gateway = sluice::Gateway::start(config).await?;
+    let backend = if options.embedded { "embedded store" } else { "Redis" };
     let chain = match chain {
-        0 => "no plugin".to_string(),
-        n => format!("a chain of {n} rust-filter plugin(s)"),
+        0 => format!("no plugin, {backend}"),
+        n => format!("a chain of {n} rust-filter plugin(s), {backend}"),
     };
 
     // Warm up connections and code paths.
@@ -258,6 +274,7 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow:
 
     if !half_rate {
         gateway.shutdown().await;
+        let _ = std::fs::remove_file(&scratch);
         return Ok(());
     }
     // Half the peak rate, paced across the producers.
@@ -276,6 +293,7 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow:
         ms(latencies.last().copied().unwrap_or_default())
     );
     gateway.shutdown().await;
+    let _ = std::fs::remove_file(&scratch);
     Ok(())
 }
 
