@@ -196,7 +196,7 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
     }
 }
 
-/// How long `/readyz` and the queue gauges of `/metrics` wait for Redis.
+/// How long `/readyz` and the queue gauges of `/metrics` wait for the queue's store.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `GET /readyz`: 200 when the queue answers (plugins are loaded before the server starts, and a
@@ -215,7 +215,7 @@ async fn readyz(state: &AppState) -> Reply {
     }
 }
 
-/// `GET /metrics`: gateway, plugin and queue metrics (the queue gauges are left out when Redis
+/// `GET /metrics`: gateway, plugin and queue metrics (the queue gauges are left out when the store
 /// does not answer within [`PROBE_TIMEOUT`]).
 async fn metrics(state: &AppState) -> Reply {
     let mut text = String::new();

@@ -2,7 +2,7 @@
 //! reason), deliveries by endpoint and outcome, attempt latency, deliveries in flight, and queue
 //! store errors by operation. Counters are atomics indexed by the configured sources and endpoints
 //! (fixed at start-up, so label cardinality is bounded); only rejections, a slow path, take a lock.
-//! Queue depth is read from Redis at scrape time (see `http.rs`).
+//! Queue depth is read from the queue's store at scrape time (see `http.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -165,7 +165,12 @@ impl Metrics {
         }
         header(out, "sluice_deliveries_in_flight", "gauge", "Delivery attempts in flight in this process.");
         let _ = writeln!(out, "sluice_deliveries_in_flight {}", self.in_flight.load(Ordering::Relaxed).max(0));
-        header(out, "sluice_store_errors_total", "counter", "Failed queue (Redis) operations, by operation.");
+        header(
+            out,
+            "sluice_store_errors_total",
+            "counter",
+            "Failed queue store (Redis or embedded) operations, by operation.",
+        );
         for (op, n) in STORE_OPS.iter().zip(&self.store_errors) {
             let _ = writeln!(out, "sluice_store_errors_total{{op=\"{op}\"}} {}", load(n));
         }

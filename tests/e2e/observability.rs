@@ -41,10 +41,23 @@ fn promtool(text: &str) -> Option<(bool, String)> {
 #[tokio::test]
 async fn metrics_count_events_deliveries_and_queue_depth_and_promtool_accepts_them() {
     let redis = RedisServer::start().await;
+    metrics_are_counted_on(base_toml(&redis)).await;
+}
+
+#[tokio::test]
+async fn metrics_on_the_embedded_backend_are_the_same() {
+    let dir = Scratch::new("metrics");
+    let store = dir.path().join("queue.redb");
+    metrics_are_counted_on(base_toml_embedded() + &format!("\n[queue]\npath = \"{}\"\n", store.display())).await;
+    assert!(store.exists());
+}
+
+/// The same counts and gauges whichever backend `base` configures.
+async fn metrics_are_counted_on(base: String) {
     let ok = Receiver::start().await;
     let failing = Receiver::start().await;
     failing.answer_always(Answer::Status(500));
-    let toml = base_toml(&redis)
+    let toml = base
         + &endpoint_toml("ok", &ok.url(), "")
         + &endpoint_toml("failing", &failing.url(), "")
         + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"ok\", \"failing\"]\n";

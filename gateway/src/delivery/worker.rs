@@ -4,7 +4,7 @@
 //!
 //! Endpoints are protected on the way out: a per-endpoint cap on attempts in flight and a rate limit
 //! ([`super::limits`]); `410 Gone`, or failing without a success for `disable_after`, disables the
-//! endpoint (shared through Redis, alerted once), and its deliveries are parked, not attempted,
+//! endpoint (shared through the queue's store, alerted once), and its deliveries are parked, not attempted,
 //! until it is enabled through the admin API.
 
 use std::collections::HashMap;
@@ -30,11 +30,11 @@ use crate::queue::{AttemptRecord, Claimed, Queue, Settle, Store};
 /// Longest an idle worker sleeps before looking again (deliveries enqueued by other gateways and
 /// lease expiries are also found through the claim's next-due time).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Longest wait between claims while Redis is failing.
+/// Longest wait between claims while the queue's store is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most bytes of a receiver's answer kept in the attempt log.
 const RESPONSE_EXCERPT: usize = 1024;
-/// How often the shared endpoint states (disabled, failing since) are read from Redis.
+/// How often the shared endpoint states (disabled, failing since) are read from the queue's store.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
 
 /// An endpoint as the worker needs it.
