@@ -35,16 +35,7 @@ impl Drop for Sluice {
 }
 
 async fn post_with_token(addr: std::net::SocketAddr, body: &str) -> (u16, Value) {
-    let response = client()
-        .post(format!("http://{addr}/v1/events/shop"))
-        .bearer_auth(SOURCE_TOKEN)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+    post_event_as(addr, "shop", body, Some(SOURCE_TOKEN)).await
 }
 
 /// Polls a delivery until it has made at least one attempt.

@@ -387,13 +387,19 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn post_event(gateway: SocketAddr, source: &str, body: &str) -> (u16, Value) {
-    let response = client()
+    post_event_as(gateway, source, body, None).await
+}
+
+/// Posts an event with `Authorization: Bearer <token>` when a token is given.
+pub async fn post_event_as(gateway: SocketAddr, source: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = client()
         .post(format!("http://{gateway}/v1/events/{source}"))
         .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
 }
