@@ -214,6 +214,10 @@ pub struct AlertsConfig {
     /// The window over which a plugin's error rate is measured. Default `1m`.
     #[serde(with = "humantime_serde")]
     pub plugin_window: Duration,
+    /// Delay before each attempt to deliver an alert (alerts are queued like deliveries, to the
+    /// internal endpoint `_alerts`). Default `["0s", "1s", "5s", "30s", "2m", "10m", "30m", "1h", "2h", "6h"]`.
+    #[serde(with = "durations")]
+    pub retry_schedule: Vec<Duration>,
 }
 
 impl Default for AlertsConfig {
@@ -224,6 +228,10 @@ impl Default for AlertsConfig {
             plugin_error_rate: 0.5,
             plugin_min_calls: 20,
             plugin_window: Duration::from_secs(60),
+            retry_schedule: ["0s", "1s", "5s", "30s", "2m", "10m", "30m", "1h", "2h", "6h"]
+                .iter()
+                .map(|s| humantime::parse_duration(s).unwrap_or_default())
+                .collect(),
         }
     }
 }
@@ -554,6 +562,7 @@ impl Config {
             problems.push("server.max_body_bytes: must be at least 1".to_string());
         }
         validate_schedule("retry.schedule", &self.retry.schedule, problems);
+        validate_schedule("alerts.retry_schedule", &self.alerts.retry_schedule, problems);
         if !(0.0..1.0).contains(&self.retry.jitter) {
             problems.push("retry.jitter: must be at least 0 and below 1".to_string());
         }
@@ -578,6 +587,12 @@ impl Config {
 
     fn validate_endpoint(&self, i: usize, endpoint: &EndpointConfig, problems: &mut Vec<String>) {
         let at = format!("endpoints[{i}] ({})", endpoint.name);
+        if endpoint.name.starts_with('_') {
+            problems.push(format!(
+                "{at}.name: names starting with `_` are reserved (`{}` carries alerts)",
+                crate::delivery::alert::ALERTS_ENDPOINT
+            ));
+        }
         validate_url(&format!("{at}.url"), &endpoint.url, problems);
         if let Err(e) = Secret::parse(&endpoint.secret) {
             problems.push(format!("{at}.secret: {e}"));

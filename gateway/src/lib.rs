@@ -119,7 +119,8 @@ impl Gateway {
 
         let (shutdown, watcher) = watch::channel(false);
         let metrics = Arc::new(metrics::Metrics::new(&config));
-        let alerter = delivery::alert::Alerter::from_config(&config, alerts_http);
+        let alerter = delivery::alert::Alerter::from_config(&config, alerts_http)
+            .map(|alerter| alerter.queued(queue.clone(), wake.clone()));
         let worker = Worker::new(&config, queue.clone(), http, alerter.clone(), wake.clone(), metrics.clone());
         let state = Arc::new(AppState {
             ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),

@@ -50,7 +50,9 @@ impl Metrics {
         source_names.sort();
         source_names.dedup();
         source_names.push(OTHER_SOURCE.to_string());
-        let endpoint_names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+        // Alerts are deliveries to the internal endpoint `_alerts`, counted like the others.
+        let alerts = config.alerts.url.as_ref().map(|_| crate::delivery::alert::ALERTS_ENDPOINT.to_string());
+        let endpoint_names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).chain(alerts).collect();
         Self {
             sources: source_names.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
             received: source_names.iter().map(|_| AtomicU64::new(0)).collect(),

@@ -95,6 +95,50 @@ async fn always_failing_receiver_is_dead_lettered_and_admin_alerted() {
 }
 
 #[tokio::test]
+async fn alerts_are_queued_signed_and_retried_until_the_alert_receiver_takes_them() {
+    // On the embedded backend: alerts go through whichever queue the gateway runs on.
+    let dir = Scratch::new("alerts");
+    let receiver = Receiver::start().await;
+    receiver.answer_always(Answer::Status(503));
+    let mut alerts = Receiver::start().await;
+    alerts.answer_next([Answer::Status(500), Answer::Status(502)]);
+    let toml = base_toml_embedded()
+        + &format!("\n[queue]\npath = \"{}\"\n", dir.path().join("queue.redb").display())
+        + &format!(
+            "\n[alerts]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nretry_schedule = [\"0s\", \"50ms\", \"50ms\"]\n",
+            alerts.url()
+        )
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &route("\"orders\"");
+    let gateway = start_gateway(&toml).await;
+    let (_, accepted) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    let delivery_id = accepted["deliveries"][0]["id"].as_str().unwrap();
+
+    let tries = [alerts.next().await, alerts.next().await, alerts.next().await];
+    let alert_id = tries[0].header("webhook-id").to_string();
+    for got in &tries {
+        assert_eq!(got.json()["type"], "delivery.dead");
+        assert_eq!(got.json()["delivery_id"], delivery_id);
+        assert_eq!(got.header("webhook-id"), alert_id, "an alert keeps its id across retries");
+        assert!(signature_valid(got), "alerts are signed with alerts.secret");
+    }
+    assert!(!tries[0].ok && !tries[1].ok && tries[2].ok);
+    // The alert is a delivery to the internal endpoint `_alerts`, with its attempt log.
+    let view = wait_for_state(gateway.addr(), &alert_id, "succeeded").await;
+    assert_eq!(view["endpoint"], "_alerts");
+    let statuses: Vec<_> = view["attempts"].as_array().unwrap().iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [500, 502, 200]);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoint_names_starting_with_an_underscore_are_reserved() {
+    let toml = base_toml_embedded() + &endpoint_toml("_alerts", "https://example.com/", "");
+    let error = sluice::config::from_toml(&toml).unwrap().validate().unwrap_err().to_string();
+    assert!(error.contains("names starting with `_` are reserved"), "{error}");
+}
+
+#[tokio::test]
 async fn retry_after_is_respected() {
     let redis = RedisServer::start().await;
     let mut receiver = Receiver::start().await;

@@ -1,18 +1,29 @@
-//! Admin alerts: when a delivery is dead-lettered or an endpoint is disabled, a JSON alert is POSTed
-//! to `alerts.url` (signed like a delivery when `alerts.secret` is set), with a few quick retries of
-//! its own.
+//! Operational alerts: when a delivery is dead-lettered, an endpoint is disabled or recovers, or a
+//! plugin keeps failing, a typed JSON alert goes to `alerts.url`.
+//!
+//! An alert is queued like any delivery: an event of the internal source `_alerts` with one delivery
+//! to the internal endpoint [`ALERTS_ENDPOINT`], which the worker POSTs (signed when `alerts.secret`
+//! is set, exempt from the destination guard: the alert URL is the operator's own) and retries on
+//! `alerts.retry_schedule`. So an alert survives a restart, and its attempts show in the admin API
+//! and the metrics. When the queue cannot take it, it is POSTed from memory with a few quick retries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::Notify;
 use url::Url;
 
 use super::sign::Secret;
+use crate::queue::{NewDelivery, NewEvent, Queue, Store};
+
+/// The internal endpoint (and source) alerts are queued for.
+pub const ALERTS_ENDPOINT: &str = "_alerts";
 
 /// Delays before the alert's retries.
 const ALERT_RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)];
 /// Timeout of one alert POST.
-const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The body of a dead-letter alert.
 #[derive(Debug, Clone, Serialize)]
@@ -60,12 +71,20 @@ pub struct Alerter {
     client: reqwest::Client,
     url: Url,
     secret: Option<Secret>,
+    queue: Option<(Store, Arc<Notify>)>,
 }
 
 impl Alerter {
-    /// An alerter for `url`, signing with `secret` when given.
+    /// An alerter that POSTs to `url` from memory, signing with `secret` when given.
     pub fn new(client: reqwest::Client, url: Url, secret: Option<Secret>) -> Self {
-        Self { client, url, secret }
+        Self { client, url, secret, queue: None }
+    }
+
+    /// Queues alerts in `queue` (waking the worker through `wake`) instead of POSTing them from
+    /// memory; memory stays the fallback when the queue cannot take one.
+    pub fn queued(mut self, queue: Store, wake: Arc<Notify>) -> Self {
+        self.queue = Some((queue, wake));
+        self
     }
 
     /// The alerter `[alerts]` describes, `None` when no `alerts.url` is set.
@@ -78,28 +97,36 @@ impl Alerter {
     /// Sends a dead-letter alert in the background; failures are logged at ERROR.
     pub fn send(&self, alert: DeadLetterAlert) {
         let id = format!("alert_{}", alert.delivery_id);
-        self.send_json(id, &alert);
+        self.send_json(id, alert.kind, &alert);
     }
 
     /// Sends an endpoint alert in the background; failures are logged at ERROR.
     pub fn send_endpoint(&self, alert: EndpointAlert) {
         let id = format!("alert_{}_{}_{}", alert.kind, alert.endpoint, alert.at);
-        self.send_json(id, &alert);
+        self.send_json(id, alert.kind, &alert);
     }
 
     /// Sends a `plugin.failing` alert in the background.
     pub fn send_plugin(&self, alert: crate::plugin::failing::PluginFailingAlert) {
         let id = format!("alert_{}_{}_{}", alert.kind, alert.plugin, alert.at);
-        self.send_json(id, &alert);
+        self.send_json(id, alert.kind, &alert);
     }
 
-    fn send_json(&self, id: String, alert: &impl Serialize) {
+    fn send_json(&self, id: String, kind: &'static str, alert: &impl Serialize) {
         let body = match serde_json::to_vec(alert) {
             Ok(body) => body,
             Err(e) => return tracing::error!(error = %e, "Could not encode an alert."),
         };
         let this = self.clone();
-        tokio::spawn(async move { this.send_now(id, body).await });
+        tokio::spawn(async move {
+            if let Some((queue, wake)) = &this.queue {
+                match enqueue(queue, kind, &body).await {
+                    Ok(()) => return wake.notify_one(),
+                    Err(e) => tracing::warn!(error = %e, "Could not queue an alert; sending it from memory."),
+                }
+            }
+            this.send_now(id, body).await
+        });
     }
 
     async fn send_now(&self, alert_id: String, body: Vec<u8>) {
@@ -128,4 +155,18 @@ impl Alerter {
         }
         tracing::error!(%alert_id, url = %self.url, "Gave up sending an alert.");
     }
+}
+
+/// Stores an alert as an event of the source `_alerts` with one delivery to [`ALERTS_ENDPOINT`].
+async fn enqueue(queue: &Store, kind: &str, body: &[u8]) -> Result<(), crate::queue::QueueError> {
+    let event = crate::id::new_event();
+    let stored = NewEvent { id: event, source: ALERTS_ENDPOINT, event_type: kind, headers: &[], payload: body };
+    let delivery = NewDelivery {
+        id: crate::id::delivery_of(event, 1),
+        endpoint: Arc::from(ALERTS_ENDPOINT),
+        payload: None,
+        headers: Vec::new(),
+        delay: Duration::ZERO,
+    };
+    queue.enqueue(&stored, &[delivery]).await
 }

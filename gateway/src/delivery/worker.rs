@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::sync::{watch, Notify, Semaphore};
 use url::Url;
 
-use super::alert::{Alerter, DeadLetterAlert, EndpointAlert};
+use super::alert::{Alerter, DeadLetterAlert, EndpointAlert, ALERTS_ENDPOINT, ALERT_TIMEOUT};
 use super::limits::{Admission, Gate};
 use super::retry::{self, Outcome, RetryAction};
 use super::sign::Secret;
@@ -42,7 +42,8 @@ struct Endpoint {
     name: String,
     url: Url,
     uri: hyper::Uri,
-    secret: Secret,
+    /// Signs the deliveries; `None` for alerts without `alerts.secret`.
+    secret: Option<Secret>,
     timeout: Duration,
     schedule: Vec<Duration>,
     gate: Gate,
@@ -51,6 +52,9 @@ struct Endpoint {
     /// `None`: the circuit breaker is off.
     disable_after: Option<Duration>,
     health: Mutex<Health>,
+    /// The internal alerts endpoint: not subject to the destination guard, never disabled, and its
+    /// dead letters raise no alert of their own.
+    internal: bool,
 }
 
 /// This process's view of an endpoint's shared state, refreshed every [`ENDPOINT_REFRESH`].
@@ -70,11 +74,37 @@ impl Endpoint {
 struct Shared {
     queue: Store,
     client: client::DeliveryClient,
+    /// Reaches `alerts.url`: the operator's own infrastructure, often internal, so unguarded.
+    alerts_client: client::DeliveryClient,
     endpoints: HashMap<String, Endpoint>,
     jitter: f64,
     guard: client::DestinationGuard,
     alerter: Option<Alerter>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Wakes the claim loop (which otherwise sleeps up to [`IDLE_POLL`] while deliveries are leased).
+    wake: Arc<Notify>,
+}
+
+/// The internal endpoint alerts are queued for, when `alerts.url` is set.
+fn alerts_endpoint(config: &Config) -> Option<(String, Endpoint)> {
+    let url = config.alerts.url.clone()?;
+    let uri = url.as_str().parse().ok()?;
+    let timeout = ALERT_TIMEOUT.min(config.queue.lease.saturating_sub(LEASE_MARGIN));
+    let max_wait = config.queue.lease.saturating_sub(timeout + LEASE_MARGIN);
+    let endpoint = Endpoint {
+        name: ALERTS_ENDPOINT.to_string(),
+        url,
+        uri,
+        secret: config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok()),
+        timeout,
+        schedule: config.alerts.retry_schedule.clone(),
+        gate: Gate::new(None, None, max_wait),
+        max_wait,
+        disable_after: None,
+        health: Mutex::new(Health::default()),
+        internal: true,
+    };
+    Some((ALERTS_ENDPOINT.to_string(), endpoint))
 }
 
 /// Why the circuit breaker disabled an endpoint.
@@ -119,25 +149,32 @@ impl Worker {
                     name: e.name.clone(),
                     url: e.url.clone(),
                     uri,
-                    secret,
+                    secret: Some(secret),
                     timeout: e.timeout,
                     schedule,
                     gate: Gate::new(e.max_in_flight, e.rate_limit, max_wait),
                     max_wait,
                     disable_after: Some(e.disable_after).filter(|d| !d.is_zero()),
                     health: Mutex::new(Health::default()),
+                    internal: false,
                 };
                 Some((e.name.clone(), endpoint))
             })
+            .chain(alerts_endpoint(config))
             .collect();
         let shared = Shared {
             queue,
             client: http,
+            alerts_client: client::build_delivery(client::DestinationGuard {
+                allow_private: true,
+                allowed: Vec::new(),
+            }),
             endpoints,
             jitter: config.retry.jitter,
             guard: config.security.guard(),
             alerter,
             metrics,
+            wake: wake.clone(),
         };
         Self {
             shared: Arc::new(shared),
@@ -310,7 +347,7 @@ impl Shared {
         };
         match &outcome {
             Outcome::Success { .. } => self.note_success(endpoint).await,
-            Outcome::Status { status: 410, .. } => {
+            Outcome::Status { status: 410, .. } if !endpoint.internal => {
                 self.disable(endpoint, "the endpoint answered 410 Gone".into()).await;
                 action = Settle::Pause;
             }
@@ -398,7 +435,7 @@ impl Shared {
         delivery_id: &str,
         at: u64,
     ) -> (Outcome, AttemptRecord) {
-        if let Some(reason) = self.guard.refuse_literal(&endpoint.url) {
+        if let Some(reason) = self.guard.refuse_literal(&endpoint.url).filter(|_| !endpoint.internal) {
             return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
         }
         let timestamp = unix_seconds();
@@ -410,11 +447,11 @@ impl Shared {
                 request = request.header(name.as_str(), value.as_str());
             }
         }
-        let request = request
-            .header("webhook-id", delivery_id)
-            .header("webhook-timestamp", timestamp)
-            .header("webhook-signature", endpoint.secret.sign(delivery_id, timestamp, &claimed.payload))
-            .body(Full::new(claimed.payload.clone()));
+        let mut request = request.header("webhook-id", delivery_id).header("webhook-timestamp", timestamp);
+        if let Some(secret) = &endpoint.secret {
+            request = request.header("webhook-signature", secret.sign(delivery_id, timestamp, &claimed.payload));
+        }
+        let request = request.body(Full::new(claimed.payload.clone()));
         let request = match request {
             Ok(request) => request,
             Err(e) => {
@@ -424,7 +461,8 @@ impl Shared {
         };
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + endpoint.timeout;
-        let (outcome, excerpt) = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+        let client = if endpoint.internal { &self.alerts_client } else { &self.client };
+        let (outcome, excerpt) = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Err(_) => (Outcome::Timeout, None),
             Ok(Err(e)) => (Outcome::Failed(describe_failure(&e, &endpoint.url)), None),
             Ok(Ok(response)) => read_answer(response, deadline).await,
@@ -457,7 +495,18 @@ impl Shared {
     ) {
         let delivery_id = id::format_delivery(claimed.id);
         match self.queue.settle(claimed, record, action).await {
-            Ok(true) => {}
+            Ok(true) => {
+                // A retry sooner than the idle poll: wake the claim loop when it falls due.
+                if let Settle::Retry(delay) | Settle::Defer(delay) = action {
+                    if delay < IDLE_POLL {
+                        let wake = self.wake.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            wake.notify_one();
+                        });
+                    }
+                }
+            }
             Ok(false) => {
                 tracing::warn!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
                     "Lease expired before the attempt was recorded; another worker owns it now.");
@@ -471,7 +520,11 @@ impl Shared {
                 return;
             }
         }
-        if action == Settle::Bury {
+        if action == Settle::Bury && endpoint.is_some_and(|e| e.internal) {
+            let last_error = record.and_then(|r| r.error.clone()).unwrap_or_default();
+            tracing::error!(%delivery_id, event_id = %id::format_event(claimed.event_id), alert = %claimed.event_type,
+                attempts = claimed.attempt, %last_error, "Gave up sending an alert: alerts.retry_schedule exhausted.");
+        } else if action == Settle::Bury {
             let last_error = record.and_then(|r| r.error.clone()).unwrap_or_default();
             tracing::error!(%delivery_id, event_id = %id::format_event(claimed.event_id), endpoint = %claimed.endpoint,
                 attempts = claimed.attempt, %last_error, "Delivery dead-lettered: retries exhausted.");
