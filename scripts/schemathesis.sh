@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs schemathesis (property-based API testing from the OpenAPI document) against a real gateway:
-# its own redis-server and `sluice run` on free loopback ports. Usage: scripts/schemathesis.sh [SECONDS]
-# Needs redis-server and python3; installs schemathesis into target/schemathesis-venv on first use.
+# `sluice run` on a free loopback port, with its own redis-server, or with BACKEND=embedded on a
+# scratch embedded store. Usage: [BACKEND=redis|embedded] scripts/schemathesis.sh [SECONDS]
+# Needs python3 (and redis-server for the redis backend); installs schemathesis into
+# target/schemathesis-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-60}
@@ -12,16 +14,22 @@ if [ ! -x "$venv/bin/st" ]; then
 fi
 cargo build --release -p sluice --bin sluice
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port); port=$(free_port)
+port=$(free_port)
 work=$(mktemp -d)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
-redis_pid=$!
+redis_pid=
+if [ "${BACKEND:-redis}" = embedded ]; then
+  store=$'[queue]\nbackend = "embedded"\npath = "'"$work"'/queue.redb"'
+else
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
+  redis_pid=$!
+  store=$'[redis]\nurl = "redis://127.0.0.1:'"$redis_port"'/"'
+fi
 token=schemathesis-token-0123456789
 cat > "$work/sluice.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
-[redis]
-url = "redis://127.0.0.1:$redis_port/"
+$store
 [admin]
 token = "$token"
 [security]
