@@ -1,7 +1,8 @@
 //! Group commit: requests submitted concurrently (by many ingest connections, or many delivery
-//! tasks) are handed to one flush call, so Redis sees one round trip per batch instead of one per
-//! request. With no concurrency a batch is a single request and costs no extra wait: the loop flushes
-//! whatever has queued up as soon as the previous flush is done.
+//! tasks) are handed to one flush call, so the store sees one round trip (Redis) or one transaction
+//! (embedded) per batch instead of one per request. With no concurrency a batch is a single request
+//! and costs no extra wait: the loop flushes whatever has queued up as soon as the previous flush is
+//! done.
 
 use std::future::Future;
 
