@@ -17,8 +17,12 @@ struct Sluice(Child);
 
 impl Sluice {
     fn spawn(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
+        Self::spawn_program(SLUICE, args, env, log)
+    }
+
+    fn spawn_program(program: &str, args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut command = Command::new(SLUICE);
+        let mut command = Command::new(program);
         command.args(args).stdout(Stdio::null()).stderr(log);
         for (key, value) in env {
             command.env(key, value);
@@ -150,4 +154,87 @@ async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
     assert!(stderr.contains("another process has it open") && stderr.contains("queue.redb"), "{stderr}");
     let ready = client().get(format!("http://{first_addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200, "the first gateway keeps serving");
+}
+
+#[tokio::test]
+async fn a_full_disk_is_503_with_nothing_lost_and_the_store_resumes_when_space_returns() {
+    // A full disk without privileges: a file-size limit on the gateway (soft, so it can be lifted
+    // again with prlimit), with SIGXFSZ ignored so a write past it fails with EFBIG.
+    let dir = Scratch::new("full-disk");
+    let mut receiver = Receiver::start().await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("sluice.toml");
+    let toml = base_toml_embedded().replace("127.0.0.1:0", &addr.to_string()).replace("65536", "200000")
+        + &format!("\n[queue]\npath = \"{}\"\nlease = \"6s\"\n", dir.path().join("queue.redb").display())
+        + &endpoint_toml("orders", &receiver.url(), "timeout = \"1s\"")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.path().join("sluice.log");
+    let script = r#"trap "" XFSZ; ulimit -S -f 4096; exec "$0" run --config "$1""#;
+    // `exec` keeps the process: the pid is the gateway's.
+    let sluice = Sluice::spawn_program("sh", &["-c", script, SLUICE, config.to_str().unwrap()], &[], &log);
+    wait_listening(addr).await;
+
+    // Big events until the store cannot take one.
+    let pad = "a".repeat(100_000);
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let n = accepted.len();
+        let (status, body) = post_event(addr, "shop", &format!(r#"{{"event":"e","n":{n},"pad":"{pad}"}}"#)).await;
+        match status {
+            202 => accepted.push((n as i64, body["id"].as_str().unwrap().to_string())),
+            _ => break (status, body),
+        }
+        assert!(accepted.len() < 500, "the file-size limit never bit");
+    };
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    assert_eq!(refused.1["error"]["code"], "queue_unavailable");
+    assert!(!accepted.is_empty(), "events were accepted before the disk filled up");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap().status().as_u16();
+    // Not ready until a write succeeds again (one may, when a commit freed pages meanwhile).
+    assert!(ready == 503 || text.contains("writes again"), "readyz {ready} while the store cannot write");
+    assert_eq!(client().get(format!("http://{addr}/healthz")).send().await.unwrap().status().as_u16(), 200);
+    // While the disk stays full, big events get 503 (never a 500), or 202 when space was freed.
+    let mut refused_n = vec![accepted.len() as i64];
+    for _ in 0..5 {
+        let n = (accepted.len() + refused_n.len()) as i64;
+        let (status, body) = post_event(addr, "shop", &format!(r#"{{"event":"e","n":{n},"pad":"{pad}"}}"#)).await;
+        match status {
+            202 => accepted.push((n, body["id"].as_str().unwrap().to_string())),
+            503 => refused_n.push(n),
+            other => panic!("a full disk answered {other}: {body}"),
+        }
+    }
+
+    // Space comes back: the next write reopens the store and succeeds, without a restart.
+    let pid = sluice.0.id().to_string();
+    let lifted = Command::new("prlimit").args(["--pid", &pid, "--fsize=unlimited"]).status().unwrap();
+    assert!(lifted.success(), "prlimit could not lift the limit");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let n = (accepted.len() + refused_n.len()) as i64;
+        let (status, body) = post_event(addr, "shop", &format!(r#"{{"event":"e","n":{n}}}"#)).await;
+        if status == 202 {
+            accepted.push((n, body["id"].as_str().unwrap().to_string()));
+            break;
+        }
+        refused_n.push(n);
+        assert!(tokio::time::Instant::now() < deadline, "ingest never recovered: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // Every accepted event arrives (settlements that failed meanwhile come round after their lease).
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < accepted.len() {
+        let got = tokio::time::timeout(PATIENCE, receiver.next()).await.expect("an accepted event never arrived");
+        seen.insert(got.json()["n"].as_i64().unwrap());
+    }
+    let expected: std::collections::HashSet<i64> = accepted.iter().map(|(n, _)| *n).collect();
+    assert_eq!(seen, expected, "every accepted event delivered, no refused one");
+    assert!(refused_n.iter().all(|n| !seen.contains(n)));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("could not write (disk full or failing?)") && text.contains("writes again"), "{text}");
 }

@@ -29,18 +29,18 @@
 //! Time comes from this machine's clock; one process owns the file (redb locks it), so no other
 //! clock can disagree. Expired records are invisible to reads at once and removed by a sweep.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
-};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use super::batcher::Batcher;
+use super::store_file::StoreFile;
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EndpointState, EventView,
     NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
@@ -90,9 +90,11 @@ pub struct EmbeddedQueue {
 }
 
 struct Inner {
-    db: Arc<Database>,
-    path: PathBuf,
+    file: Arc<StoreFile>,
     writer: Batcher<Op, Shared<Outcome>>,
+    /// The last write transaction failed with an I/O error (cleared by the next one that commits):
+    /// `/readyz` reports it.
+    write_failed: Arc<AtomicBool>,
 }
 
 /// A delivery as stored.
@@ -192,6 +194,9 @@ struct Tables<'t> {
     idempotency: Table<'t, &'static str, &'static [u8]>,
     expiry: Table<'t, (u64, u128), ()>,
     idempotency_expiry: Table<'t, (u64, &'static str), ()>,
+    /// Something was written (an idle claim writes nothing, and its transaction is not committed:
+    /// no fsync per idle poll).
+    dirty: bool,
 }
 
 macro_rules! store_error {
@@ -209,30 +214,22 @@ impl EmbeddedQueue {
     /// Opens (or creates) the store at `path`, creating its directory. Fails when another process
     /// has it open: the embedded backend serves one gateway; several share Redis instead.
     pub fn open(path: &Path, queue: &QueueConfig) -> Result<Self, QueueError> {
-        let failed = |reason: String| QueueError::Open { path: path.to_path_buf(), reason };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => failed(
-                "another process has it open (the embedded backend serves one gateway; several gateways share \
-                 Redis: set [queue] backend = \"redis\")"
-                    .to_string(),
-            ),
-            e => failed(e.to_string()),
-        })?;
+        let file = Arc::new(StoreFile::open(path)?);
         let retention_ms = u64::try_from(queue.retention.as_millis()).unwrap_or(u64::MAX).max(1000);
         // Create every table now, so readers never meet a missing one.
+        let db = file.get()?;
         let txn = db.begin_write()?;
         drop(Tables::open(&txn)?);
         txn.commit()?;
-        let db = Arc::new(db);
-        let for_writer = db.clone();
+        drop(db);
+        let write_failed = Arc::new(AtomicBool::new(false));
+        let (for_writer, failed) = (file.clone(), write_failed.clone());
         let writer = Batcher::spawn(BATCH, move |batch| {
-            let db = for_writer.clone();
+            let (file, failed) = (for_writer.clone(), failed.clone());
             async move {
                 let n = batch.len();
-                match tokio::task::spawn_blocking(move || write_batch(&db, batch, retention_ms)).await {
+                let write = move || write_batch(&file, &failed, batch, retention_ms);
+                match tokio::task::spawn_blocking(write).await {
                     Ok(results) => results,
                     Err(e) => {
                         let e = Arc::new(QueueError::Corrupt(format!("the embedded store's writer failed: {e}")));
@@ -241,14 +238,14 @@ impl EmbeddedQueue {
                 }
             }
         });
-        let inner = Arc::new(Inner { db, path: path.to_path_buf(), writer });
+        let inner = Arc::new(Inner { file, writer, write_failed });
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
     /// The store's file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.inner.file.path()
     }
 
     async fn write(&self, op: Op) -> Result<Outcome, QueueError> {
@@ -264,9 +261,9 @@ impl EmbeddedQueue {
         &self,
         read: impl FnOnce(&redb::ReadTransaction) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
-        let db = self.inner.db.clone();
+        let file = self.inner.file.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read()?;
+            let txn = file.get()?.begin_read()?;
             read(&txn)
         })
         .await
@@ -305,6 +302,9 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
+        if self.inner.write_failed.load(Ordering::Relaxed) {
+            return Err(QueueError::Unwritable(self.path().to_path_buf()));
+        }
         self.read(|txn| {
             txn.open_table(DUE)?;
             Ok(())
@@ -590,19 +590,44 @@ fn count_paused(table: &impl ReadableTable<(&'static str, u64, u128), ()>, name:
 
 /// Applies a batch of write requests in one transaction and commits it. When one request fails
 /// (bad data), the transaction is dropped and each request runs in a transaction of its own, so
-/// one bad record cannot fail the others.
-fn write_batch(db: &Database, batch: Vec<Op>, retention_ms: u64) -> Vec<Shared<Outcome>> {
-    match apply_all(db, &batch, retention_ms) {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(e) if batch.len() == 1 => vec![Err(Arc::new(e))],
+/// one bad record cannot fail the others. After an I/O error the whole batch fails (unavailable:
+/// 503 at ingest, the lease runs out for a settlement) and the database is reopened for the next.
+fn write_batch(file: &StoreFile, failed: &AtomicBool, batch: Vec<Op>, retention_ms: u64) -> Vec<Shared<Outcome>> {
+    let mut committed = false;
+    let results: Vec<Shared<Outcome>> = match apply_all(file, &batch, retention_ms) {
+        Ok((outcomes, wrote)) => {
+            committed = wrote;
+            outcomes.into_iter().map(Ok).collect()
+        }
+        Err(e) if batch.len() == 1 || e.is_unavailable() => {
+            let e = Arc::new(e);
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
         Err(_) => batch
             .iter()
-            .map(|op| apply_all(db, std::slice::from_ref(op), retention_ms).map_err(Arc::new).map(|mut o| o.remove(0)))
+            .map(|op| {
+                let (mut outcome, wrote) = apply_all(file, std::slice::from_ref(op), retention_ms).map_err(Arc::new)?;
+                committed |= wrote;
+                Ok(outcome.remove(0))
+            })
             .collect(),
+    };
+    let io_failed = results.iter().any(|r| r.as_ref().is_err_and(|e| e.is_unavailable()));
+    if io_failed {
+        if !failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(path = %file.path().display(),
+                "The embedded store could not write (disk full or failing?): events are refused with 503 until a write succeeds again.");
+        }
+        file.discard();
+    } else if committed && failed.swap(false, Ordering::Relaxed) {
+        tracing::info!(path = %file.path().display(), "The embedded store writes again.");
     }
+    results
 }
 
-fn apply_all(db: &Database, batch: &[Op], retention_ms: u64) -> Result<Vec<Outcome>, QueueError> {
+/// Applies `batch` in one transaction; also says whether it was committed (false: nothing to write).
+fn apply_all(file: &StoreFile, batch: &[Op], retention_ms: u64) -> Result<(Vec<Outcome>, bool), QueueError> {
+    let db = file.get()?;
     let txn = db.begin_write()?;
     let mut tables = Tables::open(&txn)?;
     let now = unix_millis();
@@ -610,9 +635,14 @@ fn apply_all(db: &Database, batch: &[Op], retention_ms: u64) -> Result<Vec<Outco
     for op in batch {
         outcomes.push(tables.apply(op, now, retention_ms)?);
     }
+    let dirty = tables.dirty;
     drop(tables);
-    txn.commit()?;
-    Ok(outcomes)
+    if dirty {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok((outcomes, dirty))
 }
 
 impl<'t> Tables<'t> {
@@ -629,10 +659,14 @@ impl<'t> Tables<'t> {
             idempotency: txn.open_table(IDEMPOTENCY)?,
             expiry: txn.open_table(EXPIRY)?,
             idempotency_expiry: txn.open_table(IDEMPOTENCY_EXPIRY)?,
+            dirty: false,
         })
     }
 
     fn apply(&mut self, op: &Op, now: u64, retention_ms: u64) -> Result<Outcome, QueueError> {
+        if !matches!(op, Op::Claim { .. }) {
+            self.dirty = true;
+        }
         Ok(match op {
             Op::Enqueue { event, deliveries } => {
                 self.enqueue(event, deliveries, now, retention_ms)?;
@@ -745,6 +779,7 @@ impl<'t> Tables<'t> {
         for entry in self.due.range(..=(now, u128::MAX))?.take(limit) {
             keys.push(entry?.0.value());
         }
+        self.dirty |= !keys.is_empty();
         let lease_until = now.saturating_add(lease_ms);
         let mut deliveries = Vec::with_capacity(keys.len());
         for (i, (score, id)) in keys.into_iter().enumerate() {

@@ -8,6 +8,7 @@
 //!   gateways share it.
 //! - [`embedded`]: the embedded backend (one redb file on local disk) for a single node.
 //! - [`store`]: [`Store`], the backend the configuration picks.
+//! - [`store_file`]: the embedded store's file, reopened after a failed write.
 //! - [`batcher`]: group commit of concurrent requests into one round trip (or one transaction).
 //!
 //! The types below are the hand-offs between ingest, the queue and the delivery worker.
@@ -16,6 +17,7 @@ pub mod batcher;
 pub mod embedded;
 pub mod redis;
 pub mod store;
+pub mod store_file;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +60,9 @@ pub enum QueueError {
     /// Data in Redis does not have the expected shape.
     #[error("queue data is corrupt: {0}")]
     Corrupt(String),
+    /// The embedded store's last write failed (a full or failing disk); the next write retries.
+    #[error("the embedded store {0} could not write (disk full or failing?); the next write tries again")]
+    Unwritable(std::path::PathBuf),
     /// An error that failed a whole batch, shared by each request in it.
     #[error("{0}")]
     Shared(Arc<QueueError>),
@@ -84,7 +89,12 @@ impl QueueError {
             QueueError::Redis(e) => {
                 e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
             }
-            QueueError::Embedded(e) => matches!(e, redb::Error::Io(_)),
+            // An I/O error, or redb refusing until the database is reopened after one.
+            QueueError::Embedded(e) => {
+                matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+            }
+            // At run time: the store could not be reopened after a failed write.
+            QueueError::Open { .. } | QueueError::Unwritable(_) => true,
             QueueError::Shared(e) => e.is_unavailable(),
             QueueError::Stopped => true,
             _ => false,
