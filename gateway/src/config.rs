@@ -408,6 +408,20 @@ impl Default for ServerConfig {
     }
 }
 
+impl RedisConfig {
+    /// The URL with its password (if any) masked, for messages.
+    pub fn url_for_display(&self) -> String {
+        match Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "(unparsable URL)".to_string(),
+        }
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {

@@ -154,8 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let loaded = sluice::config::load(Some(&config))?;
             sluice::check(&loaded)?;
+            let queue = match loaded.backend() {
+                sluice::config::Backend::Embedded => format!("embedded store {}", loaded.queue.path().display()),
+                sluice::config::Backend::Redis => format!("redis {}", loaded.redis_settings().url_for_display()),
+            };
             println!(
-                "{}: OK ({} endpoints, {} routes, {} plugins loaded)",
+                "{}: OK ({} endpoints, {} routes, {} plugins loaded; queue: {queue})",
                 config.display(),
                 loaded.endpoints.len(),
                 loaded.routes.len(),

@@ -300,3 +300,20 @@ async fn json_logs_carry_delivery_ids_and_never_a_secret() {
         assert!(line["event_id"].is_string() && line["endpoint"] == "orders", "delivery line without ids: {line}");
     }
 }
+
+#[test]
+fn sluice_check_names_the_queue_and_masks_a_redis_password() {
+    let dir = Scratch::new("check-queue");
+    let config = dir.path().join("sluice.toml");
+    let toml =
+        "[redis]\nurl = \"redis://:s3cret-pass@127.0.0.1:6379/\"\n[security]\nallow_unauthenticated_sources = true\n"
+            .to_string()
+            + &endpoint_toml("orders", "https://example.com/hook", "")
+            + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("queue: redis redis://:***@127.0.0.1:6379/"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+}
