@@ -134,6 +134,8 @@ pub struct QueueConfig {
     /// Default `$XDG_DATA_HOME/sluice/queue.redb`, else `$HOME/.local/share/sluice/queue.redb`, else
     /// `sluice-data/queue.redb` in the working directory.
     pub path: Option<PathBuf>,
+    /// Embedded backend: most memory the store's page cache may use, in MiB. Default 128.
+    pub cache_mb: usize,
     /// Number of shards (sorted sets with distinct hash tags). Fixed once data exists. One is fastest
     /// on a single Redis; more spread the load over a Redis Cluster. Default 1.
     pub shards: u32,
@@ -437,6 +439,7 @@ impl Default for QueueConfig {
         Self {
             backend: None,
             path: None,
+            cache_mb: 128,
             shards: 1,
             lease: Duration::from_secs(60),
             batch: 128,
@@ -560,6 +563,9 @@ impl Config {
                          table (leave shards at 1, or set queue.backend = \"redis\")"
                             .to_string(),
                     );
+                }
+                if self.queue.cache_mb == 0 || self.queue.cache_mb > 65_536 {
+                    problems.push("queue.cache_mb: must be between 1 and 65536".to_string());
                 }
                 if self.queue.path.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.is_dir()) {
                     problems.push("queue.path: must name a file (the embedded store), not a directory".to_string());

@@ -214,7 +214,7 @@ impl EmbeddedQueue {
     /// Opens (or creates) the store at `path`, creating its directory. Fails when another process
     /// has it open: the embedded backend serves one gateway; several share Redis instead.
     pub fn open(path: &Path, queue: &QueueConfig) -> Result<Self, QueueError> {
-        let file = Arc::new(StoreFile::open(path)?);
+        let file = Arc::new(StoreFile::open(path, queue.cache_mb.saturating_mul(1 << 20))?);
         let retention_ms = u64::try_from(queue.retention.as_millis()).unwrap_or(u64::MAX).max(1000);
         // Create every table now, so readers never meet a missing one.
         let db = file.get()?;

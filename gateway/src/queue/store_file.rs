@@ -15,18 +15,20 @@ use super::QueueError;
 /// The open store, or the means to open it again.
 pub struct StoreFile {
     path: PathBuf,
+    cache_bytes: usize,
     db: RwLock<Option<Arc<Database>>>,
 }
 
 impl StoreFile {
-    /// Opens (or creates) the store at `path`, creating its directory.
-    pub fn open(path: &Path) -> Result<Self, QueueError> {
+    /// Opens (or creates) the store at `path`, creating its directory; its page cache may grow to
+    /// `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, QueueError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_error(path, format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = create(path)?;
-        Ok(Self { path: path.to_path_buf(), db: RwLock::new(Some(Arc::new(db))) })
+        let db = create(path, cache_bytes)?;
+        Ok(Self { path: path.to_path_buf(), cache_bytes, db: RwLock::new(Some(Arc::new(db))) })
     }
 
     /// The file.
@@ -44,7 +46,7 @@ impl StoreFile {
             return Ok(db.clone());
         }
         // Fails while a reader still holds the old handle (its file lock); the next call retries.
-        let db = Arc::new(create(&self.path)?);
+        let db = Arc::new(create(&self.path, self.cache_bytes)?);
         tracing::debug!(path = %self.path.display(), "Embedded store reopened after a failed write.");
         *slot = Some(db.clone());
         Ok(db)
@@ -60,8 +62,8 @@ fn open_error(path: &Path, reason: String) -> QueueError {
     QueueError::Open { path: path.to_path_buf(), reason }
 }
 
-fn create(path: &Path) -> Result<Database, QueueError> {
-    Database::create(path).map_err(|e| match e {
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, QueueError> {
+    Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => open_error(
             path,
             "another process has it open (the embedded backend serves one gateway; several gateways share \
