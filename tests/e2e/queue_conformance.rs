@@ -154,16 +154,16 @@ async fn claimed_settles(store: &Store, claimed: &Claimed, record: Option<&Attem
 
 async fn claims_in_order_of_next_attempt(kind: Kind) {
     let s = open(kind, "").await;
-    let (_, later) = enqueue(&s.store, &[("a", Duration::from_millis(400))]).await;
-    let (_, sooner) = enqueue(&s.store, &[("a", Duration::from_millis(200))]).await;
+    let (_, later) = enqueue(&s.store, &[("a", Duration::from_millis(2000))]).await;
+    let (_, sooner) = enqueue(&s.store, &[("a", Duration::from_millis(1000))]).await;
     let (_, now) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
     let (_, tomorrow) = enqueue(&s.store, &[("a", Duration::from_secs(86_400))]).await;
 
     let (first, next) = claim(&s.store, 10, LEASE).await;
     assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), now, "only the due delivery is claimed");
-    assert!(next.is_some_and(|n| n <= Duration::from_millis(200)), "next due within the shortest delay: {next:?}");
+    assert!(next.is_some_and(|n| n <= Duration::from_millis(1000)), "next due within the shortest delay: {next:?}");
 
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (rest, next) = claim(&s.store, 10, LEASE).await;
     let order: Vec<Ulid> = rest.iter().map(|c| c.id).collect();
     assert_eq!(order, [sooner[0], later[0]], "earliest next attempt first");
@@ -177,7 +177,7 @@ async fn claims_in_order_of_next_attempt(kind: Kind) {
 async fn a_lease_hides_a_delivery_until_it_runs_out(kind: Kind) {
     let s = open(kind, "").await;
     let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
-    let lease = Duration::from_secs(1);
+    let lease = Duration::from_secs(2);
     let (first, next) = claim(&s.store, 10, lease).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].attempt, 1);
