@@ -1,13 +1,17 @@
-//! Several gateways on one Redis: every delivery is made, none twice.
+//! Several gateways on one Redis: every delivery is made, none twice — in one test process, and as
+//! separate `sluice` processes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
 
+const EVENTS: usize = 1000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
-    const EVENTS: usize = 1000;
     let redis = RedisServer::start().await;
     let receiver = Receiver::start().await;
     let toml = base_toml(&redis)
@@ -17,6 +21,15 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     let second = start_gateway(&toml).await;
     let addrs = [first.addr(), second.addr()];
 
+    let expected = produce(addrs).await;
+    assert_each_delivered_once(&redis, &receiver, &expected).await;
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// Posts EVENTS events, alternating between the two gateways, from 8 producers; returns the
+/// delivery ids.
+async fn produce(addrs: [SocketAddr; 2]) -> Vec<String> {
     let mut expected = Vec::with_capacity(EVENTS);
     let mut producers = tokio::task::JoinSet::new();
     for producer in 0..8 {
@@ -34,7 +47,11 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
         expected.extend(ids.unwrap());
     }
     assert_eq!(expected.len(), EVENTS);
+    expected
+}
 
+/// Waits until the queue is empty, then checks that each delivery reached the receiver exactly once.
+async fn assert_each_delivered_once(redis: &RedisServer, receiver: &Receiver, expected: &[String]) {
     // Wait until the queue has settled everything: every shard's due set is empty.
     let mut conn = redis.connection().await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -58,10 +75,55 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    for id in &expected {
+    for id in expected {
         assert_eq!(seen.get(id), Some(&1), "{id} was not delivered");
     }
     assert_eq!(receiver.count(), EVENTS);
-    first.shutdown().await;
-    second.shutdown().await;
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event_once() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let dir = Scratch::new("scale-processes");
+    let config = dir.path().join("sluice.toml");
+    let toml = base_toml(&redis)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let mut processes = Vec::new();
+    let mut addrs = Vec::new();
+    for name in ["first", "second"] {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("SLUICE_SERVER__LISTEN", addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        processes.push(Process(child));
+        wait_listening(addr).await;
+        addrs.push(addr);
+    }
+    let expected = produce([addrs[0], addrs[1]]).await;
+    assert_each_delivered_once(&redis, &receiver, &expected).await;
+    // Both processes' workers took part.
+    drop(processes);
+    for name in ["first", "second"] {
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+        let delivered = log.lines().filter(|l| l.contains("Delivery succeeded")).count();
+        println!("scale: the {name} process delivered {delivered} of {EVENTS}");
+        assert!(delivered > 0, "the {name} process delivered nothing:\n{log}");
+    }
 }
