@@ -143,10 +143,8 @@ fn config_case(toml: &str, says: &str) {
     std::fs::write(dir.join("not-wasm.wasm"), "this is text").unwrap();
     let config = dir.join("sluice.toml");
     std::fs::write(&config, toml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "check accepted:\n{toml}");
     assert!(stderr.contains(says), "expected `{says}` in:\n{stderr}");

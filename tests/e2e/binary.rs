@@ -5,27 +5,20 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `sluice run` on a free port with the tests' base config plus `extra` (endpoint and route
 /// tables), and waits until it answers.
-async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (Running, std::net::SocketAddr) {
+async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::net::SocketAddr) {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sluice.toml");
     std::fs::write(&config, base_toml(redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")) + extra).unwrap();
-    let sluice = Running(
-        Command::new(SLUICE).args(["run", "--config", config.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap(),
+    let sluice = SluiceProcess(
+        Command::new(SLUICE_BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr).await;
@@ -85,7 +78,7 @@ endpoints = ["b"]
 "#,
     )
     .unwrap();
-    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown endpoint `b`"), "{stderr}");
@@ -93,7 +86,7 @@ endpoints = ["b"]
     // With the route fixed, plugin loading reports both broken plugins at once.
     let fixed = std::fs::read_to_string(&config).unwrap().replace("endpoints = [\"b\"]", "endpoints = [\"a\"]");
     std::fs::write(&config, fixed).unwrap();
-    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plugin `ghost` failed to load: cannot read"), "{stderr}");
@@ -109,7 +102,7 @@ fn sluice_check_accepts_the_shipped_configs() {
     let Some(_) = plugins_dir() else { return };
     for name in ["config/sluice.toml", "config/sluice-redis.toml"] {
         let config = repo_root().join(name);
-        let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+        let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
         assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
         assert!(String::from_utf8_lossy(&output.stdout).contains("OK"));
     }
@@ -130,7 +123,7 @@ fn sluice_plugin_test_prints_the_verdict_and_the_time() {
     let config = dir.join("filter.toml");
     std::fs::write(&config, "drop_types = [\"test.*\"]\n").unwrap();
     let run = |plugin: &str, config: Option<&std::path::Path>| {
-        let mut command = Command::new(SLUICE);
+        let mut command = Command::new(SLUICE_BIN);
         command.args(["plugin", "test", dist.join(plugin).to_str().unwrap(), "--event", event.to_str().unwrap()]);
         if let Some(config) = config {
             command.args(["--config", config.to_str().unwrap()]);
@@ -187,7 +180,7 @@ async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
 
 /// Runs `sluice admin … args` against `gateway`; returns (success, stdout, stderr).
 fn sluice_admin(gateway: std::net::SocketAddr, token: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
-    let output = Command::new(SLUICE)
+    let output = Command::new(SLUICE_BIN)
         .args(["admin", "--url", &format!("http://{gateway}"), "--token", token])
         .args(args)
         .output()
@@ -263,13 +256,13 @@ async fn json_logs_carry_delivery_ids_and_never_a_secret() {
     let config = dir.join("sluice.toml");
     std::fs::write(&config, toml).unwrap();
     let log = dir.join("sluice.log");
-    let child = Command::new(SLUICE)
+    let child = Command::new(SLUICE_BIN)
         .args(["--log-format", "json", "run", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "debug")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let sluice = Running(child);
+    let sluice = SluiceProcess(child);
     wait_listening(addr).await;
     let post = |source: &str, auth: (&'static str, String)| {
         client()
@@ -311,7 +304,7 @@ fn sluice_check_names_the_queue_and_masks_a_redis_password() {
             + &endpoint_toml("orders", "https://example.com/hook", "")
             + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
     std::fs::write(&config, toml).unwrap();
-    let output = Command::new(SLUICE).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("queue: redis redis://:***@127.0.0.1:6379/"), "{stdout}");

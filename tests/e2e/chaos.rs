@@ -6,49 +6,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const EVENTS: usize = 5_000;
 const PRODUCERS: usize = 8;
 /// The most time the whole run may take before the test gives up (a hang, not a speed check).
 const GIVE_UP: Duration = Duration::from_secs(300);
 
-/// A `sluice run` process whose log is appended to a file; SIGKILLed on drop.
-struct Sluice {
-    child: Child,
-}
-
-impl Sluice {
-    async fn start(config: &Path, log: &Path, addr: std::net::SocketAddr) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(SLUICE)
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let sluice = Self { child };
-        wait_listening(addr).await;
-        sluice
-    }
-
-    /// SIGKILL: no drain, no goodbye; leases held by this process have to run out.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts `sluice run` with its log appended to `log`, and waits until it answers.
+async fn start(config: &Path, log: &Path, addr: std::net::SocketAddr) -> SluiceProcess {
+    let sluice = SluiceProcess::spawn(&["run", "--config", config.to_str().unwrap()], &[], Some(log));
+    wait_listening(addr).await;
+    sluice
 }
 
 #[derive(Default)]
@@ -133,7 +106,7 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     std::fs::write(&config, chaos_toml(base_toml(&redis), addr, "", &receiver)).unwrap();
     let log = dir.join("sluice.log");
 
-    let mut sluice = Sluice::start(&config, &log, addr).await;
+    let mut sluice = start(&config, &log, addr).await;
     let counters = Arc::new(Counters::default());
     let producers = spawn_producers(addr, counters.clone(), EVENTS);
     let accepted = || counters.accepted.load(Ordering::SeqCst);
@@ -143,7 +116,7 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     wait_until("1,000 events are accepted", started, || accepted() >= 1_000).await;
     sluice.kill();
     kills += 1;
-    sluice = Sluice::start(&config, &log, addr).await;
+    sluice = start(&config, &log, addr).await;
 
     wait_until("2,000 events are accepted", started, || accepted() >= 2_000).await;
     let claim_warnings_before = count_lines(&log, "Cannot claim deliveries");
@@ -165,12 +138,12 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     let refusal_lines = count_lines(&log, "Event refused: the queue could not store it");
     sluice.kill();
     kills += 1;
-    sluice = Sluice::start(&config, &log, addr).await;
+    sluice = start(&config, &log, addr).await;
 
     wait_until("4,000 events are accepted", started, || accepted() >= 4_000).await;
     sluice.kill();
     kills += 1;
-    sluice = Sluice::start(&config, &log, addr).await;
+    sluice = start(&config, &log, addr).await;
 
     for producer in producers {
         producer.await.unwrap();
@@ -263,14 +236,14 @@ async fn nothing_is_lost_through_sigkills_on_the_embedded_store() {
     std::fs::write(&config, chaos_toml(base_toml_embedded(), addr, &queue, &receiver)).unwrap();
     let log = dir.join("sluice.log");
 
-    let mut sluice = Sluice::start(&config, &log, addr).await;
+    let mut sluice = start(&config, &log, addr).await;
     let counters = Arc::new(Counters::default());
     let producers = spawn_producers(addr, counters.clone(), TOTAL);
     let accepted = || counters.accepted.load(Ordering::SeqCst);
     for at in [1_000, 2_000] {
         wait_until(&format!("{at} events are accepted"), started, || accepted() >= at).await;
         sluice.kill();
-        sluice = Sluice::start(&config, &log, addr).await;
+        sluice = start(&config, &log, addr).await;
     }
     for producer in producers {
         producer.await.unwrap();

@@ -2,41 +2,14 @@
 //! both keep their queue in an embedded file, and what was accepted survives a SIGKILL.
 //! No redis-server is started by these tests.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::*;
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const SOURCE_TOKEN: &str = "change-me-source-token";
-
-/// A `sluice run` process with a scratch home and data directory; SIGKILLed on drop.
-struct Sluice(Child);
-
-impl Sluice {
-    fn spawn(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
-        Self::spawn_program(SLUICE, args, env, log)
-    }
-
-    fn spawn_program(program: &str, args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut command = Command::new(program);
-        command.args(args).stdout(Stdio::null()).stderr(log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Self(command.spawn().unwrap())
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn post_with_token(addr: std::net::SocketAddr, body: &str) -> (u16, Value) {
     post_event_as(addr, "shop", body, Some(SOURCE_TOKEN)).await
@@ -72,7 +45,7 @@ async fn the_quickstart_config_runs_with_no_redis_and_keeps_events_through_a_sig
         ("HOME", dir.path().display().to_string()),
     ];
     let log = dir.path().join("sluice.log");
-    let sluice = Sluice::spawn(&args, &env, &log);
+    let sluice = SluiceProcess::spawn(&args, &env, Some(&log));
     wait_listening(addr).await;
     let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
@@ -93,7 +66,7 @@ async fn the_quickstart_config_runs_with_no_redis_and_keeps_events_through_a_sig
 
     // SIGKILL, then start again on the same file: the event and its deliveries are still there.
     drop(sluice);
-    let _sluice = Sluice::spawn(&args, &env, &log);
+    let _sluice = SluiceProcess::spawn(&args, &env, Some(&log));
     wait_listening(addr).await;
     let event = accepted["id"].as_str().unwrap();
     let (status, stored) = admin_get(addr, &format!("/v1/events/{event}")).await;
@@ -121,7 +94,7 @@ async fn sluice_run_without_a_config_serves_on_8080_with_its_store_in_the_data_d
     let env =
         [("XDG_DATA_HOME", dir.path().join("data").display().to_string()), ("HOME", dir.path().display().to_string())];
     let log = dir.path().join("sluice.log");
-    let _sluice = Sluice::spawn(&["run"], &env, &log);
+    let _sluice = SluiceProcess::spawn(&["run"], &env, Some(&log));
     wait_listening(addr).await;
     let ready = client().get(format!("http://{addr}/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
@@ -142,10 +115,10 @@ async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
     let first_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = dir.path().join("first.log");
     let args = ["run", "--config", config.to_str().unwrap()];
-    let _first = Sluice::spawn(&args, &[("SLUICE_SERVER__LISTEN", first_addr.to_string())], &log);
+    let _first = SluiceProcess::spawn(&args, &[("SLUICE_SERVER__LISTEN", first_addr.to_string())], Some(&log));
     wait_listening(first_addr).await;
 
-    let second = Command::new(SLUICE)
+    let second = Command::new(SLUICE_BIN)
         .args(args)
         .env("SLUICE_SERVER__LISTEN", format!("127.0.0.1:{}", free_port()))
         .output()
@@ -173,7 +146,8 @@ async fn a_full_disk_is_503_with_nothing_lost_and_the_store_resumes_when_space_r
     let log = dir.path().join("sluice.log");
     let script = r#"trap "" XFSZ; ulimit -S -f 4096; exec "$0" run --config "$1""#;
     // `exec` keeps the process: the pid is the gateway's.
-    let sluice = Sluice::spawn_program("sh", &["-c", script, SLUICE, config.to_str().unwrap()], &[], &log);
+    let sluice =
+        SluiceProcess::spawn_program("sh", &["-c", script, SLUICE_BIN, config.to_str().unwrap()], &[], Some(&log));
     wait_listening(addr).await;
 
     // Big events until the store cannot take one.

@@ -32,6 +32,47 @@ pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The `sluice` binary under test.
+pub const SLUICE_BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A process of the test's own (usually `sluice`), SIGKILLed on drop.
+pub struct SluiceProcess(pub std::process::Child);
+
+impl SluiceProcess {
+    /// `sluice <args>` with `env` added, stderr appended to `log` (`None`: discarded).
+    pub fn spawn(args: &[&str], env: &[(&str, String)], log: Option<&Path>) -> Self {
+        Self::spawn_program(SLUICE_BIN, args, env, log)
+    }
+
+    /// `program <args>`, as [`SluiceProcess::spawn`].
+    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, String)], log: Option<&Path>) -> Self {
+        let stderr = match log {
+            Some(log) => {
+                std::process::Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+            }
+            None => std::process::Stdio::null(),
+        };
+        let mut command = std::process::Command::new(program);
+        command.args(args).stdout(std::process::Stdio::null()).stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(command.spawn().unwrap())
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A fresh directory of the test's own under the system's temp dir, removed on drop.
 pub struct Scratch(PathBuf);
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -81,15 +80,6 @@ async fn assert_each_delivered_once(redis: &RedisServer, receiver: &Receiver, ex
     assert_eq!(receiver.count(), EVENTS);
 }
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event_once() {
     let redis = RedisServer::start().await;
@@ -104,15 +94,9 @@ async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event
     let mut addrs = Vec::new();
     for name in ["first", "second"] {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("SLUICE_SERVER__LISTEN", addr.to_string())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        processes.push(Process(child));
+        let log = dir.path().join(format!("{name}.log"));
+        let env = [("SLUICE_SERVER__LISTEN", addr.to_string())];
+        processes.push(SluiceProcess::spawn(&["run", "--config", config.to_str().unwrap()], &env, Some(&log)));
         wait_listening(addr).await;
         addrs.push(addr);
     }
