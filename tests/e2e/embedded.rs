@@ -85,14 +85,23 @@ async fn the_quickstart_config_runs_with_no_redis_and_keeps_events_through_a_sig
 
 #[tokio::test]
 async fn sluice_run_without_a_config_serves_on_8080_with_its_store_in_the_data_directory() {
-    let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    assert!(
-        std::net::TcpListener::bind(addr).is_ok(),
-        "this test checks the built-in default address, and 127.0.0.1:8080 is taken on this machine"
-    );
+    // The built-in defaults, as the binary loads them without a file.
+    let defaults = sluice::config::load(None).unwrap();
+    assert_eq!(defaults.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(defaults.backend(), sluice::config::Backend::Embedded);
     let dir = Scratch::new("defaults");
-    let env =
-        [("XDG_DATA_HOME", dir.path().join("data").display().to_string()), ("HOME", dir.path().display().to_string())];
+    let mut env = vec![
+        ("XDG_DATA_HOME", dir.path().join("data").display().to_string()),
+        ("HOME", dir.path().display().to_string()),
+    ];
+    // Run on the default address; should something else hold it on this machine, on another port
+    // (the address is then checked through the defaults above only).
+    let mut addr: std::net::SocketAddr = defaults.server.listen;
+    if std::net::TcpListener::bind(addr).is_err() {
+        addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        println!("note: 127.0.0.1:8080 is taken on this machine; the binary runs on {addr} instead");
+        env.push(("SLUICE_SERVER__LISTEN", addr.to_string()));
+    }
     let log = dir.path().join("sluice.log");
     let _sluice = SluiceProcess::spawn(&["run"], &env, Some(&log));
     wait_listening(addr).await;
