@@ -27,7 +27,15 @@ impl StoreFile {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_error(path, format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = create(path, cache_bytes)?;
+        let db = create(path, cache_bytes).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => open_error(
+                path,
+                "another process has it open (the embedded backend serves one gateway; several gateways share \
+                 Redis: set [queue] backend = \"redis\")"
+                    .to_string(),
+            ),
+            e => open_error(path, e.to_string()),
+        })?;
         Ok(Self { path: path.to_path_buf(), cache_bytes, db: RwLock::new(Some(Arc::new(db))) })
     }
 
@@ -46,7 +54,9 @@ impl StoreFile {
             return Ok(db.clone());
         }
         // Fails while a reader still holds the old handle (its file lock); the next call retries.
-        let db = Arc::new(create(&self.path, self.cache_bytes)?);
+        let db = Arc::new(create(&self.path, self.cache_bytes).map_err(|e| {
+            open_error(&self.path, format!("reopening after a failed write: {e}; the next request tries again"))
+        })?);
         tracing::debug!(path = %self.path.display(), "Embedded store reopened after a failed write.");
         *slot = Some(db.clone());
         Ok(db)
@@ -62,14 +72,6 @@ fn open_error(path: &Path, reason: String) -> QueueError {
     QueueError::Open { path: path.to_path_buf(), reason }
 }
 
-fn create(path: &Path, cache_bytes: usize) -> Result<Database, QueueError> {
-    Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => open_error(
-            path,
-            "another process has it open (the embedded backend serves one gateway; several gateways share \
-             Redis: set [queue] backend = \"redis\")"
-                .to_string(),
-        ),
-        e => open_error(path, e.to_string()),
-    })
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
 }
