@@ -5,7 +5,7 @@
 //! The same run on the embedded backend (one redb file) takes 3,000 events through two SIGKILLs.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,19 +84,13 @@ fn count_lines(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-chaos-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     let started = Instant::now();
-    let dir = scratch_dir("redis");
+    let scratch = Scratch::new("chaos-redis");
+    let dir = scratch.path();
     let redis_port = free_port();
-    let mut redis = RedisServer::start_persistent(redis_port, &dir).await;
+    let mut redis = RedisServer::start_persistent(redis_port, dir).await;
     let receiver = Receiver::start().await;
     receiver.answer_always(Answer::Mixed { fail: 20, hang: 2, hang_for: Duration::from_secs(3) });
 
@@ -128,7 +122,7 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     wait_until("ingest answers 503", started, || counters.unavailable.load(Ordering::SeqCst) > unavailable_before)
         .await;
-    redis = RedisServer::start_persistent(redis_port, &dir).await;
+    redis = RedisServer::start_persistent(redis_port, dir).await;
     let outage = outage.elapsed();
     let accepted_during_outage = accepted();
 
@@ -175,7 +169,6 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
     );
     drop(sluice);
     drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The chaos run's config: `base` (with its queue backend) plus a short lease, an endpoint at
@@ -225,7 +218,8 @@ async fn drain(receiver: &Receiver, total: usize, started: Instant) -> String {
 async fn nothing_is_lost_through_sigkills_on_the_embedded_store() {
     const TOTAL: usize = 3_000;
     let started = Instant::now();
-    let dir = scratch_dir("embedded");
+    let scratch = Scratch::new("chaos-embedded");
+    let dir = scratch.path();
     let receiver = Receiver::start().await;
     receiver.answer_always(Answer::Mixed { fail: 20, hang: 2, hang_for: Duration::from_secs(3) });
     let port = free_port();
@@ -259,5 +253,4 @@ async fn nothing_is_lost_through_sigkills_on_the_embedded_store() {
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains("embedded store"), "the run used the embedded store");
     drop(sluice);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,9 +13,7 @@ const EVENTS: usize = 1000;
 async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     let redis = RedisServer::start().await;
     let receiver = Receiver::start().await;
-    let toml = base_toml(&redis)
-        + &endpoint_toml("orders", &receiver.url(), "")
-        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    let toml = config_toml(&redis, &receiver);
     let first = start_gateway(&toml).await;
     let second = start_gateway(&toml).await;
     let addrs = [first.addr(), second.addr()];
@@ -24,6 +22,13 @@ async fn two_gateways_on_one_redis_deliver_every_event_exactly_once() {
     assert_each_delivered_once(&redis, &receiver, &expected).await;
     first.shutdown().await;
     second.shutdown().await;
+}
+
+/// The gateways' shared config: one endpoint at `receiver`, routed from `shop`.
+fn config_toml(redis: &RedisServer, receiver: &Receiver) -> String {
+    base_toml(redis)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n"
 }
 
 /// Posts EVENTS events, alternating between the two gateways, from 8 producers; returns the
@@ -86,9 +91,7 @@ async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event
     let receiver = Receiver::start().await;
     let dir = Scratch::new("scale-processes");
     let config = dir.path().join("sluice.toml");
-    let toml = base_toml(&redis)
-        + &endpoint_toml("orders", &receiver.url(), "")
-        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    let toml = config_toml(&redis, &receiver);
     std::fs::write(&config, toml).unwrap();
     let mut processes = Vec::new();
     let mut addrs = Vec::new();
