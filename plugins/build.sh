@@ -3,7 +3,8 @@
 #
 #   Rust        wasm32-wasip2 with rustup's target when installed, else Debian's rustc-web toolchain
 #               (apt: rustc-web cargo-web rust-web-src lld-22 wasi-libc), which builds std itself.
-#   JavaScript  jco's QuickJS backend, from npm (js-*/package.json pins the versions).
+#   JavaScript  jco's QuickJS backend, from npm (js-*/package.json pins the versions); --bundle pulls in
+#               js-prelude/prelude.js (console, TextEncoder/TextDecoder).
 #   AssemblyScript  asc from npm; a core module speaking the core-module ABI (../wit/core-abi.md).
 #   Python      componentize-py from PyPI, in a venv inside the plugin's folder.
 #   C           clang-14 with wasi-libc (apt: clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32), then
@@ -47,7 +48,7 @@ build_js() {
     echo "build.sh: SKIPPED $name: npm is not installed" >&2
     return 0
   fi
-  stale "$name" "$name" "$wit" || return 0
+  stale "$name" "$name" js-prelude "$wit" || return 0
   (cd "$name" && npm install --no-audit --no-fund --loglevel=error && npm run --silent build)
 }
 
@@ -78,6 +79,7 @@ build_c() {
 build_rust
 build_c c-prefix
 build_js js-filter
+build_js js-transform
 build_js as-tagger
 build_python python-router
 ls -l dist/*.wasm

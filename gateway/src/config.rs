@@ -72,15 +72,46 @@ pub struct WasmConfig {
     /// Where compiled plugins are kept. Default `$XDG_CACHE_HOME/sluice/wasm`, else
     /// `$HOME/.cache/sluice/wasm`.
     pub cache_dir: Option<PathBuf>,
+    /// Plugin threads: every plugin call runs on one of them, never on the threads that serve HTTP
+    /// and deliveries. Default: the number of cores.
+    pub threads: Option<usize>,
+    /// Most events whose plugin work may wait for a plugin thread; past it, ingest answers `503
+    /// plugins_busy` with `retry-after` instead of queueing without limit. Default 64.
+    pub max_queued: usize,
+    /// Most bytes the host takes out of one plugin call's verdict (payloads, headers, strings and
+    /// list entries, counted as the host copies them); more fails the event with 422 before it is
+    /// copied. Default twice `server.max_body_bytes`.
+    pub max_output_bytes: Option<usize>,
+    /// Put a failing plugin's own words (its error, panic message or traceback) in the 422 the
+    /// producer gets. With `false` the producer gets the plugin's name, the kind and an `error_id`
+    /// that the gateway's log line also carries. Default true.
+    pub expose_errors: bool,
 }
 
 impl Default for WasmConfig {
     fn default() -> Self {
-        Self { cache: true, cache_dir: None }
+        Self {
+            cache: true,
+            cache_dir: None,
+            threads: None,
+            max_queued: 64,
+            max_output_bytes: None,
+            expose_errors: true,
+        }
     }
 }
 
 impl WasmConfig {
+    /// Plugin threads in use: `threads`, else the number of cores.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1)
+    }
+
+    /// `max_output_bytes`, else twice `max_body_bytes`.
+    pub fn output_limit(&self, max_body_bytes: usize) -> usize {
+        self.max_output_bytes.unwrap_or(max_body_bytes.saturating_mul(2))
+    }
+
     /// The cache directory in use, `None` when caching is off or no home directory is known.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         if !self.cache {
@@ -580,6 +611,12 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             problems.push("server.max_body_bytes: must be at least 1".to_string());
+        }
+        if matches!(self.wasm.threads, Some(n) if n == 0 || n > 1024) {
+            problems.push("wasm.threads: must be between 1 and 1024".to_string());
+        }
+        if self.wasm.max_output_bytes == Some(0) {
+            problems.push("wasm.max_output_bytes: must be at least 1".to_string());
         }
         validate_schedule("retry.schedule", &self.retry.schedule, problems);
         validate_schedule("alerts.retry_schedule", &self.alerts.retry_schedule, problems);

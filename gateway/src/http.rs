@@ -39,6 +39,8 @@ pub struct AppState {
     pub alerter: Option<crate::delivery::alert::Alerter>,
     /// Endpoint name → URL, for alerts.
     pub endpoint_urls: std::collections::HashMap<String, String>,
+    /// Whether a plugin's own error text goes into the 422 (`wasm.expose_errors`).
+    pub expose_plugin_errors: bool,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -266,19 +268,35 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
         IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
         IngestError::Header(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
         IngestError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_conflict"),
-        IngestError::Plugin(_) | IngestError::TooManyDeliveries(_) => {
+        IngestError::Plugin { .. } | IngestError::TooManyDeliveries(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed")
         }
+        IngestError::PluginsBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "plugins_busy"),
         IngestError::Queue(q) if q.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
         IngestError::Queue(_) => (StatusCode::INTERNAL_SERVER_ERROR, "queue_error"),
     };
     state.metrics.rejected(source, code);
     let mut body = json!({"error": {"code": code, "message": error.to_string()}});
     match &error {
-        IngestError::Plugin(plugin_error) => {
-            tracing::warn!(source, plugin = plugin_error.plugin(), kind = plugin_error.kind(), error = %plugin_error, "Plugin failed an event.");
+        IngestError::Plugin { event_id, error_id, error: plugin_error } => {
+            tracing::warn!(source, event_id, error_id, plugin = plugin_error.plugin(), kind = plugin_error.kind(),
+                error = %plugin_error, "Plugin failed an event.");
             body["error"]["plugin"] = json!(plugin_error.plugin());
             body["error"]["kind"] = json!(plugin_error.kind());
+            body["error"]["error_id"] = json!(error_id);
+            if !state.expose_plugin_errors {
+                body["error"]["message"] = json!(format!(
+                    "plugin `{}` failed the event ({}); the gateway's log has the details under error id {error_id}",
+                    plugin_error.plugin().unwrap_or_default(),
+                    plugin_error.kind()
+                ));
+            }
+        }
+        IngestError::PluginsBusy(e) => {
+            static BUSY: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(held_back) = BUSY.allow() {
+                tracing::warn!(source, error = %e, similar_since_last = held_back, "Event refused: plugin work is queued to its bound.");
+            }
         }
         IngestError::Queue(e) => {
             state.metrics.store_error("enqueue");

@@ -85,7 +85,10 @@ impl Gateway {
     /// and delivering.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config.validate()?;
-        let plugins = Arc::new(PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?);
+        let plugins = Arc::new(
+            PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes)
+                .map_err(StartError::Plugins)?,
+        );
         if config.routes.is_empty() {
             tracing::warn!(
                 "No routes configured: every event is refused (unknown source). Pass --config; see config/sluice.toml."
@@ -132,6 +135,7 @@ impl Gateway {
             metrics,
             alerter: alerter.clone(),
             endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
+            expose_plugin_errors: config.wasm.expose_errors,
         });
         let mut tasks = Vec::new();
         if let Some(alerter) = &alerter {
@@ -167,6 +171,6 @@ impl Gateway {
 /// Loads every plugin of `config` and reports every problem with config and plugins at once.
 pub fn check(config: &Config) -> Result<(), StartError> {
     config.validate()?;
-    PluginSet::load(&config.plugins, &config.wasm).map_err(StartError::Plugins)?;
+    PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes).map_err(StartError::Plugins)?;
     Ok(())
 }

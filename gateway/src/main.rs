@@ -122,6 +122,9 @@ enum PluginCommand {
         /// Memory cap in MiB.
         #[arg(long, default_value_t = 64)]
         max_memory_mb: u32,
+        /// Where compiled plugins are cached (default: `$XDG_CACHE_HOME/sluice/wasm`, as the gateway).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -173,7 +176,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::Test { plugin, event, config, event_type, deadline, max_memory_mb }) => {
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            event,
+            config,
+            event_type,
+            deadline,
+            max_memory_mb,
+            cache_dir,
+        }) => {
             let payload =
                 std::fs::read(&event).with_context(|| format!("failed to read the event file {}", event.display()))?;
             let config = match config {
@@ -186,7 +197,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => serde_json::json!({}),
             };
-            let trial = sluice::plugin::trial::run(&plugin, payload, event_type, config, deadline, max_memory_mb)?;
+            let settings = sluice::plugin::trial::Settings { config, event_type, deadline, max_memory_mb, cache_dir };
+            let trial = sluice::plugin::trial::run(&plugin, payload, settings)?;
             print_trial(&trial);
             Ok(if trial.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -225,6 +237,16 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
 fn print_trial(trial: &sluice::plugin::trial::Trial) {
     use sluice::plugin::Verdict;
     println!("event: type {} ({} bytes)", trial.event.event_type, trial.event.payload.len());
+    for (stream, line) in &trial.printed.lines {
+        println!("{}: {line}", stream.as_str());
+    }
+    if trial.printed.cut > 0 {
+        println!(
+            "(output over {} bytes per stream: {} bytes cut)",
+            sluice::plugin::output::MAX_CAPTURE,
+            trial.printed.cut
+        );
+    }
     match &trial.outcome {
         Ok(Verdict::Drop(reason)) => println!("verdict: dropped: {reason}"),
         Ok(Verdict::Pass(event)) => {

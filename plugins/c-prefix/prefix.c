@@ -1,6 +1,10 @@
 // A Sluice plugin in C: passes events whose type starts with `allow_prefix` (from the plugin's
 // config, e.g. {"allow_prefix": "order"}), adding an `x-checked-by: c` header, and drops the rest.
 //
+// It prints why it drops an event with printf (stdout, which the gateway logs with the plugin's name
+// and the event id), and an `allow_prefix` longer than 200 bytes makes it print to stderr and abort():
+// the gateway answers 422 with what it wrote.
+//
 // Ownership (wit-bindgen's C convention): the callee owns its arguments, so `event` and `config`
 // are freed here unless handed back; what is returned is freed by the generated post-return code.
 #include <stdio.h>
@@ -39,11 +43,17 @@ bool exports_plugin_handle(plugin_event_t *event, plugin_string_t *config, plugi
     plugin_event_free(event);
     return false;
   }
+  if (prefix_len > 200) {
+    fprintf(stderr, "c-prefix: allow_prefix is %zu bytes long; at most 200 are supported\n", prefix_len);
+    abort();
+  }
   plugin_string_t *type = &event->event_type;
   if (type->len < prefix_len || memcmp(type->ptr, prefix, prefix_len) != 0) {
     char reason[512];
     snprintf(reason, sizeof reason, "type %.*s does not start with %.*s", (int)type->len, (const char *)type->ptr,
              (int)prefix_len, (const char *)prefix);
+    printf("c-prefix drops %.*s\n", (int)type->len, (const char *)type->ptr);
+    fflush(stdout);  // stdout is not a terminal, so libc buffers it: flush to see the line now
     ret->tag = SLUICE_PLUGIN_TYPES_VERDICT_DROP;
     plugin_string_dup(&ret->val.drop, reason);
     plugin_string_free(config);

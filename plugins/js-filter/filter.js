@@ -1,19 +1,11 @@
 // A Sluice filter plugin in JavaScript: drops events whose type matches one of `drop_types` (`*`
 // wildcards) or whose JSON payload lacks a field listed in `require_fields`; passes the rest, adding
-// an `x-filtered-by: js` header.
+// an `x-filtered-by: js` header. It says why it drops an event with `console.log`.
 //
 // WIT mapping: records are objects with camelCase fields, variants are `{ tag, val }`, and
-// `result<verdict, string>` is "return the verdict" or "throw a string".
-import { log } from 'sluice:plugin/host@0.1.0';
-
-// QuickJS has no TextDecoder: decode UTF-8 by hand.
-function utf8(bytes) {
-  let text = '';
-  for (let i = 0; i < bytes.length; i += 1) {
-    text += `%${bytes[i].toString(16).padStart(2, '0')}`;
-  }
-  return decodeURIComponent(text);
-}
+// `result<verdict, string>` is "return the verdict" or "throw a string" (any other exception fails
+// the event too, with its message). `prelude.js` gives QuickJS `console` and `TextDecoder`.
+import '../js-prelude/prelude.js';
 
 function glob(pattern, text) {
   const escaped = pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&'));
@@ -24,6 +16,7 @@ export function handle(event, config) {
   const settings = JSON.parse(config);
   for (const pattern of settings.drop_types ?? []) {
     if (glob(pattern, event.eventType)) {
+      console.log(`js-filter drops ${event.eventType}: it matches ${pattern}`);
       return { tag: 'drop', val: `type ${event.eventType} matches ${pattern}` };
     }
   }
@@ -31,13 +24,13 @@ export function handle(event, config) {
   if (required.length > 0) {
     let payload;
     try {
-      payload = JSON.parse(utf8(event.payload));
+      payload = JSON.parse(new TextDecoder().decode(event.payload));
     } catch (e) {
       throw `payload is not JSON: ${e}`;
     }
     const missing = required.find((field) => !(field in payload));
     if (missing !== undefined) {
-      log('debug', `dropping: no field ${missing}`);
+      console.debug(`dropping: no field ${missing}`);
       return { tag: 'drop', val: `missing field ${missing}` };
     }
   }

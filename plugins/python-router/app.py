@@ -1,8 +1,10 @@
 """A Sluice routing plugin in Python: picks endpoints by the value of one payload field.
 
 Config: {"field": "region", "table": {"eu": ["a", "b"]}, "default": ["a"]}. Each delivery carries an
-`x-routed-by: python` header. With no match and no default, the event is dropped. Errors are raised
-as `componentize_py_types.Err("message")`, which fails the event with HTTP 422.
+`x-routed-by: python` header. With no match and no default, the event is dropped (and `print` says
+so: the gateway logs it with the plugin's name and the event id). Errors are raised as
+`componentize_py_types.Err("message")`, which fails the event with HTTP 422; any other exception
+fails it too, and the 422 carries the traceback's last line.
 """
 
 import json
@@ -26,6 +28,7 @@ class WitWorld(wit_world.WitWorld):
         key = value if isinstance(value, str) else json.dumps(value)
         targets = settings.get("table", {}).get(key) or settings.get("default") or []
         if not targets:
+            print(f"python-router drops {event.event_type}: nothing routes {field}={key}")
             return types.Verdict_Drop(f"no route for {field}={key}")
         host.log(host.Level.DEBUG, f"{field}={key} routes to {len(targets)} endpoints")
         return types.Verdict_Route(

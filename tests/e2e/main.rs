@@ -11,6 +11,7 @@ mod embedded;
 mod harness;
 mod observability;
 mod openapi;
+mod plugin_host;
 mod plugins;
 mod protection;
 mod queue_conformance;

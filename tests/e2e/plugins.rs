@@ -399,7 +399,7 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
             grant_clock: false,
             startup_deadline: std::time::Duration::from_secs(1),
         };
-        sluice::plugin::PluginSet::load(&[plugin], &Default::default())
+        sluice::plugin::PluginSet::load(&[plugin], &Default::default(), 1 << 20)
     };
     let error = load(&greedy).err().unwrap()[0].to_string();
     assert!(error.contains("imports more than the core ABI allows"), "{error}");

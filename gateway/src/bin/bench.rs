@@ -9,7 +9,9 @@
 //!    events/s delivered end to end (first POST → last delivery received) and ingest latency;
 //! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
 //! 3. the peak again with chains of 0 and 3 plugins;
-//! 4. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
+//! 4. noisy neighbour: ingest latency of a route without plugins, idle and while 8 producers drive
+//!    a route whose plugin loops to its 100 ms deadline;
+//! 5. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
 //! [--backend redis|embedded]`
@@ -77,8 +79,13 @@ fn free_port() -> anyhow::Result<u16> {
 
 async fn start_redis() -> anyhow::Result<(Redis, String)> {
     let port = free_port()?;
+    // Its own working directory, so nothing Redis writes lands in the source tree.
+    let dir = std::env::temp_dir().join(format!("sluice-bench-redis-{port}"));
+    std::fs::create_dir_all(&dir)?;
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
         .stdout(Stdio::null())
         .spawn()
         .context("failed to start redis-server (apt-get install redis-server)")?;
@@ -297,6 +304,90 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow:
     Ok(())
 }
 
+/// Ingest latency of a route without plugins, idle and while 8 producers drive a route whose
+/// plugin loops to its 100 ms deadline.
+async fn noisy_neighbour() -> anyhow::Result<()> {
+    let (_redis, url) = start_redis().await?;
+    let receiver = start_receiver(Arc::default(), Arc::new(AtomicUsize::new(usize::MAX)), Arc::default()).await?;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[redis]
+url = "{url}"
+[security]
+allow_private_destinations = true
+allow_unauthenticated_sources = true
+[[endpoints]]
+name = "receiver"
+url = "http://{receiver}/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+[[plugins]]
+name = "looper"
+path = "{}"
+config = {{ mode = "loop" }}
+deadline = "100ms"
+[[routes]]
+source = "bench"
+endpoints = ["receiver"]
+[[routes]]
+source = "slow"
+plugins = ["looper"]
+endpoints = ["receiver"]
+"#,
+        plugin_path("rust-chaos").display()
+    );
+    let gateway = sluice::Gateway::start(sluice::config::from_toml(&toml)?).await?;
+    let addr = gateway.addr();
+    // 1,000 events/s offered by 8 producers for 3 s: well under the peak, so latency is the gateway's.
+    let (events, producers, pace) = (3000, 8, Duration::from_millis(8));
+    let idle = produce(addr, events, producers, Some(pace)).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noisy: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().no_proxy().build()?;
+                let mut calls = 0_u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let response = client
+                        .post(format!("http://{addr}/v1/events/slow"))
+                        .header("content-type", "application/json")
+                        .body(r#"{"event":"order_created"}"#)
+                        .send()
+                        .await?;
+                    let _ = response.bytes().await?;
+                    calls += 1;
+                }
+                anyhow::Ok(calls)
+            })
+        })
+        .collect();
+    // Let the looping calls fill the plugin threads first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded = produce(addr, events, producers, Some(pace)).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut slow_calls = 0;
+    for task in noisy {
+        slow_calls += task.await??;
+    }
+    println!("noisy neighbour (route without plugins, {producers} producers at ~1,000 events/s):");
+    for (label, latencies) in [("idle", &idle), ("beside 8 looping", &loaded)] {
+        println!(
+            "  {label:<16} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            ms(percentile(latencies, 0.5)),
+            ms(percentile(latencies, 0.99)),
+            ms(latencies.last().copied().unwrap_or_default())
+        );
+    }
+    println!(
+        "  p50 ratio        {:.2}x  ({slow_calls} plugin calls ran to their deadline meanwhile)",
+        ms(percentile(&loaded, 0.5)) / ms(percentile(&idle, 0.5)).max(1e-9)
+    );
+    gateway.shutdown().await;
+    Ok(())
+}
+
 fn plugin_calls() -> anyhow::Result<()> {
     for (mode, reuse) in [("warm instance (max_calls_per_instance = 1000)", 1000), ("fresh instance per call", 1)] {
         println!("plugin calls, {mode}:");
@@ -312,6 +403,7 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
         ("rust-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
         ("c-prefix", r#"{"allow_prefix":"order"}"#),
         ("js-filter", r#"{"drop_types":["test.*"]}"#),
+        ("js-transform", r#"{"set":{"version":2},"remove":["currency"]}"#),
         ("as-tagger", r#"{"tag":"billing","drop_type":"test.ping"}"#),
         ("python-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
     ] {
@@ -330,7 +422,7 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
             grant_clock: false,
             startup_deadline: Duration::from_secs(1),
         };
-        let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default())
+        let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default(), 1 << 20)
             .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
         let event = sluice::plugin::PluginEvent {
             id: "evt_bench".into(),
@@ -382,6 +474,9 @@ fn main() -> anyhow::Result<()> {
     let chains: &[usize] = if options.plugin && built { &[1, 0, 3] } else { &[0] };
     for (i, chain) in chains.iter().enumerate() {
         runtime.block_on(end_to_end(&options, *chain, i == 0))?;
+    }
+    if plugin_path("rust-chaos").exists() {
+        runtime.block_on(noisy_neighbour())?;
     }
     plugin_calls()
 }

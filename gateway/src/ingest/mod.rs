@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use service::Ingest;
 
-use crate::plugin::PluginError;
+use crate::plugin::{PluginError, PluginEvent, PoolError};
 use crate::queue::QueueError;
 
 /// Why an event was not accepted. Each variant maps to one HTTP status (see `http.rs`).
@@ -46,9 +46,20 @@ pub enum IngestError {
     /// The body could not be read (400).
     #[error("could not read the request body: {0}")]
     Body(String),
-    /// A plugin failed the event (422).
+    /// A plugin failed the event (422). `error_id` names this failure in the producer's answer
+    /// and in the gateway's log line.
+    #[error("{error}")]
+    Plugin {
+        /// The event's id (the event was not stored).
+        event_id: String,
+        /// This failure's id, `err_…`.
+        error_id: String,
+        /// What went wrong.
+        error: PluginError,
+    },
+    /// Plugin work is queued to its bound (`wasm.max_queued`), or the plugin threads are gone (503).
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    PluginsBusy(#[from] PoolError),
     /// The event fans out to more deliveries than one event may have (422).
     #[error("the event fans out to {0} deliveries; at most {max} are allowed", max = crate::id::MAX_DELIVERIES_PER_EVENT)]
     TooManyDeliveries(usize),
@@ -61,6 +72,13 @@ pub enum IngestError {
     /// The queue could not store the event (503 when unreachable, else 500). Nothing was accepted.
     #[error("the queue could not store the event: {0}")]
     Queue(#[from] QueueError),
+}
+
+impl IngestError {
+    /// A plugin failure of `event`, with a fresh error id.
+    pub fn plugin(event: &PluginEvent, error: PluginError) -> Self {
+        IngestError::Plugin { event_id: event.id.clone(), error_id: format!("err_{}", ulid::Ulid::new()), error }
+    }
 }
 
 /// The body of a 202 answer, and whether it repeats an earlier answer for the same idempotency key.

@@ -2,14 +2,37 @@
 //! verdicts become deliveries. Identical deliveries (same endpoint, body and headers) that several
 //! routes produce are sent once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Dropped;
 use crate::plugin::{run_chain, ChainVerdict, PluginError, PluginEvent, PluginSet};
 use crate::route::RouteTable;
+
+/// What planning needs, shared (behind an `Arc`) so plugin threads can plan while ingest awaits.
+pub struct Routing {
+    /// The route table.
+    pub routes: RouteTable,
+    /// The plugins.
+    pub plugins: Arc<PluginSet>,
+    /// Endpoint name → delay before its first attempt.
+    pub endpoints: HashMap<Arc<str>, Duration>,
+}
+
+impl Routing {
+    /// Whether any route that takes this event runs a plugin (then planning belongs on a plugin thread).
+    pub fn runs_plugins(&self, source: &str, event_type: &str) -> bool {
+        self.routes.matching(source, event_type).any(|r| !r.plugins.is_empty())
+    }
+
+    /// [`plan`] against these routes, plugins and endpoints.
+    pub fn plan(&self, event: &PluginEvent) -> Result<Plan, PluginError> {
+        plan(&self.routes, &self.plugins, event, |name| self.endpoints.get_key_value(name).map(|(k, _)| k.clone()))
+    }
+}
 
 /// One delivery to create.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

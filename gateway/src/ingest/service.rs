@@ -1,7 +1,6 @@
 //! The ingest step as a value: given a source, headers and a body, accept the event (stored in the
 //! queue) or say why not. The HTTP layer only reads the request and maps the result to a response.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use hyper::HeaderMap;
 use tokio::sync::Notify;
 
 use super::auth::SourceAuth;
-use super::plan::plan;
+use super::plan::{Plan, Routing};
 use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
@@ -20,12 +19,9 @@ use crate::route::RouteTable;
 
 /// Everything ingest needs, shared by all connections.
 pub struct Ingest {
-    routes: RouteTable,
+    routing: Arc<Routing>,
     auth: SourceAuth,
-    plugins: Arc<PluginSet>,
     queue: Store,
-    /// Endpoint name → delay before its first attempt.
-    endpoints: HashMap<Arc<str>, Duration>,
     max_body_bytes: usize,
     idempotency_window: Duration,
     wake_worker: Arc<Notify>,
@@ -46,11 +42,9 @@ impl Ingest {
             })
             .collect();
         Self {
-            routes: RouteTable::new(config),
+            routing: Arc::new(Routing { routes: RouteTable::new(config), plugins, endpoints }),
             auth: SourceAuth::new(config),
-            plugins,
             queue,
-            endpoints,
             max_body_bytes: config.server.max_body_bytes,
             idempotency_window: config.server.idempotency_window,
             wake_worker,
@@ -64,7 +58,7 @@ impl Ingest {
 
     /// Checks the parts of a request that need no body, so a bad request is refused before it is read.
     pub fn precheck(&self, source: &str, headers: &HeaderMap) -> Result<(), IngestError> {
-        if !self.routes.knows_source(source) {
+        if !self.routing.routes.knows_source(source) {
             return Err(IngestError::UnknownSource(source.chars().take(100).collect()));
         }
         self.auth.check_headers(source, headers)?;
@@ -144,9 +138,7 @@ impl Ingest {
             headers: kept,
             payload: body.to_vec(),
         };
-        let plan = plan(&self.routes, &self.plugins, &event, |name| {
-            self.endpoints.get_key_value(name).map(|(k, _)| k.clone())
-        })?;
+        let (event, plan) = self.plan(event).await?;
         if plan.deliveries.len() > id::MAX_DELIVERIES_PER_EVENT {
             return Err(IngestError::TooManyDeliveries(plan.deliveries.len()));
         }
@@ -156,7 +148,7 @@ impl Ingest {
             .enumerate()
             .map(|(i, planned)| NewDelivery {
                 id: id::delivery_of(event_id, i + 1),
-                delay: self.endpoints.get(&planned.endpoint).copied().unwrap_or_default(),
+                delay: self.routing.endpoints.get(&planned.endpoint).copied().unwrap_or_default(),
                 endpoint: planned.endpoint,
                 payload: planned.payload,
                 headers: planned.headers,
@@ -183,6 +175,29 @@ impl Ingest {
                 .collect(),
             dropped: plan.dropped,
         })
+    }
+}
+
+impl Ingest {
+    /// Runs the event's routes. Plugin work goes to a plugin thread (never this async thread);
+    /// routes without plugins are planned right here.
+    async fn plan(&self, event: PluginEvent) -> Result<(PluginEvent, Plan), IngestError> {
+        if !self.routing.runs_plugins(&event.source, &event.event_type) {
+            let plan = self.routing.plan(&event).map_err(|e| IngestError::plugin(&event, e))?;
+            return Ok((event, plan));
+        }
+        let routing = self.routing.clone();
+        let (event, plan) = self
+            .routing
+            .plugins
+            .pool()
+            .run(move || {
+                let plan = routing.plan(&event);
+                (event, plan)
+            })
+            .await?;
+        let plan = plan.map_err(|e| IngestError::plugin(&event, e))?;
+        Ok((event, plan))
     }
 }
 

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use wasmtime::{AsContextMut, Caller, Instance, Linker, Memory, Store, TypedFunc};
 
-use super::engine::HostState;
+use super::host::{HostState, LogLevel};
 use super::{PluginEvent, RoutedDelivery, Verdict};
 
 /// Whether `bytes` are a core module (binary or WAT text) rather than a component.
@@ -30,14 +30,7 @@ pub(super) fn is_core_module(bytes: &[u8]) -> bool {
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("sluice", "log", |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
         let message = read_string(&mut caller, ptr, len).unwrap_or_else(|| "<log line outside memory>".into());
-        let level = match level {
-            0 => super::engine::LogLevel::Trace,
-            1 => super::engine::LogLevel::Debug,
-            2 => super::engine::LogLevel::Info,
-            3 => super::engine::LogLevel::Warn,
-            _ => super::engine::LogLevel::Error,
-        };
-        caller.data().log(level, message);
+        caller.data().log(LogLevel::from_number(level), &message);
     })?;
     linker.func_wrap(
         "env",
@@ -49,6 +42,14 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         },
     )?;
     Ok(())
+}
+
+/// A verdict longer than `wasm.max_output_bytes`: refused before the host reads it.
+#[derive(Debug, thiserror::Error)]
+#[error("a verdict of {bytes} bytes, more than wasm.max_output_bytes = {limit}")]
+pub(super) struct OutputTooLarge {
+    bytes: usize,
+    limit: usize,
 }
 
 /// The exports of an instantiated core-module plugin.
@@ -69,12 +70,14 @@ impl Entry {
         Ok(Self { memory, alloc, handle })
     }
 
-    /// Calls the plugin: `Ok(Err(message))` when it answered `{"error": …}`.
+    /// Calls the plugin: `Ok(Err(message))` when it answered `{"error": …}`. A verdict longer than
+    /// `max_output_bytes` is an [`OutputTooLarge`] error, and is not read.
     pub(super) fn call(
         &self,
         store: &mut Store<HostState>,
         event: &PluginEvent,
         config_json: &str,
+        max_output_bytes: usize,
     ) -> wasmtime::Result<Result<Verdict, String>> {
         let event_json = serde_json::to_string(&EventIn {
             id: &event.id,
@@ -90,6 +93,9 @@ impl Entry {
         self.memory.write(&mut *store, ptr as u32 as usize, &input)?;
         let packed = self.handle.call(&mut *store, (ptr, len))? as u64;
         let (out_ptr, out_len) = ((packed >> 32) as usize, (packed & 0xFFFF_FFFF) as usize);
+        if out_len > max_output_bytes {
+            return Err(wasmtime::Error::new(OutputTooLarge { bytes: out_len, limit: max_output_bytes }));
+        }
         let output = self
             .memory
             .data(&*store)

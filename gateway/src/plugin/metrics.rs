@@ -12,13 +12,13 @@ const BUCKETS: [f64; 10] = [0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0
 /// Verdict labels, in counter order.
 const VERDICTS: [&str; 3] = ["drop", "pass", "route"];
 /// Error kinds, in counter order.
-const ERRORS: [&str; 5] = ["trap", "timeout", "memory", "rejected", "other"];
+const ERRORS: [&str; 6] = ["trap", "timeout", "memory", "rejected", "output", "other"];
 
 /// The counters of one plugin.
 #[derive(Default)]
 pub struct PluginStats {
     verdicts: [AtomicU64; 3],
-    errors: [AtomicU64; 5],
+    errors: [AtomicU64; ERRORS.len()],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
@@ -84,4 +84,21 @@ pub fn render<'a>(plugins: impl Iterator<Item = (&'a str, &'a PluginStats)> + Cl
         let _ = writeln!(out, "sluice_plugin_call_seconds_sum{{plugin=\"{name}\"}} {sum}");
         let _ = writeln!(out, "sluice_plugin_call_seconds_count{{plugin=\"{name}\"}} {count}");
     }
+}
+
+/// Renders the plugin threads' gauges and refusals.
+pub fn render_pool(pool: &super::pool::PoolStats, out: &mut String) {
+    let _ = writeln!(out, "# HELP sluice_plugin_threads Plugin threads, and how many run a plugin call now.");
+    let _ = writeln!(out, "# TYPE sluice_plugin_threads gauge");
+    let _ = writeln!(out, "sluice_plugin_threads{{state=\"total\"}} {}", pool.threads);
+    let _ = writeln!(out, "sluice_plugin_threads{{state=\"busy\"}} {}", pool.busy);
+    let _ = writeln!(out, "# HELP sluice_plugin_queue_depth Plugin work waiting for a plugin thread.");
+    let _ = writeln!(out, "# TYPE sluice_plugin_queue_depth gauge");
+    let _ = writeln!(out, "sluice_plugin_queue_depth {}", pool.queued);
+    let _ = writeln!(
+        out,
+        "# HELP sluice_plugin_queue_rejected_total Events refused (503) because plugin work was queued to its bound."
+    );
+    let _ = writeln!(out, "# TYPE sluice_plugin_queue_rejected_total counter");
+    let _ = writeln!(out, "sluice_plugin_queue_rejected_total {}", pool.rejected);
 }

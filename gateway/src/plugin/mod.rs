@@ -1,7 +1,11 @@
 //! Stage 2: Wasm plugins that filter, transform or route events.
 //!
-//! - [`engine`]: the wasmtime engine (pooling allocator, epoch deadlines, memory caps) and the set of
-//!   loaded plugins.
+//! - [`engine`]: the wasmtime engine (pooling allocator, epoch deadlines) and the set of loaded
+//!   plugins, with their reloads.
+//! - `loaded` (private): one plugin's warm instances and one call (deadline, memory cap, output bound).
+//! - `host` (private): what an instance's store holds and the host's imports (WASI granting nothing).
+//! - [`output`]: a guest's stdout and stderr, captured per call and logged as the plugin's lines.
+//! - [`pool`]: the plugin threads every plugin call runs on, off the async runtime.
 //! - `bindings` (private): the only `bindgen!` site; `convert` maps its types to the ones below.
 //! - [`chain`]: runs a route's plugins in order.
 //! - [`metrics`]: per-plugin counters and latency histogram.
@@ -15,7 +19,11 @@ mod convert;
 mod core_abi;
 pub mod engine;
 pub mod failing;
+mod host;
+mod loaded;
 pub mod metrics;
+pub mod output;
+pub mod pool;
 pub mod reload;
 pub mod trial;
 
@@ -23,6 +31,8 @@ use std::time::Duration;
 
 pub use chain::{run_chain, ChainEnd, ChainVerdict};
 pub use engine::PluginSet;
+pub use loaded::MAX_ADDED_HEADERS;
+pub use pool::{PluginPool, PoolError};
 
 /// An event as plugins see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,13 +74,16 @@ pub enum Verdict {
 /// Why a plugin failed an event (or failed to load). Every variant names the plugin.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
-    /// The plugin trapped (e.g. `unreachable`, out-of-bounds access, a panic in the guest).
-    #[error("plugin `{plugin}` trapped: {message}")]
+    /// The plugin trapped (e.g. `unreachable`, out-of-bounds access, a panic in the guest, an
+    /// uncaught exception), with what it wrote to stderr first (a panic message, a traceback).
+    #[error("plugin `{plugin}` trapped: {message}{}", stderr_suffix(.stderr))]
     Trap {
         /// Plugin name.
         plugin: String,
         /// The trap.
         message: String,
+        /// The end of what the guest wrote to stderr in that call; empty when it wrote nothing.
+        stderr: String,
     },
     /// The plugin ran past its deadline and was interrupted.
     #[error("plugin `{plugin}` exceeded its deadline of {deadline:?} (interrupted after {took:?})")]
@@ -98,6 +111,15 @@ pub enum PluginError {
         /// Its message.
         message: String,
     },
+    /// The plugin returned more than the host takes (`wasm.max_output_bytes`, or too many headers or
+    /// deliveries); refused before it was copied.
+    #[error("plugin `{plugin}` returned too much: {what}")]
+    Output {
+        /// Plugin name.
+        plugin: String,
+        /// What was over which limit.
+        what: String,
+    },
     /// The plugin routed to an endpoint that is not configured.
     #[error("plugin `{plugin}` routed to unknown endpoint `{endpoint}`")]
     UnknownEndpoint {
@@ -122,14 +144,25 @@ pub enum PluginError {
     Engine(String),
 }
 
+/// `; it wrote to stderr: …` when the guest wrote something, else nothing.
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; it wrote to stderr: {stderr}")
+    }
+}
+
 impl PluginError {
-    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `rejected`, `unknown_endpoint`, …
+    /// A short machine-readable kind: `trap`, `timeout`, `memory`, `rejected`, `output`,
+    /// `unknown_endpoint`, …
     pub fn kind(&self) -> &'static str {
         match self {
             PluginError::Trap { .. } => "trap",
             PluginError::Timeout { .. } => "timeout",
             PluginError::Memory { .. } => "memory",
             PluginError::Rejected { .. } => "rejected",
+            PluginError::Output { .. } => "output",
             PluginError::UnknownEndpoint { .. } => "unknown_endpoint",
             PluginError::Unknown(_) => "unknown_plugin",
             PluginError::Load { .. } => "load",
@@ -144,6 +177,7 @@ impl PluginError {
             | PluginError::Timeout { plugin, .. }
             | PluginError::Memory { plugin, .. }
             | PluginError::Rejected { plugin, .. }
+            | PluginError::Output { plugin, .. }
             | PluginError::UnknownEndpoint { plugin, .. }
             | PluginError::Load { plugin, .. } => Some(plugin),
             PluginError::Unknown(plugin) => Some(plugin),

@@ -1,7 +1,7 @@
 //! Hot reload: plugins are reloaded when their file changes (checked every [`POLL`]) or when the
-//! process gets SIGHUP. Loading happens on a blocking thread, so requests keep being served; calls in
-//! flight finish on the version they started with; a version that fails to load leaves the running
-//! one in place, and the failure is logged.
+//! process gets SIGHUP. Each plugin loads on a blocking thread of its own, so requests keep being
+//! served and plugins reload independently; calls in flight finish on the version they started with;
+//! a version that fails to load leaves the running one in place, and the failure is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,20 +25,18 @@ pub async fn watch(plugins: Arc<PluginSet>, mut shutdown: watch::Receiver<bool>)
             Some(()) = recv(&mut hangup) => true,
             _ = shutdown.changed() => return,
         };
+        // Each changed plugin reloads on a blocking thread of its own, so a JavaScript plugin does
+        // not wait behind a Python compile; a plugin still loading is not picked up again.
         let set = plugins.clone();
-        let outcomes = match tokio::task::spawn_blocking(move || set.reload(force)).await {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                tracing::error!(error = %e, "Plugin reload panicked; the running plugins stay in place.");
-                continue;
-            }
-        };
-        for outcome in outcomes {
-            match outcome {
-                Ok(plugin) => tracing::info!(plugin = %plugin, "Plugin reloaded; new events use the new version."),
-                Err(e) => tracing::error!(plugin = e.plugin().unwrap_or_default(), error = %e,
+        let changed = tokio::task::spawn_blocking(move || set.changed(force)).await.unwrap_or_default();
+        for name in changed {
+            tracing::info!(plugin = %name, forced = force, "Plugin file changed; reloading it.");
+            let set = plugins.clone();
+            tokio::task::spawn_blocking(move || match set.reload_one(&name) {
+                Ok(()) => tracing::info!(plugin = %name, "Plugin reloaded; new events use the new version."),
+                Err(e) => tracing::error!(plugin = %name, error = %e,
                     "Plugin reload failed; the previous version keeps running."),
-            }
+            });
         }
     }
 }

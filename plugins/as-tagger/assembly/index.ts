@@ -43,7 +43,7 @@ export function sluice_handle(ptr: usize, len: i32): i64 {
   if (eventType == null) {
     verdict = '{"error":"the event has no type"}';
   } else if (dropType != null && eventType == dropType) {
-    log(1, "dropping " + eventType);
+    log(2, "as-tagger drops " + eventType);
     verdict = '{"drop":"type ' + eventType + ' is dropped by config"}';
   } else {
     const tag = field(config, "tag");
