@@ -307,6 +307,31 @@ async fn javascript_filter_drops_and_passes_through_the_gateway() {
 }
 
 #[tokio::test]
+async fn javascript_transform_rewrites_the_payload_as_bytes_through_the_gateway() {
+    let Some(js) = plugin_file("js-transform") else { return };
+    let plugins = format!(
+        "\n[[plugins]]\nname = \"js\"\npath = \"{}\"\nconfig = {{ set = {{ version = 2, note = \"für\" }}, remove = [\"secret\"], event_type = \"order.v2\", headers = {{ x-transformed = \"js\" }} }}\n",
+        js.display()
+    );
+    let routes = "\n[[routes]]\nsource = \"shop\"\nplugins = [\"js\"]\nendpoints = [\"a\"]\n";
+    let Some((_redis, mut a, _b, gateway)) = gateway_with(&plugins, routes).await else { return };
+
+    let (status, body) =
+        post_event(gateway.addr(), "shop", r#"{"type":"order","customer":"Zoë 🦀","secret":"s"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let got = a.next().await;
+    let payload = got.json();
+    // TextDecoder and TextEncoder round-trip non-ASCII text (two- and four-byte UTF-8) intact.
+    assert_eq!(payload["customer"], "Zoë 🦀");
+    assert_eq!(payload["note"], "für");
+    assert_eq!(payload["version"], 2);
+    assert!(payload.get("secret").is_none(), "{payload}");
+    assert_eq!(got.header("x-transformed"), "js");
+    assert!(signature_valid(&got));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn python_router_fans_out_through_the_gateway() {
     let Some(py) = plugin_file("python-router") else { return };
     let plugins = format!(

@@ -33,7 +33,12 @@ impl HostState {
     pub(super) fn new(plugin: Arc<str>, memory_bytes: usize, grant_clock: bool, budget: Arc<LineBudget>) -> Self {
         let (stdout, stderr) = (Capture::default(), Capture::default());
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        // No network, said explicitly (the default address check already refuses every address).
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if !grant_clock {
             // No clock unless granted: both clocks read zero (the Unix epoch), and never move.
             wasi.wall_clock(StoppedClock).monotonic_clock(StoppedClock);

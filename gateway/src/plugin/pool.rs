@@ -167,12 +167,19 @@ mod tests {
 
         // Hold the one thread, fill the one queue slot, then a third job is refused.
         let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
         let pool = Arc::new(pool);
         let first = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.run(move || held.recv().is_ok()).await }
+            async move {
+                pool.run(move || {
+                    let _ = started.send(());
+                    held.recv().is_ok()
+                })
+                .await
+            }
         });
-        while pool.stats().busy == 0 {
+        while running.try_recv().is_err() {
             tokio::task::yield_now().await;
         }
         let second = tokio::spawn({
