@@ -414,3 +414,94 @@ fn plugin_test_prints_what_the_plugin_printed_and_the_panic_message() {
     assert!(printed.contains("verdict: failed (trap)"), "{printed}");
     assert!(scratch.path().join("cache").is_dir(), "--cache-dir is where the compiled plugin went");
 }
+
+/// `bytes` with a custom section appended: the same component to run, a new file to compile (the
+/// compile cache is keyed by content).
+fn with_custom_section(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"sluice-test";
+    let payload = tag.as_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128 && name.len() < 128, "one-byte LEB128 lengths");
+    let mut out = bytes.to_vec();
+    out.extend([0, size as u8, name.len() as u8]);
+    out.extend(name);
+    out.extend(payload);
+    out
+}
+
+/// Replaces `path` atomically with `bytes`, as the README asks.
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let fresh = path.with_extension("new");
+    std::fs::write(&fresh, bytes).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+#[tokio::test]
+async fn plugins_reload_independently_and_the_log_says_when_a_compile_starts_and_ends() {
+    let (Some(python), Some(js)) = (plugin_file("python-router"), plugin_file("js-filter")) else { return };
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let scratch = Scratch::new("plugin-reload");
+    let (py_path, js_path) = (scratch.path().join("router.wasm"), scratch.path().join("filter.wasm"));
+    std::fs::copy(&python, &py_path).unwrap();
+    std::fs::copy(&js, &js_path).unwrap();
+    let port = free_port();
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + &endpoint_toml("a", &receiver.url(), "")
+        + &format!(
+            r#"
+[[plugins]]
+name = "py"
+path = "{}"
+config = {{ field = "region", default = ["a"] }}
+
+[[plugins]]
+name = "js"
+path = "{}"
+
+[[routes]]
+source = "shop"
+plugins = ["js", "py"]
+
+[wasm]
+cache_dir = "{}"
+"#,
+            py_path.display(),
+            js_path.display(),
+            scratch.path().join("cache").display()
+        );
+    let config = scratch.path().join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = scratch.path().join("sluice.log");
+    let _sluice =
+        SluiceProcess::spawn(&["--log-format", "json", "run", "--config", config.to_str().unwrap()], &[], Some(&log));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr).await;
+    let loaded =
+        wait_for_line(&log, "saying py was loaded", |l| l["plugin"] == "py" && l["message"] == "Plugin loaded.").await;
+    assert!(loaded["seconds"].as_str().is_some(), "{loaded}");
+    assert!(log_lines(&log)
+        .iter()
+        .any(|l| l["plugin"] == "py" && l["message"].as_str().unwrap_or_default().starts_with("Loading plugin")));
+
+    // A new Python file takes seconds to compile; a JavaScript file changed meanwhile does not wait for it.
+    replace_file(&py_path, &with_custom_section(&std::fs::read(&python).unwrap(), "v2"));
+    wait_for_line(&log, "noticing the Python change", |l| {
+        l["plugin"] == "py" && l["message"] == "Plugin file changed; reloading it."
+    })
+    .await;
+    replace_file(&js_path, &with_custom_section(&std::fs::read(&js).unwrap(), "v2"));
+    wait_for_line(&log, "js reloaded", |l| {
+        l["plugin"] == "js" && l["message"].as_str().unwrap_or_default().starts_with("Plugin reloaded")
+    })
+    .await;
+    let py_done =
+        |l: &Value| l["plugin"] == "py" && l["message"].as_str().unwrap_or_default().starts_with("Plugin reloaded");
+    assert!(!log_lines(&log).iter().any(py_done), "the JavaScript reload waited for the Python compile");
+    wait_for_line(&log, "py reloaded", py_done).await;
+
+    // Both new versions serve.
+    let (status, answer) = post_event(addr, "shop", r#"{"type":"order.created","region":"eu"}"#).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["deliveries"].as_array().unwrap().len(), 1);
+}
