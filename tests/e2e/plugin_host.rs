@@ -228,6 +228,10 @@ name = "headers"
 path = "{chaos}"
 config = {{ mode = "headers", count = 1000 }}
 
+[[plugins]]
+name = "alias"
+path = "{alias}"
+
 [[routes]]
 source = "bloat"
 plugins = ["bloat"]
@@ -240,13 +244,21 @@ plugins = ["small"]
 source = "headers"
 plugins = ["headers"]
 endpoints = ["a"]
-"#
+
+[[routes]]
+source = "alias"
+plugins = ["alias"]
+"#,
+            alias = repo_root().join("plugins/wat-alias/alias.wat").display()
         );
     let gateway = start_gateway(&toml).await;
     let addr = gateway.addr();
     let event = r#"{"type":"order.created"}"#;
     assert_fails_with(addr, "bloat", event, "output", &["wasm.max_output_bytes = 131072"]).await;
     assert_fails_with(addr, "headers", event, "output", &["1002 headers", "plus 100"]).await;
+    // 1,000 deliveries whose payloads all alias one 1 MiB guest buffer: refused after 128 KiB of
+    // copying, not after 1,000 MiB.
+    assert_fails_with(addr, "alias", event, "output", &["wasm.max_output_bytes = 131072"]).await;
     // Under the bounds, the same plugin routes as asked.
     let (status, answer) = post_event(addr, "small", event).await;
     assert_eq!(status, 202, "{answer}");

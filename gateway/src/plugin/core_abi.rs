@@ -17,12 +17,25 @@ use wasmtime::{AsContextMut, Caller, Instance, Linker, Memory, Store, TypedFunc}
 use super::host::{HostState, LogLevel};
 use super::{PluginEvent, RoutedDelivery, Verdict};
 
-/// Whether `bytes` are a core module (binary or WAT text) rather than a component.
+/// Whether `bytes` are a core module (binary or WAT text) rather than a component (binary, or WAT
+/// text that starts with `(component`).
 pub(super) fn is_core_module(bytes: &[u8]) -> bool {
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', version @ ..]) => version == [1, 0, 0, 0],
-        // Not binary: WAT text, which wasmtime compiles as a core module.
-        _ => !bytes.starts_with(b"\0asm"),
+        _ if bytes.starts_with(b"\0asm") => false,
+        // Not binary: WAT text, a component when its first form is `(component`.
+        _ => !first_form(bytes).starts_with(b"(component"),
+    }
+}
+
+/// `text` from its first form on: leading white space and `;;` line comments skipped.
+fn first_form(mut text: &[u8]) -> &[u8] {
+    loop {
+        text = text.trim_ascii_start();
+        match text.strip_prefix(b";;") {
+            Some(comment) => text = comment.iter().position(|b| *b == b'\n').map_or(&[][..], |at| &comment[at..]),
+            None => return text,
+        }
     }
 }
 
@@ -210,6 +223,8 @@ mod tests {
         assert!(is_core_module(b"\0asm\x01\0\0\0rest"));
         assert!(!is_core_module(b"\0asm\x0d\0\x01\0rest"));
         assert!(is_core_module(b"(module)"));
+        assert!(is_core_module(b";; a module\n  (module)"));
+        assert!(!is_core_module(b";; a component\n;; in text\n(component)"));
     }
 
     #[test]
