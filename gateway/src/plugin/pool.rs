@@ -88,6 +88,10 @@ impl PluginPool {
     pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            // The caller gave up while this waited (its client hung up): no plugin time for it.
+            if tx.is_closed() {
+                return;
+            }
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {
                 let text = panic
                     .downcast_ref::<&str>()
