@@ -41,6 +41,8 @@ pub struct AppState {
     pub endpoint_urls: std::collections::HashMap<String, String>,
     /// Whether a plugin's own error text goes into the 422 (`wasm.expose_errors`).
     pub expose_plugin_errors: bool,
+    /// Failed admin authentications per client address.
+    pub admin_throttle: crate::admin::throttle::AuthThrottle,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -151,7 +153,7 @@ pub fn find_route<'a>(method: &str, path: &'a str) -> Found<'a> {
     }
 }
 
-async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr) -> Reply {
+async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = request.uri().path().to_string();
     let (template, values) = match find_route(request.method().as_str(), &path) {
         Found::Route(template, values) => (template, values),
@@ -169,25 +171,25 @@ async fn handle(state: &AppState, request: Request<Incoming>, _peer: SocketAddr)
     let known = |name: &str| state.endpoints.iter().any(|e| e == name);
     match template {
         "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, value, request).await,
-        "/v1/events/{key}" => admin_call(state, &request, admin::event(&state.queue, value)).await,
-        "/v1/deliveries/{id}" => admin_call(state, &request, admin::delivery(&state.queue, value)).await,
-        "/v1/deliveries/{id}/replay" => admin_call(state, &request, admin::replay_one(&state.queue, value)).await,
+        "/v1/events/{key}" => admin_call(state, &request, peer, admin::event(&state.queue, value)).await,
+        "/v1/deliveries/{id}" => admin_call(state, &request, peer, admin::delivery(&state.queue, value)).await,
+        "/v1/deliveries/{id}/replay" => admin_call(state, &request, peer, admin::replay_one(&state.queue, value)).await,
         "/v1/dead-letters" => {
             let query = request.uri().query().unwrap_or_default().to_string();
-            admin_call(state, &request, admin::dead_letters(&state.queue, &query)).await
+            admin_call(state, &request, peer, admin::dead_letters(&state.queue, &query)).await
         }
-        "/v1/endpoints" => admin_call(state, &request, admin::endpoints(&state.queue, &state.endpoints)).await,
+        "/v1/endpoints" => admin_call(state, &request, peer, admin::endpoints(&state.queue, &state.endpoints)).await,
         "/v1/endpoints/{name}/replay-dead" => {
             let call = admin::replay_endpoint(&state.queue, value, known(value), state.replay_spacing);
-            admin_call(state, &request, call).await
+            admin_call(state, &request, peer, call).await
         }
         "/v1/endpoints/{name}/enable" => {
             let alert =
                 state.alerter.as_ref().map(|a| (a, state.endpoint_urls.get(value).cloned().unwrap_or_default()));
-            admin_call(state, &request, admin::enable_endpoint(&state.queue, value, known(value), alert)).await
+            admin_call(state, &request, peer, admin::enable_endpoint(&state.queue, value, known(value), alert)).await
         }
         "/v1/endpoints/{name}/disable" => {
-            admin_call(state, &request, admin::disable_endpoint(&state.queue, value, known(value))).await
+            admin_call(state, &request, peer, admin::disable_endpoint(&state.queue, value, known(value))).await
         }
         "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => readyz(state).await,
@@ -223,6 +225,7 @@ async fn metrics(state: &AppState) -> Reply {
     let mut text = String::new();
     state.metrics.render(&mut text);
     state.plugins.render_metrics(&mut text);
+    crate::metrics::render_admin_auth(state.admin_throttle.totals(), &mut text);
     match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&state.endpoints)).await {
         Ok(Ok(depth)) => depth.render(&mut text),
         _ => state.metrics.store_error("admin"),
@@ -321,12 +324,28 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
 async fn admin_call(
     state: &AppState,
     request: &Request<Incoming>,
+    peer: SocketAddr,
     call: impl std::future::Future<Output = Result<Value, AdminError>>,
 ) -> Reply {
+    let ip = peer.ip().to_canonical();
+    if let Some(wait) = state.admin_throttle.blocked(ip) {
+        let mut reply = error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed admin authentications from this address; retry later",
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            reply.headers_mut().insert("retry-after", value);
+        }
+        return reply;
+    }
     let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let result = match admin::authorize(state.admin_token.as_deref(), header) {
         Ok(()) => call.await,
-        Err(e) => Err(e),
+        Err(e) => {
+            state.admin_throttle.failed(ip);
+            Err(e)
+        }
     };
     match result {
         Ok(value) => json_reply(StatusCode::OK, value),

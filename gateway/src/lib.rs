@@ -136,6 +136,7 @@ impl Gateway {
             alerter: alerter.clone(),
             endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
             expose_plugin_errors: config.wasm.expose_errors,
+            admin_throttle: Default::default(),
         });
         let mut tasks = Vec::new();
         if let Some(alerter) = &alerter {

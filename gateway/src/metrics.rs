@@ -29,6 +29,19 @@ struct EndpointStats {
     sum_micros: AtomicU64,
 }
 
+/// Renders the admin API's failed authentications and the requests throttled for them.
+pub fn render_admin_auth((failures, throttled): (u64, u64), out: &mut String) {
+    header(out, "sluice_admin_auth_failures_total", "counter", "Admin requests with a missing or wrong bearer token.");
+    let _ = writeln!(out, "sluice_admin_auth_failures_total {failures}");
+    header(
+        out,
+        "sluice_admin_auth_throttled_total",
+        "counter",
+        "Admin requests refused (429) after too many failed authentications from their address.",
+    );
+    let _ = writeln!(out, "sluice_admin_auth_throttled_total {throttled}");
+}
+
 /// Every gateway metric except the plugins' (which live with the plugins).
 pub struct Metrics {
     sources: HashMap<String, usize>,

@@ -117,6 +117,38 @@ async fn admin_api_needs_the_right_bearer_token() {
 }
 
 #[tokio::test]
+async fn repeated_failed_admin_authentications_are_throttled_per_client_address() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let gateway = simple_gateway(&redis, &receiver).await;
+    let url = format!("http://{}/v1/endpoints", gateway.addr());
+    // Two clients on two loopback addresses: the guesser and the admin.
+    let from = |ip: &str| reqwest::Client::builder().no_proxy().local_address(ip.parse().ok()).build().unwrap();
+    let (guesser, admin) = (from("127.0.0.2"), from("127.0.0.3"));
+    for _ in 0..sluice::admin::throttle::MAX_FAILURES {
+        let response = guesser.get(&url).bearer_auth("guess-guess-guess").send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    // Past the limit, the guesser's address is refused even with the right token.
+    for token in ["guess-guess-guess", ADMIN_TOKEN] {
+        let response = guesser.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 429, "token {token}");
+        let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "too_many_attempts");
+    }
+    // Another address is not affected.
+    let response = admin.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let metrics =
+        client().get(format!("http://{}/metrics", gateway.addr())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "sluice_admin_auth_failures_total 10"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "sluice_admin_auth_throttled_total 2"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn redis_unreachable_at_ingest_is_503_and_nothing_is_accepted() {
     let mut redis = RedisServer::start().await;
     let receiver = Receiver::start().await;

@@ -266,6 +266,40 @@ plugins = ["alias"]
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_header_a_plugin_may_not_set_fails_the_event_at_ingest() {
+    let Some(transform) = plugin_file("rust-transform") else { return };
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let mut toml = base_toml(&redis) + &endpoint_toml("a", &receiver.url(), "");
+    for (name, headers) in [
+        ("content-type", r#"{ content-type = "text/plain" }"#),
+        ("signature", r#"{ webhook-signature = "v1,forged" }"#),
+        ("bad-name", r#"{ "bad name" = "x" }"#),
+        ("fine", r#"{ x-tenant = "acme" }"#),
+    ] {
+        toml += &format!(
+            "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\nconfig = {{ headers = {headers} }}\n\n[[routes]]\nsource = \"{name}\"\nplugins = [\"{name}\"]\nendpoints = [\"a\"]\n",
+            transform.display()
+        );
+    }
+    let gateway = start_gateway(&toml).await;
+    let addr = gateway.addr();
+    let event = r#"{"type":"order.created"}"#;
+    assert_fails_with(addr, "content-type", event, "invalid_header", &["`content-type` is set by the gateway"]).await;
+    assert_fails_with(addr, "signature", event, "invalid_header", &["`webhook-signature` is set by the gateway"]).await;
+    assert_fails_with(addr, "bad-name", event, "invalid_header", &["not a valid HTTP header name"]).await;
+    // Nothing of those was stored; a plugin's own header goes out once, beside the gateway's.
+    let (status, answer) = post_event(addr, "fine", event).await;
+    assert_eq!(status, 202, "{answer}");
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-tenant"), "acme");
+    assert_eq!(got.headers.get_all("content-type").iter().count(), 1);
+    assert!(signature_valid(&got));
+    assert_eq!(redis.count_keys("sluice:*:d:*").await, 1);
+    gateway.shutdown().await;
+}
+
 /// A gateway whose `slow` source runs a plugin that loops to its `deadline` and whose `fast`
 /// source has no plugin, with `[wasm]` set by `wasm`.
 async fn noisy_neighbour(wasm: &str, deadline: &str) -> Option<(RedisServer, Receiver, sluice::Gateway)> {

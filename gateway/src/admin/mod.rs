@@ -1,8 +1,9 @@
 //! The admin API: look up events and deliveries, list and replay dead letters, see, disable and
-//! enable endpoints. Every route needs
-//! `Authorization: Bearer <admin.token>`.
+//! enable endpoints. Every route needs `Authorization: Bearer <admin.token>`; repeated failures from
+//! one address are throttled ([`throttle`]).
 
 pub mod client;
+pub mod throttle;
 
 use serde_json::{json, Value};
 

@@ -108,8 +108,8 @@ impl Config {
                 problems.push(format!("alerts.secret: {e}"));
             }
         }
-        if matches!(&self.admin.token, Some(t) if t.len() < 8) {
-            problems.push("admin.token: must be at least 8 characters".to_string());
+        if matches!(&self.admin.token, Some(t) if t.len() < 16) {
+            problems.push("admin.token: must be at least 16 characters".to_string());
         }
     }
 

@@ -102,11 +102,12 @@ fn refused_message(ip: IpAddr) -> String {
 }
 
 /// Whether `ip` is a public unicast address (not loopback, private, link-local, CGNAT, multicast,
-/// documentation, unspecified or broadcast), looking through IPv4-mapped IPv6 forms.
+/// documentation, benchmarking, IETF-reserved, unspecified or broadcast), looking through the IPv6
+/// forms that embed an IPv4 address (IPv4-mapped, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -116,19 +117,37 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                // 192.0.0.0/24: IETF protocol assignments; 198.18.0.0/15: benchmarking.
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b == 18 || b == 19))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded =
+                |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach the IPv4 address they embed.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                // ::a.b.c.d, IPv4-compatible (deprecated): never a real destination.
+                || s[..6] == [0; 6]
+                // 64:ff9b:1::/48: NAT64 for local use.
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                // fec0::/10: site-local (deprecated, still routed inside some networks).
+                || (s[0] & 0xffc0) == 0xfec0
+                || s[0] == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -196,6 +215,46 @@ mod tests {
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip} should be public");
         }
+    }
+
+    #[test]
+    fn nat64_addresses_follow_the_ipv4_address_they_embed() {
+        assert!(!is_public("64:ff9b::7f00:1".parse().unwrap()), "NAT64 of 127.0.0.1");
+        assert!(!is_public("64:ff9b::a00:1".parse().unwrap()), "NAT64 of 10.0.0.1");
+        assert!(is_public("64:ff9b::101:101".parse().unwrap()), "NAT64 of 1.1.1.1");
+        assert!(!is_public("64:ff9b:1::101:101".parse().unwrap()), "local-use NAT64");
+    }
+
+    #[test]
+    fn sixtofour_addresses_follow_the_ipv4_address_they_embed() {
+        assert!(!is_public("2002:c0a8:101::1".parse().unwrap()), "6to4 of 192.168.1.1");
+        assert!(!is_public("2002:7f00:1::".parse().unwrap()), "6to4 of 127.0.0.1");
+        assert!(is_public("2002:808:808::1".parse().unwrap()), "6to4 of 8.8.8.8");
+    }
+
+    #[test]
+    fn ipv4_compatible_addresses_are_refused() {
+        assert!(!is_public("::127.0.0.1".parse().unwrap()));
+        assert!(!is_public("::8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn site_local_addresses_are_refused() {
+        assert!(!is_public("fec0::1".parse().unwrap()));
+        assert!(!is_public("feff::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn benchmarking_addresses_are_refused() {
+        assert!(!is_public("198.18.0.1".parse().unwrap()));
+        assert!(!is_public("198.19.255.254".parse().unwrap()));
+        assert!(is_public("198.20.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ietf_protocol_assignments_are_refused() {
+        assert!(!is_public("192.0.0.8".parse().unwrap()));
+        assert!(is_public("192.0.1.1".parse().unwrap()));
     }
 
     #[test]

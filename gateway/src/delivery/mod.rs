@@ -3,6 +3,7 @@
 //!
 //! - [`worker`]: the claim → POST → settle loop.
 //! - [`client`]: the shared HTTP client and its destination guard.
+//! - [`headers`]: which headers a plugin may put on a delivery.
 //! - [`limits`]: per-endpoint concurrency cap and rate limit.
 //! - [`retry`]: what to do after an attempt (decision) and when (schedule).
 //! - [`sign`]: Standard Webhooks signatures.
@@ -10,6 +11,7 @@
 
 pub mod alert;
 pub mod client;
+pub mod headers;
 pub mod limits;
 pub mod retry;
 pub mod sign;

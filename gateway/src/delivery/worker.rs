@@ -443,7 +443,7 @@ impl Shared {
             .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(hyper::header::USER_AGENT, HeaderValue::from_static(client::USER_AGENT));
         for (name, value) in &claimed.headers {
-            if !is_reserved(name) {
+            if !super::headers::is_reserved(name) {
                 request = request.header(name.as_str(), value.as_str());
             }
         }
@@ -614,11 +614,4 @@ fn failure_record(claimed: &Claimed, at: u64, error: String) -> AttemptRecord {
         latency_ms: 0.0,
         response: None,
     }
-}
-
-/// Headers a plugin may not set: the signature headers and those the client manages.
-fn is_reserved(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.starts_with("webhook-")
-        || ["content-length", "host", "transfer-encoding", "connection"].contains(&name.as_str())
 }

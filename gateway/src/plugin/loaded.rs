@@ -24,6 +24,7 @@ use super::metrics::PluginStats;
 use super::output::{LineBudget, Printed};
 use super::{PluginError, PluginEvent, Verdict};
 use crate::config::PluginConfig;
+use crate::delivery::headers::check_plugin_header;
 
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
 pub(super) const TICK: Duration = Duration::from_millis(1);
@@ -216,8 +217,18 @@ impl LoadedPlugin {
         (outcome, printed)
     }
 
-    /// Refuses a verdict that adds more headers or makes more deliveries than the host takes.
+    /// Refuses a verdict that adds more headers or makes more deliveries than the host takes, or
+    /// adds a header a plugin may not set.
     fn check_verdict(&self, event: &PluginEvent, verdict: Verdict) -> Result<Verdict, PluginError> {
+        let added: Box<dyn Iterator<Item = &(String, String)>> = match &verdict {
+            Verdict::Pass(next) => Box::new(next.headers.iter().filter(|h| !event.headers.contains(h))),
+            Verdict::Route(deliveries) => Box::new(deliveries.iter().flat_map(|d| &d.headers)),
+            Verdict::Drop(_) => Box::new(std::iter::empty()),
+        };
+        for (name, value) in added {
+            check_plugin_header(name, value)
+                .map_err(|message| PluginError::Header { plugin: self.name.to_string(), message })?;
+        }
         let too_many = |what: String| PluginError::Output { plugin: self.name.to_string(), what };
         match &verdict {
             Verdict::Pass(next) if next.headers.len() > event.headers.len() + MAX_ADDED_HEADERS => {

@@ -12,7 +12,7 @@ const BUCKETS: [f64; 10] = [0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0
 /// Verdict labels, in counter order.
 const VERDICTS: [&str; 3] = ["drop", "pass", "route"];
 /// Error kinds, in counter order.
-const ERRORS: [&str; 6] = ["trap", "timeout", "memory", "rejected", "output", "other"];
+const ERRORS: [&str; 7] = ["trap", "timeout", "memory", "rejected", "output", "invalid_header", "other"];
 
 /// The counters of one plugin.
 #[derive(Default)]

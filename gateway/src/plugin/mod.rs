@@ -120,6 +120,14 @@ pub enum PluginError {
         /// What was over which limit.
         what: String,
     },
+    /// The plugin added a header it may not set (one the gateway sets, or not valid HTTP).
+    #[error("plugin `{plugin}` added an invalid header: {message}")]
+    Header {
+        /// Plugin name.
+        plugin: String,
+        /// Which header, and why.
+        message: String,
+    },
     /// The plugin routed to an endpoint that is not configured.
     #[error("plugin `{plugin}` routed to unknown endpoint `{endpoint}`")]
     UnknownEndpoint {
@@ -163,6 +171,7 @@ impl PluginError {
             PluginError::Memory { .. } => "memory",
             PluginError::Rejected { .. } => "rejected",
             PluginError::Output { .. } => "output",
+            PluginError::Header { .. } => "invalid_header",
             PluginError::UnknownEndpoint { .. } => "unknown_endpoint",
             PluginError::Unknown(_) => "unknown_plugin",
             PluginError::Load { .. } => "load",
@@ -178,6 +187,7 @@ impl PluginError {
             | PluginError::Memory { plugin, .. }
             | PluginError::Rejected { plugin, .. }
             | PluginError::Output { plugin, .. }
+            | PluginError::Header { plugin, .. }
             | PluginError::UnknownEndpoint { plugin, .. }
             | PluginError::Load { plugin, .. } => Some(plugin),
             PluginError::Unknown(plugin) => Some(plugin),
