@@ -137,6 +137,7 @@ impl Gateway {
             endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
             expose_plugin_errors: config.wasm.expose_errors,
             admin_throttle: Default::default(),
+            limits: http::ConnectionLimits::from_config(&config),
         });
         let mut tasks = Vec::new();
         if let Some(alerter) = &alerter {

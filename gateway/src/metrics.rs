@@ -54,6 +54,8 @@ pub struct Metrics {
     attempts: Vec<EndpointStats>,
     in_flight: AtomicI64,
     store_errors: [AtomicU64; 4],
+    connections_open: AtomicI64,
+    connection_cap_waits: AtomicU64,
 }
 
 impl Metrics {
@@ -77,11 +79,28 @@ impl Metrics {
             endpoint_names,
             in_flight: AtomicI64::new(0),
             store_errors: Default::default(),
+            connections_open: AtomicI64::new(0),
+            connection_cap_waits: AtomicU64::new(0),
         }
     }
 
     fn source(&self, source: &str) -> usize {
         self.sources.get(source).copied().unwrap_or(self.source_names.len() - 1)
+    }
+
+    /// An inbound connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An inbound connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The accept loop found every connection slot taken and waits for one.
+    pub fn connection_cap_reached(&self) {
+        self.connection_cap_waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An ingest request for `source` arrived.
@@ -180,6 +199,19 @@ impl Metrics {
         }
         header(out, "sluice_deliveries_in_flight", "gauge", "Delivery attempts in flight in this process.");
         let _ = writeln!(out, "sluice_deliveries_in_flight {}", self.in_flight.load(Ordering::Relaxed).max(0));
+        header(out, "sluice_http_connections_open", "gauge", "Inbound HTTP connections open now.");
+        let _ = writeln!(out, "sluice_http_connections_open {}", self.connections_open.load(Ordering::Relaxed).max(0));
+        header(
+            out,
+            "sluice_http_connection_cap_waits_total",
+            "counter",
+            "Times the accept loop found server.max_connections connections open and waited for one to close.",
+        );
+        let _ = writeln!(
+            out,
+            "sluice_http_connection_cap_waits_total {}",
+            self.connection_cap_waits.load(Ordering::Relaxed)
+        );
         header(
             out,
             "sluice_store_errors_total",

@@ -9,6 +9,7 @@ mod chaos;
 mod delivery;
 mod embedded;
 mod harness;
+mod hostile;
 mod observability;
 mod openapi;
 mod plugin_host;

@@ -89,6 +89,40 @@ pub struct ServerConfig {
     /// answer instead of a new event. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// How long a client has to send a request's headers, counted from when the server starts
+    /// waiting for them; then the connection is closed. The wait for the next request on an idle
+    /// keep-alive connection counts too, so this is also the idle timeout. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client has to send a request's body once its headers are in; then 408. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most inbound connections open at once; past it, new connections wait in the listen backlog.
+    /// Default: derived from the process's file limit, leaving descriptors for deliveries, the
+    /// store and Redis (see [`ServerConfig::connection_cap`]).
+    pub max_connections: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Descriptors kept free of inbound connections: deliveries in flight and idle (per
+    /// `queue.concurrency`, plus the idle pool), Redis, the store, plugin and log files.
+    pub fn reserved_descriptors(queue_concurrency: usize) -> u64 {
+        queue_concurrency as u64 + 256 + 64
+    }
+
+    /// `max_connections`, else the soft file limit less [`Self::reserved_descriptors`] (at least
+    /// 16), with `limit` the soft `RLIMIT_NOFILE` (`None` when unknown: 10,000).
+    pub fn connection_cap(&self, limit: Option<u64>, queue_concurrency: usize) -> usize {
+        if let Some(cap) = self.max_connections {
+            return cap;
+        }
+        match limit {
+            Some(limit) => {
+                limit.saturating_sub(Self::reserved_descriptors(queue_concurrency)).clamp(16, 1 << 20) as usize
+            }
+            None => 10_000,
+        }
+    }
 }
 
 /// `[redis]`
@@ -246,6 +280,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
             idempotency_window: Duration::from_secs(24 * 3600),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }

@@ -43,6 +43,12 @@ pub enum IngestError {
     /// A header the gateway reads is malformed, e.g. not text (400).
     #[error("invalid header: {0}")]
     Header(String),
+    /// The body did not arrive within `server.body_read_timeout` (408).
+    #[error("the request body did not arrive within {timeout:?}")]
+    BodyTimeout {
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
     /// The body could not be read (400).
     #[error("could not read the request body: {0}")]
     Body(String),

@@ -1,7 +1,8 @@
-//! The HTTP surface: the accept loop, request routing, and the one place that maps errors to HTTP
-//! statuses. Clients get a status and a short JSON message; internals go to the log.
+//! The HTTP surface: request routing and the one place that maps errors to HTTP statuses. Clients
+//! get a status and a short JSON message; internals go to the log.
+//!
+//! - [`serve`]: the accept loop, with its connection cap and timeouts.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,10 +11,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+
+mod serve;
+
+pub use serve::{serve, ConnectionLimits};
 
 use crate::admin::{self, AdminError};
 use crate::ingest::{Ingest, IngestError};
@@ -43,49 +45,11 @@ pub struct AppState {
     pub expose_plugin_errors: bool,
     /// Failed admin authentications per client address.
     pub admin_throttle: crate::admin::throttle::AuthThrottle,
+    /// Inbound connection cap and timeouts.
+    pub limits: ConnectionLimits,
 }
 
 type Reply = Response<Full<Bytes>>;
-
-/// How long open connections get to finish their requests once shutdown begins.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Accepts connections until `shutdown` turns true, then lets open connections finish the request
-/// they are serving (up to [`DRAIN`]) and closes them.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically out of file descriptors: pause briefly instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, request, peer).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "Connection ended with an error.");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::warn!("Some connections were still busy after {DRAIN:?}; closing them.");
-    }
-}
 
 /// Every route the server answers, as (method, path template): the single source of the router
 /// (dispatch goes through [`find_route`]) and of the check that `openapi.json` documents them all.
@@ -108,7 +72,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The OpenAPI 3.1 document of [`ROUTES`], served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// How a request path matched the route table.
 #[derive(Debug, PartialEq)]
@@ -241,12 +205,16 @@ async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> R
     if let Err(e) = state.ingest.precheck(source, &parts.headers) {
         return ingest_error(state, source, e);
     }
-    let body = match Limited::new(body, state.ingest.max_body_bytes()).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let collect = Limited::new(body, state.ingest.max_body_bytes()).collect();
+    let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return ingest_error(state, source, IngestError::TooLarge { limit: state.ingest.max_body_bytes() })
         }
-        Err(e) => return ingest_error(state, source, IngestError::Body(e.to_string())),
+        Ok(Err(e)) => return ingest_error(state, source, IngestError::Body(e.to_string())),
+        Err(_) => {
+            return ingest_error(state, source, IngestError::BodyTimeout { timeout: state.limits.body_read_timeout })
+        }
     };
     match state.ingest.answer(source, &parts.headers, body).await {
         Ok(answer) => {
@@ -268,6 +236,7 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+        IngestError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
         IngestError::Header(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
         IngestError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_conflict"),
