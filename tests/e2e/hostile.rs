@@ -112,3 +112,36 @@ async fn a_body_that_never_arrives_is_408_and_nothing_is_stored() {
     assert_eq!(redis.count_keys("sluice:*:d:*").await, 0);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_source_over_its_rate_limit_gets_429_with_retry_after_and_nothing_is_stored() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let token = "a-source-token-long-enough";
+    let toml = base_toml(&redis)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &format!("\n[[sources]]\nname = \"shop\"\ntoken = \"{token}\"\nrate_limit = 0.5\n")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let (status, _) = post_event_as(gateway.addr(), "shop", r#"{"event":"first"}"#, Some(token)).await;
+    assert_eq!(status, 202);
+    // One event every two seconds: the next one now is over the limit.
+    let response = client()
+        .post(format!("http://{}/v1/events/shop", gateway.addr()))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(r#"{"event":"second"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(redis.count_keys("sluice:*:d:*").await, 1, "the refused event was not stored");
+    // A wrong token is refused as unauthorized, not counted against the source's rate.
+    let (status, _) = post_event_as(gateway.addr(), "shop", r#"{"event":"x"}"#, Some("wrong-token-wrong-token")).await;
+    assert_eq!(status, 401);
+    gateway.shutdown().await;
+}

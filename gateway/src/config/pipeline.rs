@@ -28,6 +28,10 @@ pub struct SourceConfig {
     /// Webhooks; GitHub signs no timestamp). Default `5m`, as both specify.
     #[serde(default = "default_signature_tolerance", with = "humantime_serde")]
     pub tolerance: Duration,
+    /// Most events per second this source may send to this process (fractions allowed; bursts of
+    /// up to one second's worth); past it, 429 with `retry-after` and nothing stored. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
 }
 
 /// A sender's signature scheme that a source can verify.

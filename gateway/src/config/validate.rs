@@ -156,6 +156,9 @@ impl Config {
             if !source.name.is_empty() && !routed.contains(source.name.as_str()) {
                 problems.push(format!("{at}: no route serves this source"));
             }
+            if source.rate_limit.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e6)) {
+                problems.push(format!("{at}.rate_limit: must be above 0 and at most 1000000 events per second"));
+            }
             match (&source.token, source.verify, &source.secret) {
                 (Some(_), Some(_), _) => problems.push(format!("{at}: set either token or verify, not both")),
                 (Some(token), None, secret) => {

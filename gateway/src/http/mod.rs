@@ -234,6 +234,7 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
         IngestError::UnknownSource(_) => (StatusCode::NOT_FOUND, "unknown_source"),
         IngestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        IngestError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         IngestError::ContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         IngestError::Json(_) | IngestError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
         IngestError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
@@ -286,6 +287,13 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         reply.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    }
+    if let IngestError::RateLimited { retry_after, .. } = &error {
+        // Whole seconds, rounded up: a client that waits that long is let through.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+            reply.headers_mut().insert("retry-after", value);
+        }
     }
     reply
 }

@@ -5,11 +5,13 @@
 //! - [`auth`]: each source's bearer token or sender signature.
 //! - [`parse`]: request body and headers → event type and kept headers.
 //! - [`plan`]: routes and plugin verdicts → the deliveries to enqueue.
+//! - [`rate`]: per-source rate limits.
 //! - [`service`]: the whole ingest step, testable without a socket.
 
 pub mod auth;
 pub mod parse;
 pub mod plan;
+pub mod rate;
 pub mod service;
 
 use serde::Serialize;
@@ -28,6 +30,14 @@ pub enum IngestError {
     /// The request carries no valid credential for its source (401).
     #[error("unauthorized: {0}")]
     Unauthorized(#[from] auth::AuthError),
+    /// The source sent more than its `rate_limit` (429); it may send again after `retry_after`.
+    #[error("source `{name}` is over its rate limit; retry after {retry_after:?}")]
+    RateLimited {
+        /// The source.
+        name: String,
+        /// How long until it may send again.
+        retry_after: std::time::Duration,
+    },
     /// The body exceeds `server.max_body_bytes` (413).
     #[error("body exceeds the limit of {limit} bytes")]
     TooLarge {

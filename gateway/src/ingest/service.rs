@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use super::auth::SourceAuth;
 use super::plan::{Plan, Routing};
+use super::rate::SourceRates;
 use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
@@ -21,6 +22,7 @@ use crate::route::RouteTable;
 pub struct Ingest {
     routing: Arc<Routing>,
     auth: SourceAuth,
+    rates: SourceRates,
     queue: Store,
     max_body_bytes: usize,
     idempotency_window: Duration,
@@ -44,6 +46,7 @@ impl Ingest {
         Self {
             routing: Arc::new(Routing { routes: RouteTable::new(config), plugins, endpoints }),
             auth: SourceAuth::new(config),
+            rates: SourceRates::new(config),
             queue,
             max_body_bytes: config.server.max_body_bytes,
             idempotency_window: config.server.idempotency_window,
@@ -56,8 +59,26 @@ impl Ingest {
         self.max_body_bytes
     }
 
-    /// Checks the parts of a request that need no body, so a bad request is refused before it is read.
+    /// Checks the parts of a request that need no body, so a bad request is refused before it is
+    /// read; a source authenticated by its headers alone is also held to its rate limit here (once
+    /// per request: [`Self::answer`] does not count it again).
     pub fn precheck(&self, source: &str, headers: &HeaderMap) -> Result<(), IngestError> {
+        self.check_headers(source, headers)?;
+        if !self.auth.verifies_body(source) {
+            self.check_rate(source)?;
+        }
+        Ok(())
+    }
+
+    /// Counts one request of `source` against its rate limit.
+    fn check_rate(&self, source: &str) -> Result<(), IngestError> {
+        self.rates
+            .check(source)
+            .map_err(|retry_after| IngestError::RateLimited { name: source.to_string(), retry_after })
+    }
+
+    /// Source, header credential, content type and declared length.
+    fn check_headers(&self, source: &str, headers: &HeaderMap) -> Result<(), IngestError> {
         if !self.routing.routes.knows_source(source) {
             return Err(IngestError::UnknownSource(source.chars().take(100).collect()));
         }
@@ -74,7 +95,8 @@ impl Ingest {
     }
 
     /// Accepts one event and answers with the JSON for the producer. With an `idempotency-key`
-    /// header, a repeat of a key within the window gets the first answer and stores nothing.
+    /// header, a repeat of a key within the window gets the first answer and stores nothing. The
+    /// request must have passed [`Self::precheck`] (which also counts it against its rate limit).
     pub async fn answer(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, IngestError> {
         self.check(source, headers, &body)?;
         let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
@@ -110,18 +132,21 @@ impl Ingest {
     /// Accepts one event: check, parse, route, run plugins, store. Returns once the queue holds
     /// every delivery.
     pub async fn accept(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
+        self.precheck(source, headers)?;
         self.check(source, headers, &body)?;
         self.accept_checked(source, headers, body).await
     }
 
-    /// Everything checked before an event is looked at: source, credential, size, signature.
+    /// Everything checked before an event is looked at: source, credential, size, signature; a
+    /// source that signs its bodies is held to its rate limit once its signature checked out.
     fn check(&self, source: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), IngestError> {
-        self.precheck(source, headers)?;
+        self.check_headers(source, headers)?;
         if body.len() > self.max_body_bytes {
             return Err(IngestError::TooLarge { limit: self.max_body_bytes });
         }
         if self.auth.verifies_body(source) {
             self.auth.check_body(source, headers, body, crate::delivery::unix_seconds())?;
+            self.check_rate(source)?;
         }
         Ok(())
     }
