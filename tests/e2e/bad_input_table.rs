@@ -110,6 +110,15 @@ macro_rules! ingest_rows {
     };
 }
 
+/// `n` extra headers `x-h0` … on a good event.
+fn with_headers(n: usize) -> Request {
+    let mut request = Request::event("{}");
+    for i in 0..n {
+        request.headers.push((Box::leak(format!("x-h{i}").into_boxed_str()), b"1".to_vec()));
+    }
+    request
+}
+
 fn deep(levels: usize) -> String {
     format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
 }
@@ -130,6 +139,8 @@ ingest_rows! {
     ingest_missing_token: Request::event("{}").without("authorization") => 401 "unauthorized" "missing `Authorization: Bearer";
     ingest_wrong_token: Request::event("{}").header("authorization", "Bearer not-the-token") => 401 "unauthorized" "wrong bearer token";
     ingest_bad_github_signature: Request::event("{}").to("POST", "/v1/events/github").header("x-hub-signature-256", "sha256=00") => 401 "unauthorized" "does not match";
+    ingest_too_many_headers: with_headers(70) => 431 "headers_too_large" "at most 64 headers";
+    ingest_oversized_header: Request::event("{}").header("x-note", "n".repeat(20_000)) => 431 "headers_too_large" "16384 bytes";
     ingest_overlong_idempotency_key: Request::event("{}").header("idempotency-key", "k".repeat(300)) => 400 "invalid_idempotency_key" "1 to 255";
 }
 

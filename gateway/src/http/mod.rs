@@ -240,6 +240,7 @@ fn ingest_error(state: &AppState, source: &str, error: IngestError) -> Reply {
         IngestError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
         IngestError::Header(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
+        IngestError::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
         IngestError::IdempotencyInProgress => (StatusCode::CONFLICT, "idempotency_conflict"),
         IngestError::Plugin { .. } | IngestError::TooManyDeliveries(_) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed")

@@ -59,6 +59,9 @@ pub enum IngestError {
         /// The timeout.
         timeout: std::time::Duration,
     },
+    /// The headers that would be kept with the event are too many or too large (431).
+    #[error("request headers too large: {0}")]
+    HeadersTooLarge(String),
     /// The body could not be read (400).
     #[error("could not read the request body: {0}")]
     Body(String),

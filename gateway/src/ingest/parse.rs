@@ -53,10 +53,72 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
 #[derive(Deserialize)]
 struct TypeProbe {
     #[serde(rename = "type", default)]
-    type_field: Option<serde_json::Value>,
+    type_field: Option<TypeField>,
     #[serde(default)]
-    event: Option<serde_json::Value>,
+    event: Option<TypeField>,
 }
+
+/// A `type` or `event` field: its text when it is a string; any other value is skipped without
+/// being built (a non-string is simply not a type), so a huge array there costs no memory.
+enum TypeField {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TypeField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TypeFieldVisitor)
+    }
+}
+
+struct TypeFieldVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TypeFieldVisitor {
+    type Value = TypeField;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<TypeField, E> {
+        Ok(TypeField::Text(v.to_string()))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TypeField, E> {
+        Ok(TypeField::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TypeField, E> {
+        Ok(TypeField::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TypeField, E> {
+        Ok(TypeField::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TypeField, E> {
+        Ok(TypeField::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<TypeField, E> {
+        Ok(TypeField::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TypeField, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TypeField::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TypeField, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(TypeField::Other)
+    }
+}
+
+/// Most headers kept with one event.
+pub const MAX_KEPT_HEADERS: usize = 64;
+/// Most bytes (names and values) of the headers kept with one event.
+pub const MAX_KEPT_HEADER_BYTES: usize = 16 * 1024;
 
 /// Validates the body as JSON and works out the event type: the `x-event-type` header, else the
 /// body's string field `type`, else its string field `event`, else `"event"`.
@@ -79,7 +141,7 @@ pub fn event_type(headers: &HeaderMap, body: &[u8]) -> Result<String, IngestErro
     let from_body = if first == Some(&b'{') {
         let probe: TypeProbe = serde_json::from_slice(body).map_err(|e| IngestError::Json(e.to_string()))?;
         [probe.type_field, probe.event].into_iter().flatten().find_map(|v| match v {
-            serde_json::Value::String(s) if !s.is_empty() => Some(s),
+            TypeField::Text(s) if !s.is_empty() => Some(s),
             _ => None,
         })
     } else {
@@ -131,6 +193,19 @@ fn check_depth(body: &[u8]) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Refuses requests whose kept headers (see [`kept_headers`]) are more than [`MAX_KEPT_HEADERS`] or
+/// [`MAX_KEPT_HEADER_BYTES`]: each is stored with the event and shown to every plugin.
+pub fn check_kept_headers(headers: &HeaderMap) -> Result<(), IngestError> {
+    let kept = headers.iter().filter(|(name, _)| !DROPPED_HEADERS.contains(&name.as_str()));
+    let (count, bytes) = kept.fold((0, 0), |(n, b), (name, value)| (n + 1, b + name.as_str().len() + value.len()));
+    if count > MAX_KEPT_HEADERS || bytes > MAX_KEPT_HEADER_BYTES {
+        return Err(IngestError::HeadersTooLarge(format!(
+            "{count} headers of {bytes} bytes; at most {MAX_KEPT_HEADERS} headers and {MAX_KEPT_HEADER_BYTES} bytes are kept with an event"
+        )));
+    }
+    Ok(())
+}
+
 /// The headers stored with the event and shown to plugins: lower-case names, UTF-8 values only,
 /// without credentials or hop-by-hop headers.
 pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -153,6 +228,33 @@ mod tests {
             map.insert(*name, HeaderValue::from_static(value));
         }
         map
+    }
+
+    #[test]
+    fn a_non_string_type_is_skipped_not_built() {
+        let huge = format!(r#"{{"type":[{}],"event":"order.created"}}"#, vec!["[1,{\"a\":2}]"; 10_000].join(","));
+        assert_eq!(event_type(&HeaderMap::new(), huge.as_bytes()).unwrap(), "order.created");
+        assert_eq!(event_type(&HeaderMap::new(), br#"{"type":{"nested":"x"},"event":7}"#).unwrap(), "event");
+    }
+
+    #[test]
+    fn kept_headers_are_bounded() {
+        let mut many = HeaderMap::new();
+        for i in 0..=MAX_KEPT_HEADERS {
+            many.insert(
+                hyper::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        assert!(check_kept_headers(&many).is_err());
+        many.remove("x-h0");
+        assert!(check_kept_headers(&many).is_ok());
+        let big = headers(&[("x-big", Box::leak("v".repeat(MAX_KEPT_HEADER_BYTES).into_boxed_str()))]);
+        assert!(check_kept_headers(&big).is_err());
+        // Dropped headers (credentials, framing) do not count.
+        assert!(
+            check_kept_headers(&headers(&[("authorization", Box::leak("x".repeat(20_000).into_boxed_str()))])).is_ok()
+        );
     }
 
     #[test]

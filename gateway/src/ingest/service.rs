@@ -84,6 +84,7 @@ impl Ingest {
         }
         self.auth.check_headers(source, headers)?;
         parse::check_content_type(headers)?;
+        parse::check_kept_headers(headers)?;
         let declared = headers
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
