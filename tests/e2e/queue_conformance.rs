@@ -257,6 +257,18 @@ async fn defer_puts_back_without_counting_an_attempt(kind: Kind) {
     assert_eq!((v.state.as_str(), v.attempts_made, v.attempts.len()), ("pending", 0, 0));
     let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
     assert_eq!(c.attempt, 1, "the deferred claim was not counted");
+    // A defer after a failed attempt keeps that attempt's error as the delivery's last error.
+    claimed_settles(
+        &s.store,
+        &c,
+        Some(&record(1, Some(500), Some("HTTP 500"))),
+        Settle::Retry(Duration::from_millis(20)),
+    )
+    .await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &c, None, Settle::Defer(Duration::from_millis(20))).await;
+    let v = view(&s.store, ids[0]).await;
+    assert_eq!((v.attempts_made, v.last_error.as_deref()), (1, Some("HTTP 500")));
 }
 
 async fn pause_parks_until_enable_and_only_while_disabled(kind: Kind) {

@@ -114,3 +114,45 @@ async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event
         assert!(delivered > 0, "the {name} process delivered nothing:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn a_gateway_on_an_older_config_puts_back_deliveries_for_an_endpoint_it_does_not_know() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    // The new config has endpoint `b`; its first attempt waits a second.
+    let new_config = base_toml(&redis)
+        + &endpoint_toml("b", &receiver.url(), "retry_schedule = [\"1s\", \"50ms\"]")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"b\"]\n";
+    let new = start_gateway(&new_config).await;
+    let (status, accepted) = post_event(new.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let delivery = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+    new.shutdown().await;
+
+    // A gateway still on the old config (no `b`) claims it when due and puts it back untouched.
+    let old_config = base_toml(&redis)
+        + &endpoint_toml("a", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"a\"]\n";
+    let old = start_gateway(&old_config).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let view = loop {
+        let (_, view) = admin_get(old.addr(), &format!("/v1/deliveries/{delivery}")).await;
+        // `updated_at` is set when a claim is settled: the old gateway has had it in hand.
+        if !view["updated_at"].is_null() {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the old gateway never claimed {delivery}: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(view["state"], "pending", "{view}");
+    assert_eq!(view["attempts_made"], 0, "no attempt was spent: {view}");
+    assert_eq!(receiver.count(), 0);
+    old.shutdown().await;
+
+    // A gateway with the new config delivers it on its first attempt.
+    let again = start_gateway(&new_config).await;
+    let done = wait_for_state(again.addr(), &delivery, "succeeded").await;
+    assert_eq!(done["attempts_made"], 1, "{done}");
+    receiver.next().await;
+    again.shutdown().await;
+}

@@ -256,6 +256,10 @@ fn validate_url(at: &str, url: &Url, problems: &mut Vec<String>) {
     }
     if url.host().is_none() {
         problems.push(format!("{at}: has no host"));
+    } else if url.as_str().parse::<hyper::Uri>().is_err() {
+        // The worker sends with hyper: a URL it cannot take must fail here, not leave the
+        // endpoint silently out.
+        problems.push(format!("{at}: not a URI the HTTP client accepts"));
     }
 }
 

@@ -36,6 +36,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const RESPONSE_EXCERPT: usize = 1024;
 /// How often the shared endpoint states (disabled, failing since) are read from the queue's store.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
+/// How long a delivery for an endpoint this gateway does not know waits before it is claimed again.
+const UNKNOWN_ENDPOINT_DEFER: Duration = Duration::from_secs(5);
 
 /// An endpoint as the worker needs it.
 struct Endpoint {
@@ -317,8 +319,14 @@ impl Shared {
         let delivery_id = id::format_delivery(claimed.id);
         let event_id = id::format_event(claimed.event_id);
         let Some(endpoint) = self.endpoints.get(&claimed.endpoint) else {
-            let record = failure_record(&claimed, unix_millis(), "endpoint is no longer configured".into());
-            self.settle(&claimed, Some(&record), Settle::Bury, None).await;
+            // Config drift (a rolling deploy: another gateway already knows this endpoint): put it
+            // back, no attempt spent, for a gateway that knows it, or this one once it does.
+            static UNKNOWN: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(held_back) = UNKNOWN.allow() {
+                tracing::warn!(%delivery_id, %event_id, endpoint = %claimed.endpoint, similar_since_last = held_back,
+                    "Delivery for an endpoint this gateway's config does not have; put back for a gateway that has it.");
+            }
+            self.settle(&claimed, None, Settle::Defer(UNKNOWN_ENDPOINT_DEFER), None).await;
             return;
         };
         if endpoint.health().disabled {

@@ -850,7 +850,10 @@ impl<'t> Tables<'t> {
         self.due.remove((rec.due, id))?;
         match action {
             Settle::Retry(delay) | Settle::Defer(delay) => {
-                rec.last_error = last_error.to_string();
+                // A defer was not attempted: the last attempt's error still stands.
+                if matches!(action, Settle::Retry(_)) {
+                    rec.last_error = last_error.to_string();
+                }
                 rec.due = now.saturating_add(millis(delay));
                 self.due.insert((rec.due, id), ())?;
             }

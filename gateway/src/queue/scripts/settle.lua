@@ -39,8 +39,12 @@ for i = 1, tonumber(ARGV[3]) do
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[4]) then
       action = 'defer'
     end
-    if action == 'retry' or action == 'defer' then
+    if action == 'retry' then
       redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error)
+      redis.call('ZADD', KEYS[1], now + delay, id)
+    elseif action == 'defer' then
+      -- Not attempted: the last attempt's error still stands.
+      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'pause' then
       redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'status', 'paused')
