@@ -428,3 +428,25 @@ async fn dead_letters_filter_by_endpoint_newest_first(kind: Kind) {
     let next = s.store.dead_letters(None, Some(page[0].dead_at), 10).await.unwrap();
     assert_eq!(next.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[1], &buried[0]], "`before` pages on");
 }
+
+/// Redis only: one disable reaches every shard's `off` hash in the same script as the endpoint's
+/// own state, so deliveries of any shard park.
+#[tokio::test]
+async fn redis_disable_marks_every_shard_in_one_step() {
+    let s = open(Kind::Redis, "shards = 4").await;
+    let redis = s._redis.as_ref().unwrap();
+    assert!(s.store.disable("a", "410 Gone", 1234).await.unwrap());
+    let mut conn = redis.connection().await;
+    for shard in 0..4 {
+        let reason: Option<String> =
+            ::redis::cmd("HGET").arg(format!("sluice:{{s{shard}}}:off")).arg("a").query_async(&mut conn).await.unwrap();
+        assert_eq!(reason.as_deref(), Some("410 Gone"), "shard {shard}");
+    }
+    // A second disable keeps the first reason everywhere.
+    assert!(!s.store.disable("a", "other", 9999).await.unwrap());
+    let reason: Option<String> =
+        ::redis::cmd("HGET").arg("sluice:{s3}:off").arg("a").query_async(&mut conn).await.unwrap();
+    assert_eq!(reason.as_deref(), Some("410 Gone"));
+    let states = s.store.endpoint_states(&["a"]).await.unwrap();
+    assert_eq!((states[0].disabled.as_deref(), states[0].disabled_at), (Some("410 Gone"), Some(1234)));
+}

@@ -44,6 +44,7 @@ const CLAIM: &str = include_str!("scripts/claim.lua");
 const SETTLE: &str = include_str!("scripts/settle.lua");
 const REPLAY: &str = include_str!("scripts/replay.lua");
 const RESUME: &str = include_str!("scripts/resume.lua");
+const DISABLE: &str = include_str!("scripts/disable.lua");
 /// Most paused deliveries one resume call moves (the script runs until none is left).
 const RESUME_CHUNK: usize = 1000;
 
@@ -73,6 +74,7 @@ struct Core {
     settle: Script,
     replay: Script,
     resume: Script,
+    disable: Script,
 }
 
 /// An event and its deliveries, owned, on its way to the enqueue batch.
@@ -126,6 +128,7 @@ impl RedisQueue {
             settle: Script::new(SETTLE),
             replay: Script::new(REPLAY),
             resume: Script::new(RESUME),
+            disable: Script::new(DISABLE),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -322,18 +325,13 @@ impl Queue for RedisQueue {
 
     async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
         let mut conn = self.core.conn.clone();
-        let key = self.endpoint_key(name);
-        let first: bool = conn.hset_nx(&key, "disabled", reason).await?;
-        if first {
-            let _: () = conn.hset(&key, "disabled_at", at).await?;
-        }
-        // Every shard learns it (again, harmlessly, when it already knew).
-        let mut pipe = redis::pipe();
+        // One script: the endpoint's state and every shard's `off` entry change together.
+        let mut call = self.core.disable.key(self.endpoint_key(name));
         for shard in 0..self.core.shards {
-            pipe.hset(format!("{}off", self.core.shard_prefix(shard)), name, reason).ignore();
+            call.key(format!("{}off", self.core.shard_prefix(shard)));
         }
-        let _: () = pipe.query_async(&mut conn).await?;
-        Ok(first)
+        let first: i64 = call.arg(name).arg(reason).arg(at).invoke_async(&mut conn).await?;
+        Ok(first == 1)
     }
 
     async fn enable(&self, name: &str) -> Result<u64, QueueError> {
