@@ -95,17 +95,16 @@ impl Gateway {
             );
         }
         let queue = Store::open(&config)?;
+        // Redis that does not answer yet is checked once it does (by a task started below).
+        let mut check_later = None;
         match &queue {
             Store::Redis(redis) => match redis.check_layout().await {
-                Ok(()) => {
-                    for risk in redis.risky_settings().await {
-                        tracing::warn!("Redis setting puts deliveries at risk: {risk}");
-                    }
-                }
+                Ok(()) => warn_risky_settings(redis).await,
                 Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
                 // Redis may come later; the gateway answers 503 until it does.
                 Err(e) => {
-                    tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is.")
+                    tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is.");
+                    check_later = Some(redis.clone());
                 }
             },
             Store::Embedded(store) => {
@@ -140,6 +139,9 @@ impl Gateway {
             limits: http::ConnectionLimits::from_config(&config),
         });
         let mut tasks = Vec::new();
+        if let Some(redis) = check_later {
+            tasks.push(tokio::spawn(check_when_reachable(redis, shutdown.clone(), watcher.clone())));
+        }
         if let Some(alerter) = &alerter {
             let watch =
                 plugin::failing::watch(plugins.clone(), alerter.clone(), config.alerts.clone(), watcher.clone());
@@ -160,12 +162,54 @@ impl Gateway {
         self.addr
     }
 
+    /// Resolves when the gateway stopped by itself (a Redis found holding another layout once it
+    /// became reachable); the caller should then [`Gateway::shutdown`] and exit non-zero.
+    pub async fn stopped(&self) {
+        let mut stopped = self.shutdown.subscribe();
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }
+
     /// Stops accepting and claiming, and waits for the server and worker loops to end.
     /// Deliveries in flight keep their leases; unfinished ones fall due again when the lease expires.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Logs a WARN for each Redis setting that puts deliveries at risk.
+async fn warn_risky_settings(redis: &queue::redis::RedisQueue) {
+    for risk in redis.risky_settings().await {
+        tracing::warn!("Redis setting puts deliveries at risk: {risk}");
+    }
+}
+
+/// The start-up checks of a Redis that did not answer at start-up, run once it first does: the
+/// shard layout (a mismatch stops the gateway, as it would have refused to start) and the risky
+/// settings.
+async fn check_when_reachable(
+    redis: queue::redis::RedisQueue,
+    stop: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match redis.check_layout().await {
+            Ok(()) => {
+                tracing::info!("Redis is reachable; its layout matches the config.");
+                return warn_risky_settings(&redis).await;
+            }
+            Err(e @ QueueError::Layout { .. }) => {
+                tracing::error!(error = %e, "Redis holds another queue layout; this gateway stops.");
+                let _ = stop.send(true);
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }

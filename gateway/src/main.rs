@@ -145,14 +145,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let config = sluice::config::load(config.as_deref())?;
             let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-            runtime.block_on(async {
+            let stopped_by_itself = runtime.block_on(async {
                 let gateway = sluice::Gateway::start(config).await?;
-                shutdown_signal().await;
+                let by_itself = tokio::select! {
+                    _ = shutdown_signal() => false,
+                    _ = gateway.stopped() => true,
+                };
                 tracing::info!("Shutting down.");
                 gateway.shutdown().await;
-                anyhow::Ok(())
+                anyhow::Ok(by_itself)
             })?;
-            Ok(ExitCode::SUCCESS)
+            Ok(if stopped_by_itself { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Check { config } => {
             let loaded = sluice::config::load(Some(&config))?;

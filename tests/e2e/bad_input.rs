@@ -246,7 +246,48 @@ async fn risky_redis_settings_are_reported() {
     let _: () = redis::cmd("CONFIG").arg("SET").arg("appendonly").arg("yes").query_async(&mut conn).await.unwrap();
     let _: () =
         redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    let risks = queue.risky_settings().await;
+    assert!(risks.iter().any(|r| r.contains("appendfsync is everysec") && r.contains("host crash")), "{risks:?}");
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("always").query_async(&mut conn).await.unwrap();
     assert!(queue.risky_settings().await.is_empty());
+}
+
+#[tokio::test]
+async fn redis_start_up_checks_run_when_redis_first_becomes_reachable() {
+    let scratch = Scratch::new("late-redis");
+    let data = scratch.path().join("redis");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    // This Redis holds a queue of another layout (4 shards); it is down when the gateway starts.
+    let mut redis = RedisServer::start_persistent(port, &data).await;
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("HSET").arg("sluice:meta").arg("shards").arg(4).query_async(&mut conn).await.unwrap();
+    redis.kill();
+    let receiver = Receiver::start().await;
+    let gateway_port = free_port();
+    let config = scratch.path().join("sluice.toml");
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{gateway_port}"))
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let log = scratch.path().join("sluice.log");
+    let mut sluice = SluiceProcess::spawn(&["run", "--config", config.to_str().unwrap()], &[], Some(&log));
+    wait_listening(format!("127.0.0.1:{gateway_port}").parse().unwrap()).await;
+
+    // Redis comes up with its data: the layout check runs then, and the gateway stops, non-zero.
+    let _redis = RedisServer::start_persistent(port, &data).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = sluice.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the gateway kept running on a foreign layout");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Redis is not reachable at start-up"), "{text}");
+    assert!(text.contains("Redis holds another queue layout") && text.contains("4"), "{text}");
 }
 
 #[tokio::test]

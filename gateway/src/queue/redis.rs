@@ -164,6 +164,10 @@ impl RedisQueue {
         if let Ok((_, value)) = read("appendonly").query_async::<(String, String)>(&mut conn).await {
             if value != "yes" {
                 risks.push("appendonly is off: a Redis restart loses every queued delivery since the last snapshot; set `appendonly yes`".to_string());
+            } else if let Ok((_, fsync)) = read("appendfsync").query_async::<(String, String)>(&mut conn).await {
+                if fsync != "always" {
+                    risks.push(format!("appendfsync is {fsync}: a host crash (power loss, kernel panic) can lose the deliveries acknowledged in the last second or so; `appendfsync always` loses none"));
+                }
             }
         }
         if let Ok((_, value)) = read("maxmemory-policy").query_async::<(String, String)>(&mut conn).await {
