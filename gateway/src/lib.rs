@@ -13,7 +13,8 @@
 //! - [`queue`]: stage 3, the queue: Redis (sorted sets, Lua scripts) or embedded (redb), with leases.
 //! - [`delivery`]: stage 4, the worker: claim → signed POST → ack / retry / dead letter + alert.
 //! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
-//! - [`config`], [`route`], [`id`], [`telemetry`]: configuration, the route table, ids, logging.
+//! - [`config`], [`route`], [`id`], [`telemetry`], [`redact`]: configuration, the route table, ids,
+//!   logging, and keeping credentials out of logs.
 //!
 //! [`Gateway::start`] wires the stages together with one shutdown signal.
 #![deny(missing_docs)]
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod plugin;
 pub mod queue;
+pub mod redact;
 pub mod route;
 pub mod telemetry;
 
@@ -133,7 +135,7 @@ impl Gateway {
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
             metrics,
             alerter: alerter.clone(),
-            endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), e.url.to_string())).collect(),
+            endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), redact::url(&e.url))).collect(),
             expose_plugin_errors: config.wasm.expose_errors,
             admin_throttle: Default::default(),
             limits: http::ConnectionLimits::from_config(&config),

@@ -95,7 +95,7 @@ async fn gone_disables_the_endpoint_alerts_and_parks_until_enabled() {
     receiver.answer_next([Answer::Status(410)]);
     let toml = base_toml(&redis)
         + &format!("\n[alerts]\nurl = \"{}\"\n", alerts.url())
-        + &endpoint_toml("leaving", &receiver.url(), "")
+        + &endpoint_toml("leaving", &format!("{}?token=s3cr3t-in-url&region=eu", receiver.url()), "")
         + &route("leaving");
     let gateway = start_gateway(&toml).await;
     let first = post_many(&gateway, 1).await.remove(0);
@@ -103,6 +103,9 @@ async fn gone_disables_the_endpoint_alerts_and_parks_until_enabled() {
     let alert = alerts.next().await.json();
     assert_eq!(alert["type"], "endpoint.disabled");
     assert_eq!(alert["endpoint"], "leaving");
+    // Credentials in the endpoint's URL stay out of the alert.
+    let url = alert["url"].as_str().unwrap();
+    assert!(url.ends_with("/hook?token=***&region=eu") && !url.contains("s3cr3t"), "{url}");
     assert!(alert["reason"].as_str().unwrap().contains("410"), "{alert}");
     let parked = wait_for_state(gateway.addr(), &first, "paused").await;
     assert_eq!(parked["attempts"][0]["status"], 410);

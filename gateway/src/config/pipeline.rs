@@ -9,7 +9,7 @@ use url::Url;
 use super::process::opt_durations;
 
 /// `[[sources]]`: one event source (`POST /v1/events/{name}`) and its credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// The source name, as in the ingest URL and `[[routes]] source`.
@@ -34,6 +34,20 @@ pub struct SourceConfig {
     pub rate_limit: Option<f64>,
 }
 
+impl std::fmt::Debug for SourceConfig {
+    // Written out so the token and the secret never print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("token", &crate::redact::Hidden(&self.token))
+            .field("verify", &self.verify)
+            .field("secret", &crate::redact::Hidden(&self.secret))
+            .field("tolerance", &self.tolerance)
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
+}
+
 /// A sender's signature scheme that a source can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SignatureScheme {
@@ -49,7 +63,7 @@ pub enum SignatureScheme {
 }
 
 /// `[[endpoints]]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Unique name, used by routes and plugins.
@@ -75,6 +89,22 @@ pub struct EndpointConfig {
     /// long (`"0s"`: never). Default `5d`.
     #[serde(default = "default_disable_after", with = "humantime_serde")]
     pub disable_after: Duration,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    // Written out so the secret and any credentials in the URL never print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("name", &self.name)
+            .field("url", &crate::redact::url(&self.url))
+            .field("secret", &crate::redact::MASK)
+            .field("timeout", &self.timeout)
+            .field("retry_schedule", &self.retry_schedule)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("rate_limit", &self.rate_limit)
+            .field("disable_after", &self.disable_after)
+            .finish()
+    }
 }
 
 /// `[[routes]]`

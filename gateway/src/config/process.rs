@@ -126,7 +126,7 @@ impl ServerConfig {
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0`.
@@ -197,11 +197,18 @@ impl QueueConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token required by the admin API. Without it the admin API answers 401.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // Written out so the token never prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig").field("token", &crate::redact::Hidden(&self.token)).finish()
+    }
 }
 
 /// `[retry]`
@@ -217,7 +224,7 @@ pub struct RetryConfig {
 }
 
 /// `[alerts]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// URL that receives a JSON POST for every dead-lettered delivery.
@@ -235,6 +242,20 @@ pub struct AlertsConfig {
     /// internal endpoint `_alerts`). Default `["0s", "1s", "5s", "30s", "2m", "10m", "30m", "1h", "2h", "6h"]`.
     #[serde(with = "durations")]
     pub retry_schedule: Vec<Duration>,
+}
+
+impl std::fmt::Debug for AlertsConfig {
+    // Written out so the secret and any credentials in the URL never print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertsConfig")
+            .field("url", &self.url.as_ref().map(crate::redact::url))
+            .field("secret", &crate::redact::Hidden(&self.secret))
+            .field("plugin_error_rate", &self.plugin_error_rate)
+            .field("plugin_min_calls", &self.plugin_min_calls)
+            .field("plugin_window", &self.plugin_window)
+            .field("retry_schedule", &self.retry_schedule)
+            .finish()
+    }
 }
 
 impl Default for AlertsConfig {
@@ -287,17 +308,21 @@ impl Default for ServerConfig {
     }
 }
 
+impl std::fmt::Debug for RedisConfig {
+    // Written out so a password in the URL never prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url_for_display())
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 impl RedisConfig {
     /// The URL with its password (if any) masked, for messages.
     pub fn url_for_display(&self) -> String {
-        match Url::parse(&self.url) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            Ok(url) => url.to_string(),
-            Err(_) => "(unparsable URL)".to_string(),
-        }
+        crate::redact::url_text(&self.url)
     }
 }
 

@@ -153,7 +153,7 @@ impl Alerter {
                 Err(e) => tracing::warn!(attempt, error = %super::error_chain(&e), "Alert could not be sent."),
             }
         }
-        tracing::error!(%alert_id, url = %self.url, "Gave up sending an alert.");
+        tracing::error!(%alert_id, url = %crate::redact::url(&self.url), "Gave up sending an alert.");
     }
 }
 

@@ -417,13 +417,13 @@ impl Shared {
         let at = unix_millis();
         match self.queue.disable(&endpoint.name, &reason, at).await {
             Ok(true) => {
-                tracing::error!(endpoint = %endpoint.name, url = %endpoint.url, %reason,
+                tracing::error!(endpoint = %endpoint.name, url = %crate::redact::url(&endpoint.url), %reason,
                     "Endpoint disabled: its deliveries are parked until it is enabled through the admin API.");
                 if let Some(alerter) = &self.alerter {
                     alerter.send_endpoint(EndpointAlert {
                         kind: "endpoint.disabled",
                         endpoint: endpoint.name.clone(),
-                        url: endpoint.url.to_string(),
+                        url: crate::redact::url(&endpoint.url),
                         reason,
                         at,
                     });
@@ -543,7 +543,7 @@ impl Shared {
                     event_id: id::format_event(claimed.event_id),
                     event_type: claimed.event_type.clone(),
                     endpoint: claimed.endpoint.clone(),
-                    url: endpoint.map(|e| e.url.to_string()).unwrap_or_default(),
+                    url: endpoint.map(|e| crate::redact::url(&e.url)).unwrap_or_default(),
                     attempts: claimed.attempt,
                     last_error,
                     at: unix_millis(),
