@@ -233,6 +233,8 @@ impl Worker {
                 }
                 claims += 1;
                 let token = format!("{}.{claims}", self.name);
+                // Taken before the call: the lease began no earlier, so this deadline is never late.
+                let lease_ends = tokio::time::Instant::now() + self.lease;
                 match self.shared.queue.claim(shard, limit, self.lease, &token).await {
                     Ok(batch) => {
                         saturated |= batch.deliveries.len() == limit;
@@ -240,7 +242,7 @@ impl Worker {
                             sleep_for = sleep_for.min(next);
                         }
                         for claimed in batch.deliveries {
-                            self.spawn_delivery(claimed);
+                            self.spawn_delivery(claimed, lease_ends);
                         }
                     }
                     Err(e) => {
@@ -275,7 +277,7 @@ impl Worker {
         }
     }
 
-    fn spawn_delivery(&self, claimed: Claimed) {
+    fn spawn_delivery(&self, claimed: Claimed, lease_ends: tokio::time::Instant) {
         let shared = self.shared.clone();
         let permits = self.permits.clone();
         // A permit is free: the claim asked for no more than the free permits, and only this loop takes them.
@@ -285,7 +287,7 @@ impl Worker {
             return;
         };
         tokio::spawn(async move {
-            shared.deliver(claimed).await;
+            shared.deliver(claimed, lease_ends).await;
             drop(permit);
         });
     }
@@ -315,7 +317,8 @@ impl Shared {
         }
     }
 
-    async fn deliver(&self, claimed: Claimed) {
+    /// Delivers one claimed delivery whose lease ends at `lease_ends`.
+    async fn deliver(&self, claimed: Claimed, lease_ends: tokio::time::Instant) {
         let delivery_id = id::format_delivery(claimed.id);
         let event_id = id::format_event(claimed.event_id);
         let Some(endpoint) = self.endpoints.get(&claimed.endpoint) else {
@@ -342,6 +345,18 @@ impl Shared {
                 return;
             }
         };
+        // The lease budget: an attempt that could outlast the lease (its timeout plus the margin)
+        // would race the next holder; give the delivery back instead, no attempt spent.
+        if tokio::time::Instant::now() + endpoint.timeout + LEASE_MARGIN > lease_ends {
+            drop(permit);
+            static SHORT: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(held_back) = SHORT.allow() {
+                tracing::warn!(%delivery_id, %event_id, endpoint = %endpoint.name, similar_since_last = held_back,
+                    "Too little of the lease left for an attempt; delivery put back.");
+            }
+            self.settle(&claimed, None, Settle::Defer(Duration::ZERO), Some(endpoint)).await;
+            return;
+        }
         self.metrics.in_flight(1);
         let (outcome, record) = self.attempt(&claimed, endpoint, &delivery_id, unix_millis()).await;
         self.metrics.in_flight(-1);
