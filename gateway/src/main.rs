@@ -76,6 +76,9 @@ enum AdminCommand {
         /// Only those dead-lettered before this time (ms since the epoch; `next_before` of a page).
         #[arg(long)]
         before: Option<u64>,
+        /// With `--before`: the `next_before_id` of the previous page.
+        #[arg(long, requires = "before")]
+        before_id: Option<String>,
     },
     /// Put one dead letter back in the queue.
     Replay {
@@ -215,10 +218,11 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
     let answer = match &command {
         AdminCommand::Event { id } => call(url, token, Method::GET, &["v1", "events", id], &[]).await,
         AdminCommand::Delivery { id } => call(url, token, Method::GET, &["v1", "deliveries", id], &[]).await,
-        AdminCommand::DeadLetters { endpoint, limit, before } => {
+        AdminCommand::DeadLetters { endpoint, limit, before, before_id } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(endpoint.iter().map(|e| ("endpoint", e.clone())));
             query.extend(before.iter().map(|b| ("before", b.to_string())));
+            query.extend(before_id.iter().map(|b| ("before_id", b.clone())));
             call(url, token, Method::GET, &["v1", "dead-letters"], &query).await
         }
         AdminCommand::Replay { id } => call(url, token, Method::POST, &["v1", "deliveries", id, "replay"], &[]).await,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice::queue::{AttemptRecord, Claimed, NewDelivery, NewEvent, Queue, Settle, Store};
+use sluice::queue::{AttemptRecord, Claimed, DeadCursor, NewDelivery, NewEvent, Queue, Settle, Store};
 use ulid::Ulid;
 
 use crate::harness::{RedisServer, Scratch, PATIENCE};
@@ -78,6 +78,7 @@ conformance!(
     finished_deliveries_expire_after_retention,
     depth_counts_due_scheduled_dead_and_parked,
     dead_letters_filter_by_endpoint_newest_first,
+    dead_letter_pages_skip_nothing_when_one_batch_buries_many_at_once,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -425,8 +426,39 @@ async fn dead_letters_filter_by_endpoint_newest_first(kind: Kind) {
     assert_eq!(a.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[2], &buried[0]]);
     let page = s.store.dead_letters(None, None, 1).await.unwrap();
     assert_eq!(page[0].id, buried[2]);
-    let next = s.store.dead_letters(None, Some(page[0].dead_at), 10).await.unwrap();
+    let next = s.store.dead_letters(None, Some(DeadCursor { at: page[0].dead_at, id: None }), 10).await.unwrap();
     assert_eq!(next.iter().map(|d| &d.id).collect::<Vec<_>>(), [&buried[1], &buried[0]], "`before` pages on");
+}
+
+async fn dead_letter_pages_skip_nothing_when_one_batch_buries_many_at_once(kind: Kind) {
+    let s = open(kind, "").await;
+    let endpoints: Vec<(&str, Duration)> = (0..100).map(|_| ("a", Duration::ZERO)).collect();
+    enqueue(&s.store, &endpoints).await;
+    let mut claimed = Vec::new();
+    while claimed.len() < 100 {
+        claimed.extend(claim_when_due(&s.store, 100, LEASE).await);
+    }
+    // Settled concurrently: the batcher makes them one script call / one transaction, one millisecond.
+    let failed = record(1, Some(500), Some("HTTP 500"));
+    let settles = claimed.iter().map(|c| s.store.settle(c, Some(&failed), Settle::Bury));
+    for settled in futures_util::future::join_all(settles).await {
+        assert!(settled.unwrap());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = s.store.dead_letters(None, cursor, 7).await.unwrap();
+        for d in &page {
+            assert!(seen.insert(d.id.clone()), "{} came twice", d.id);
+        }
+        match page.last() {
+            Some(last) if page.len() == 7 => {
+                cursor = Some(DeadCursor { at: last.dead_at, id: sluice::id::parse_delivery(&last.id) })
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 100, "paging 7 at a time saw every dead letter once");
 }
 
 /// Redis only: one disable reaches every shard's `off` hash in the same script as the endpoint's

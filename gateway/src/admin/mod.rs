@@ -76,13 +76,19 @@ const MAX_REPLAY_ALL: usize = 10_000;
 
 /// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
 pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminError> {
-    let (mut endpoint, mut before, mut limit) = (None, None, 50);
+    let (mut endpoint, mut before, mut before_id, mut limit) = (None, None, None, 50);
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             // An empty `endpoint=` means no filter.
             "endpoint" => endpoint = Some(value.into_owned()).filter(|e| !e.is_empty()),
             "before" => {
                 before = Some(value.parse().map_err(|_| AdminError::BadRequest(format!("bad `before`: {value}")))?)
+            }
+            "before_id" => {
+                before_id = Some(
+                    id::parse_delivery(&value)
+                        .ok_or_else(|| AdminError::BadRequest(format!("bad `before_id`: {value}")))?,
+                )
             }
             "limit" => {
                 limit = value
@@ -94,9 +100,19 @@ pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminErro
             other => return Err(AdminError::BadRequest(format!("unknown query parameter `{other}`"))),
         }
     }
-    let page = queue.dead_letters(endpoint.as_deref(), before, limit).await?;
-    let next_before = (page.len() == limit).then(|| page.last().map(|d| d.dead_at)).flatten();
-    Ok(json!({ "dead_letters": page, "next_before": next_before }))
+    if before_id.is_some() && before.is_none() {
+        return Err(AdminError::BadRequest("`before_id` goes with `before`".to_string()));
+    }
+    let cursor = before.map(|at| crate::queue::DeadCursor { at, id: before_id });
+    let page = queue.dead_letters(endpoint.as_deref(), cursor, limit).await?;
+    // The next page starts after the last of this one: its time and id (one settle batch buries
+    // many deliveries in the same millisecond, so the time alone would skip some).
+    let last = (page.len() == limit).then(|| page.last()).flatten();
+    Ok(json!({
+        "dead_letters": page,
+        "next_before": last.map(|d| d.dead_at),
+        "next_before_id": last.map(|d| d.id.clone()),
+    }))
 }
 
 /// `POST /v1/deliveries/{id}/replay`: one dead letter back in the queue, with a fresh schedule.

@@ -42,8 +42,8 @@ use ulid::Ulid;
 use super::batcher::Batcher;
 use super::store_file::StoreFile;
 use super::{
-    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EndpointState, EventView,
-    NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
+    AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliverySummary, DeliveryView, EndpointState,
+    EventView, NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
 };
 use crate::config::QueueConfig;
 use crate::delivery::unix_millis;
@@ -411,7 +411,7 @@ impl Queue for EmbeddedQueue {
     async fn dead_letters(
         &self,
         endpoint: Option<&str>,
-        before: Option<u64>,
+        before: Option<DeadCursor>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, QueueError> {
         let endpoint = endpoint.map(str::to_string);
@@ -419,7 +419,9 @@ impl Queue for EmbeddedQueue {
             let dead = txn.open_table(DEAD)?;
             let table = txn.open_table(DELIVERIES)?;
             let mut found = Vec::new();
-            let range = dead.range(..(before.unwrap_or(u64::MAX), 0u128))?;
+            // Keys are (burial ms, delivery id): a page starts strictly before the cursor's pair.
+            let end = before.map_or((u64::MAX, 0u128), |b| (b.at, b.id.map_or(0, |id| id.0)));
+            let range = dead.range(..end)?;
             for entry in range.rev().take(if endpoint.is_some() { DEAD_SCAN } else { limit }) {
                 let (key, _) = entry?;
                 let (dead_at, delivery) = key.value();

@@ -282,6 +282,17 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
 }
 
+/// Where a page of dead letters starts (newest first): before burial time `at`, and among those
+/// buried in that same millisecond — one settle batch buries many at once — before delivery `id`.
+/// Without `id`, everything buried at `at` is left out too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadCursor {
+    /// Burial time, ms since the epoch.
+    pub at: u64,
+    /// The last delivery of the previous page.
+    pub id: Option<Ulid>,
+}
+
 /// The contract of a queue backend. Both backends keep the same semantics, checked by one
 /// conformance suite: deliveries ordered by next-attempt time, claimed under a lease, settled only
 /// by the lease holder, dead letters, an attempt log, parked deliveries of disabled endpoints,
@@ -326,12 +337,12 @@ pub trait Queue: Send + Sync {
     /// An event with its deliveries' states, or `None` when unknown (or expired).
     fn event(&self, event: Ulid) -> impl Future<Output = Result<Option<EventView>, QueueError>> + Send;
 
-    /// Dead letters, newest first: up to `limit` buried before `before` (ms, exclusive), optionally
-    /// only those of `endpoint`.
+    /// Dead letters, newest first (by burial time, then delivery id): up to `limit` that come after
+    /// `before` in that order, optionally only those of `endpoint`.
     fn dead_letters(
         &self,
         endpoint: Option<&str>,
-        before: Option<u64>,
+        before: Option<DeadCursor>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
 

@@ -33,8 +33,8 @@ use ulid::Ulid;
 
 use super::batcher::Batcher;
 use super::{
-    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliverySummary, DeliveryView, EndpointState, EventView,
-    NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
+    AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliverySummary, DeliveryView, EndpointState,
+    EventView, NewDelivery, NewEvent, Queue, QueueError, Settle, IDEMPOTENCY_PENDING, IDEMPOTENCY_PENDING_TTL,
 };
 use crate::config::{QueueConfig, RedisConfig};
 use crate::id;
@@ -236,17 +236,33 @@ impl Queue for RedisQueue {
     async fn dead_letters(
         &self,
         endpoint: Option<&str>,
-        before: Option<u64>,
+        before: Option<DeadCursor>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, QueueError> {
         let mut conn = self.core.conn.clone();
-        let max = before.map(|b| format!("({b}")).unwrap_or_else(|| "+inf".to_string());
+        let max = before.map(|b| format!("({}", b.at)).unwrap_or_else(|| "+inf".to_string());
         // Scan at most this many per shard when filtering by endpoint.
         let scan = if endpoint.is_some() { 1000 } else { limit };
         let mut found = Vec::new();
         for shard in 0..self.core.shards {
             let prefix = self.core.shard_prefix(shard);
-            let ids: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            // Those buried in the cursor's own millisecond, before its id (members with one score
+            // are ordered by id), then the older ones.
+            let mut ids: Vec<(String, f64)> = match before {
+                Some(DeadCursor { at, id: Some(last) }) => {
+                    let last = id::format_delivery(last);
+                    let same: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                        .arg(format!("{prefix}dead"))
+                        .arg(at)
+                        .arg(at)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await?;
+                    same.into_iter().filter(|(member, _)| *member < last).rev().take(scan).collect()
+                }
+                _ => Vec::new(),
+            };
+            let older: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
                 .arg(format!("{prefix}dead"))
                 .arg(&max)
                 .arg("-inf")
@@ -256,6 +272,7 @@ impl Queue for RedisQueue {
                 .arg(scan)
                 .query_async(&mut conn)
                 .await?;
+            ids.extend(older);
             if ids.is_empty() {
                 continue;
             }

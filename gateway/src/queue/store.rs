@@ -7,8 +7,8 @@ use std::time::Duration;
 use ulid::Ulid;
 
 use super::{
-    AttemptRecord, ClaimBatch, Claimed, DeadLetter, DeliveryView, EmbeddedQueue, EndpointState, EventView, NewDelivery,
-    NewEvent, Queue, QueueError, RedisQueue, Settle,
+    AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliveryView, EmbeddedQueue, EndpointState, EventView,
+    NewDelivery, NewEvent, Queue, QueueError, RedisQueue, Settle,
 };
 use crate::config::{Backend, Config};
 
@@ -89,7 +89,7 @@ impl Queue for Store {
     async fn dead_letters(
         &self,
         endpoint: Option<&str>,
-        before: Option<u64>,
+        before: Option<DeadCursor>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, QueueError> {
         each!(self, q => q.dead_letters(endpoint, before, limit))
