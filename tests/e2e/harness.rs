@@ -459,7 +459,22 @@ pub async fn admin_post(gateway: SocketAddr, path: &str) -> (u16, Value) {
 
 /// Waits until a gateway (e.g. a `sluice run` just spawned) answers `/healthz` at `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_listening_for(addr, PATIENCE).await
+}
+
+/// How long a gateway that compiles plugins may take to start: a Python component compiles for
+/// 10-15 s on this machine, longer while the rest of the suite runs beside it.
+pub const COMPILE_PATIENCE: Duration = Duration::from_secs(180);
+
+/// A compile cache shared by the test gateways (it is keyed by content), so each plugin file is
+/// compiled once per machine rather than once per test.
+pub fn shared_wasm_cache() -> PathBuf {
+    std::env::temp_dir().join("sluice-test-wasm-cache")
+}
+
+/// [`wait_listening`] with a longer patience, e.g. [`COMPILE_PATIENCE`].
+pub async fn wait_listening_for(addr: SocketAddr, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
     while client().get(format!("http://{addr}/healthz")).send().await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "sluice did not start listening on {addr}");
         tokio::time::sleep(Duration::from_millis(20)).await;

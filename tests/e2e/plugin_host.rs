@@ -47,9 +47,10 @@ fn log_lines(log: &Path) -> Vec<Value> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-/// Waits until a log line satisfies `wanted`, and returns it.
+/// Waits until a log line satisfies `wanted`, and returns it (some lines follow a compile: up to
+/// [`COMPILE_PATIENCE`]).
 async fn wait_for_line(log: &Path, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deadline = tokio::time::Instant::now() + COMPILE_PATIENCE;
     loop {
         if let Some(line) = log_lines(log).into_iter().find(&wanted) {
             return line;
@@ -83,13 +84,13 @@ async fn what_plugins_print_in_every_language_lands_in_the_gateway_log_as_theirs
     let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         + &endpoint_toml("a", &receiver.url(), "")
         + &plugins
-        + &format!("\n[wasm]\ncache_dir = \"{}\"\nexpose_errors = false\n", scratch.path().join("cache").display());
+        + &format!("\n[wasm]\ncache_dir = \"{}\"\nexpose_errors = false\n", shared_wasm_cache().display());
     std::fs::write(&config, toml).unwrap();
     let log = scratch.path().join("sluice.log");
     let _sluice =
         SluiceProcess::spawn(&["--log-format", "json", "run", "--config", config.to_str().unwrap()], &[], Some(&log));
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr).await;
+    wait_listening_for(addr, COMPILE_PATIENCE).await;
 
     // Each language prints through its own print; each line is the plugin's, with its event and stream.
     let cases = [
@@ -514,7 +515,7 @@ cache_dir = "{}"
 "#,
             py_path.display(),
             js_path.display(),
-            scratch.path().join("cache").display()
+            shared_wasm_cache().display()
         );
     let config = scratch.path().join("sluice.toml");
     std::fs::write(&config, toml).unwrap();
@@ -522,7 +523,7 @@ cache_dir = "{}"
     let _sluice =
         SluiceProcess::spawn(&["--log-format", "json", "run", "--config", config.to_str().unwrap()], &[], Some(&log));
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr).await;
+    wait_listening_for(addr, COMPILE_PATIENCE).await;
     let loaded =
         wait_for_line(&log, "saying py was loaded", |l| l["plugin"] == "py" && l["message"] == "Plugin loaded.").await;
     assert!(loaded["seconds"].as_str().is_some(), "{loaded}");

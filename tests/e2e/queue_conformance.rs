@@ -482,3 +482,31 @@ async fn redis_disable_marks_every_shard_in_one_step() {
     let states = s.store.endpoint_states(&["a"]).await.unwrap();
     assert_eq!((states[0].disabled.as_deref(), states[0].disabled_at), (Some("410 Gone"), Some(1234)));
 }
+
+/// Redis only: a record with a field a newer version added and one it dropped is still claimed
+/// and settled; a malformed record in a claimed batch is dead-lettered with the reason and the
+/// rest of the batch is served.
+#[tokio::test]
+async fn redis_records_of_another_version_load_and_a_malformed_one_does_not_block_its_batch() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("a", Duration::ZERO), ("a", Duration::ZERO)]).await;
+    let key = |id: Ulid| format!("sluice:{{s0}}:d:{}", sluice::id::format_delivery(id));
+    let mut conn = redis.connection().await;
+    let _: () = ::redis::cmd("HSET").arg(key(ids[0])).arg("added_later").arg("x").query_async(&mut conn).await.unwrap();
+    let _: () = ::redis::cmd("HDEL").arg(key(ids[0])).arg("attempts").query_async(&mut conn).await.unwrap();
+    let _: () =
+        ::redis::cmd("HSET").arg(key(ids[1])).arg("headers").arg("{not json").query_async(&mut conn).await.unwrap();
+
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    let got: Vec<Ulid> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(got, [ids[0], ids[2]], "the malformed one is set aside, the others served");
+    let bad = view(&s.store, ids[1]).await;
+    assert_eq!(bad.state, "dead");
+    assert!(bad.last_error.as_deref().unwrap_or_default().contains("malformed record"), "{:?}", bad.last_error);
+    for c in &claimed {
+        assert_eq!(c.attempt, 1);
+        claimed_settles(&s.store, c, Some(&record(1, Some(200), None)), Settle::Ack).await;
+    }
+    assert_eq!(view(&s.store, ids[0]).await.state, "succeeded");
+}

@@ -36,6 +36,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const RESPONSE_EXCERPT: usize = 1024;
 /// How often the shared endpoint states (disabled, failing since) are read from the queue's store.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
+/// What a lease must still hold after an attempt's timeout for the attempt to start: time to settle.
+/// Smaller than [`LEASE_MARGIN`], which validation requires on top of the timeout, so a delivery
+/// claimed and started at once always fits.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 /// How long a delivery for an endpoint this gateway does not know waits before it is claimed again.
 const UNKNOWN_ENDPOINT_DEFER: Duration = Duration::from_secs(5);
 
@@ -345,9 +349,10 @@ impl Shared {
                 return;
             }
         };
-        // The lease budget: an attempt that could outlast the lease (its timeout plus the margin)
-        // would race the next holder; give the delivery back instead, no attempt spent.
-        if tokio::time::Instant::now() + endpoint.timeout + LEASE_MARGIN > lease_ends {
+        // The lease budget: an attempt that could outlast the lease (its timeout, plus time to
+        // settle) would race the next holder; give the delivery back instead, no attempt spent.
+        // Settling then fits too: the attempt ends within its timeout, SETTLE_MARGIN before the lease.
+        if tokio::time::Instant::now() + endpoint.timeout + SETTLE_MARGIN > lease_ends {
             drop(permit);
             static SHORT: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(held_back) = SHORT.allow() {

@@ -97,8 +97,10 @@ struct Inner {
     write_failed: Arc<AtomicBool>,
 }
 
-/// A delivery as stored.
-#[derive(Debug, Serialize, Deserialize)]
+/// A delivery as stored. Records written by another version load: unknown fields are ignored and
+/// missing ones take their defaults (here and in the other records).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct DeliveryRec {
     event: u128,
     endpoint: String,
@@ -122,7 +124,8 @@ struct DeliveryRec {
 }
 
 /// An event as stored (its payload is in `payloads`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct EventRec {
     source: String,
     event_type: String,
@@ -134,6 +137,7 @@ struct EventRec {
 
 /// An endpoint's shared state as stored.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct EndpointRec {
     disabled: Option<String>,
     disabled_at: Option<u64>,
@@ -1010,5 +1014,23 @@ impl<'t> Tables<'t> {
             self.idempotency.remove(name.as_str())?;
         }
         Ok((expired.len() + keys.len()) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_another_version_load() {
+        // Written by a newer version: a field this one does not know, and `parked` and `log` gone.
+        let newer = r#"{"event":1,"endpoint":"a","state":"pending","attempts":2,"lease":"","due":5,
+            "updated":null,"last_error":"HTTP 500","headers":[],"rewritten":false,"expires":null,"priority":3}"#;
+        let rec: DeliveryRec = serde_json::from_str(newer).unwrap();
+        assert_eq!((rec.attempts, rec.parked, rec.log, rec.last_error.as_str()), (2, 0, 0, "HTTP 500"));
+        let event: EventRec = serde_json::from_str(r#"{"source":"shop","event_type":"t","tenant":"x"}"#).unwrap();
+        assert_eq!((event.source.as_str(), event.deliveries), ("shop", 0));
+        let attempt: AttemptRecord = serde_json::from_str(r#"{"attempt":1,"outcome":"success","trace":"t"}"#).unwrap();
+        assert_eq!(attempt.attempt, 1);
     }
 }

@@ -192,8 +192,10 @@ pub struct EndpointState {
     pub failing_since: Option<u64>,
 }
 
-/// One attempt, as recorded in the attempt log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One attempt, as recorded in the attempt log. A record written by another version loads (unknown
+/// fields ignored, missing ones defaulted).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AttemptRecord {
     /// Attempt number, 1-based.
     pub attempt: u32,

@@ -470,22 +470,55 @@ impl Queue for RedisQueue {
             .invoke_async(&mut conn)
             .await?;
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut malformed = Vec::new();
         for (delivery, token, endpoint, attempt, event, event_type, payload, headers) in rows {
-            let (Some(id), Some(event_id)) = (id::parse_delivery(&delivery), id::parse_event(&event)) else {
-                return Err(QueueError::Corrupt(format!("bad ids in queue: {delivery} / {event}")));
+            let Some(id) = id::parse_delivery(&delivery) else {
+                // Not one of our ids: take it out of the queue so it cannot block claims.
+                tracing::error!(member = %delivery, "A queue entry that is not a delivery id; removed from the queue.");
+                let _: Result<(), _> = conn.zrem(format!("{prefix}due"), &delivery).await;
+                continue;
             };
-            let headers = if headers.is_empty() { Vec::new() } else { serde_json::from_str(&headers)? };
-            deliveries.push(Claimed {
+            let event_id = id::parse_event(&event);
+            let headers = if headers.is_empty() {
+                Ok(Vec::new())
+            } else {
+                serde_json::from_str::<Vec<(String, String)>>(&headers)
+            };
+            let mut claimed = Claimed {
                 id,
                 shard,
                 token,
                 endpoint,
                 attempt,
-                event_id,
+                event_id: event_id.unwrap_or_else(|| id::event_of(id)),
                 event_type,
                 payload: Bytes::from(payload),
-                headers,
-            });
+                headers: Vec::new(),
+            };
+            match (event_id, headers) {
+                (Some(_), Ok(headers)) => {
+                    claimed.headers = headers;
+                    deliveries.push(claimed);
+                }
+                (None, _) => malformed.push((claimed, format!("malformed record: event id `{event}` does not parse"))),
+                (_, Err(e)) => malformed.push((claimed, format!("malformed record: headers are not valid JSON ({e})"))),
+            }
+        }
+        // One bad record must not fail the claims of the rest: it is dead-lettered with the reason,
+        // where the admin API shows it, and the batch goes on.
+        for (claimed, reason) in malformed {
+            tracing::error!(delivery_id = %id::format_delivery(claimed.id), %reason,
+                "A claimed delivery's record is malformed; dead-lettered so the others go on.");
+            let record = AttemptRecord {
+                attempt: claimed.attempt,
+                at: crate::delivery::unix_millis(),
+                outcome: "error".to_string(),
+                error: Some(reason),
+                ..AttemptRecord::default()
+            };
+            if let Err(e) = self.settle(&claimed, Some(&record), Settle::Bury).await {
+                tracing::warn!(error = %e, "Could not dead-letter a malformed delivery; it is retried when its lease ends.");
+            }
         }
         let next_due_in = u64::try_from(wait).ok().map(Duration::from_millis);
         Ok(ClaimBatch { deliveries, next_due_in })

@@ -20,7 +20,8 @@ for i, id in ipairs(ids) do
     stale[#stale + 1] = id
   else
     local token = ARGV[4] .. '.' .. i
-    local attempt = tonumber(d[3]) + 1
+    -- A record from another version may lack a field: count from zero rather than fail the batch.
+    local attempt = (tonumber(d[3]) or 0) + 1
     redis.call('HSET', dkey, 'lease', token, 'attempts', attempt)
     zadd[#zadd + 1] = lease_until
     zadd[#zadd + 1] = id
