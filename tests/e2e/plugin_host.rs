@@ -531,13 +531,15 @@ cache_dir = "{}"
         .iter()
         .any(|l| l["plugin"] == "py" && l["message"].as_str().unwrap_or_default().starts_with("Loading plugin")));
 
-    // A new Python file takes seconds to compile; a JavaScript file changed meanwhile does not wait for it.
-    replace_file(&py_path, &with_custom_section(&std::fs::read(&python).unwrap(), "v2"));
+    // A new Python file takes seconds to compile; a JavaScript file changed meanwhile does not wait for
+    // it. The tag makes the file new to the shared compile cache too.
+    let tag = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    replace_file(&py_path, &with_custom_section(&std::fs::read(&python).unwrap(), &tag));
     wait_for_line(&log, "noticing the Python change", |l| {
         l["plugin"] == "py" && l["message"] == "Plugin file changed; reloading it."
     })
     .await;
-    replace_file(&js_path, &with_custom_section(&std::fs::read(&js).unwrap(), "v2"));
+    replace_file(&js_path, &with_custom_section(&std::fs::read(&js).unwrap(), &tag));
     wait_for_line(&log, "js reloaded", |l| {
         l["plugin"] == "js" && l["message"].as_str().unwrap_or_default().starts_with("Plugin reloaded")
     })
