@@ -196,16 +196,8 @@ async fn produce(
     Ok(all)
 }
 
-fn gateway_toml(store: &str, receiver: SocketAddr, chain: usize) -> String {
-    let mut plugin_tables = String::new();
-    for i in 1..=chain {
-        plugin_tables += &format!(
-            "[[plugins]]\nname = \"filter{i}\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
-            plugin_path("rust-filter").display()
-        );
-    }
-    let plugin = plugin_tables;
-    let plugins = format!("[{}]", (1..=chain).map(|i| format!("\"filter{i}\"")).collect::<Vec<_>>().join(", "));
+/// What every benchmark gateway shares: a free port, the store, loopback allowed, the receiver.
+fn base_toml(store: &str, receiver: SocketAddr) -> String {
     format!(
         r#"
 [server]
@@ -219,6 +211,23 @@ name = "receiver"
 url = "http://{receiver}/hook"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 timeout = "10s"
+"#
+    )
+}
+
+fn gateway_toml(store: &str, receiver: SocketAddr, chain: usize) -> String {
+    let mut plugin_tables = String::new();
+    for i in 1..=chain {
+        plugin_tables += &format!(
+            "[[plugins]]\nname = \"filter{i}\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
+            plugin_path("rust-filter").display()
+        );
+    }
+    let plugin = plugin_tables;
+    let plugins = format!("[{}]", (1..=chain).map(|i| format!("\"filter{i}\"")).collect::<Vec<_>>().join(", "));
+    let base = base_toml(store, receiver);
+    format!(
+        r#"{base}
 {plugin}
 [[routes]]
 source = "bench"
@@ -309,19 +318,9 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow:
 async fn noisy_neighbour() -> anyhow::Result<()> {
     let (_redis, url) = start_redis().await?;
     let receiver = start_receiver(Arc::default(), Arc::new(AtomicUsize::new(usize::MAX)), Arc::default()).await?;
+    let base = base_toml(&format!("[redis]\nurl = \"{url}\""), receiver);
     let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[redis]
-url = "{url}"
-[security]
-allow_private_destinations = true
-allow_unauthenticated_sources = true
-[[endpoints]]
-name = "receiver"
-url = "http://{receiver}/hook"
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        r#"{base}
 [[plugins]]
 name = "looper"
 path = "{}"
