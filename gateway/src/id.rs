@@ -30,6 +30,39 @@ pub fn event_of(delivery: Ulid) -> Ulid {
     Ulid(delivery.0 & !LOW_MASK)
 }
 
+/// A fresh event id in `shard` of `shards`: an event stored under an idempotency key goes to the
+/// key's shard, so one script (one Redis Cluster slot) checks the key and stores the event. Only
+/// the id's low random bits change; its time, and so its order, stay as generated.
+pub fn new_event_in(shard: u32, shards: u32) -> Ulid {
+    let shards = u128::from(shards.max(1));
+    let shard = u128::from(shard) % shards;
+    let id = new_event();
+    Ulid(place(id.0 >> 16, shard, shards) << 16)
+}
+
+/// `high` (an id without its low 16 bits) moved to the nearest value in `shard`: rounded down to
+/// a multiple of `shards` plus `shard`, or one multiple lower where that would carry out of the 64
+/// random bits into the timestamp.
+fn place(high: u128, shard: u128, shards: u128) -> u128 {
+    let moved = high - high % shards + shard;
+    if moved >> 64 != high >> 64 {
+        moved - shards
+    } else {
+        moved
+    }
+}
+
+/// The shard of an idempotency key (of a source) among `shards`: stable across processes and
+/// versions (FNV-1a over source, a newline and the key).
+pub fn shard_of_key(source: &str, key: &str, shards: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in source.bytes().chain(std::iter::once(b'\n')).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(shards.max(1))) as u32
+}
+
 /// The shard of an event or delivery among `shards`.
 pub fn shard_of(id: Ulid, shards: u32) -> u32 {
     ((id.0 >> 16) % u128::from(shards.max(1))) as u32
@@ -72,6 +105,34 @@ mod tests {
                 assert_ne!(delivery, event);
             }
         }
+    }
+
+    #[test]
+    fn events_can_be_made_in_a_chosen_shard_without_changing_their_time() {
+        for shards in [1, 2, 7, 16, 1024] {
+            for shard in [0, 1, shards / 2, shards - 1] {
+                let before = Ulid::new().timestamp_ms();
+                let event = new_event_in(shard, shards);
+                assert_eq!(shard_of(event, shards), shard % shards);
+                assert!(event.timestamp_ms() >= before && event.timestamp_ms() <= Ulid::new().timestamp_ms());
+                assert_eq!(event.0 & LOW_MASK, 0);
+            }
+        }
+        // Random bits all ones: adding the shard would carry into the timestamp.
+        let high = (5u128 << 64) | u128::from(u64::MAX);
+        let moved = place(high, 6, 7);
+        assert_eq!((moved >> 64, moved % 7), (5, 6));
+    }
+
+    #[test]
+    fn key_shards_are_stable_and_spread() {
+        assert_eq!(shard_of_key("shop", "order-1", 1), 0);
+        assert_eq!(shard_of_key("shop", "order-1", 16), shard_of_key("shop", "order-1", 16));
+        let used: std::collections::HashSet<u32> =
+            (0..200).map(|i| shard_of_key("shop", &format!("k{i}"), 8)).collect();
+        assert_eq!(used.len(), 8);
+        // Pinned: the mapping must not change between versions (keys stored by one are found by the next).
+        assert_eq!(shard_of_key("shop", "order-1", 1024), 921);
     }
 
     #[test]

@@ -18,6 +18,8 @@ const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 pub const OUTCOMES: [&str; 4] = ["success", "http_error", "timeout", "error"];
 /// Queue operations whose store errors are counted.
 pub const STORE_OPS: [&str; 4] = ["enqueue", "claim", "settle", "admin"];
+/// Why a claimed delivery went back to the queue unattempted (no attempt spent), in counter order.
+pub const PUT_BACK_REASONS: [&str; 3] = ["endpoint_busy", "lease_budget", "unknown_endpoint"];
 /// The label of events for sources no route serves.
 const OTHER_SOURCE: &str = "_unknown";
 
@@ -56,6 +58,7 @@ pub struct Metrics {
     store_errors: [AtomicU64; 4],
     connections_open: AtomicI64,
     connection_cap_waits: AtomicU64,
+    put_back: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -81,6 +84,7 @@ impl Metrics {
             store_errors: Default::default(),
             connections_open: AtomicI64::new(0),
             connection_cap_waits: AtomicU64::new(0),
+            put_back: Default::default(),
         }
     }
 
@@ -135,6 +139,13 @@ impl Metrics {
     /// A delivery attempt started (`+1`) or ended (`-1`) in this process.
     pub fn in_flight(&self, change: i64) {
         self.in_flight.fetch_add(change, Ordering::Relaxed);
+    }
+
+    /// A claimed delivery went back unattempted, for `reason` (one of [`PUT_BACK_REASONS`]).
+    pub fn put_back(&self, reason: &str) {
+        if let Some(i) = PUT_BACK_REASONS.iter().position(|r| *r == reason) {
+            self.put_back[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A queue operation (one of [`STORE_OPS`]) failed.
@@ -212,6 +223,15 @@ impl Metrics {
             "sluice_http_connection_cap_waits_total {}",
             self.connection_cap_waits.load(Ordering::Relaxed)
         );
+        header(
+            out,
+            "sluice_deliveries_put_back_total",
+            "counter",
+            "Claimed deliveries put back unattempted, no attempt spent: the endpoint at its limit, too little lease left, or an endpoint this gateway's config lacks.",
+        );
+        for (reason, n) in PUT_BACK_REASONS.iter().zip(&self.put_back) {
+            let _ = writeln!(out, "sluice_deliveries_put_back_total{{reason=\"{reason}\"}} {}", load(n));
+        }
         header(
             out,
             "sluice_store_errors_total",

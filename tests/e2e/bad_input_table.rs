@@ -197,6 +197,7 @@ config_rows! {
     config_unknown_queue_backend: valid_config().replace("[security]", "[queue]\nbackend = \"postgres\"\n[security]") => "postgres";
     config_shards_on_the_embedded_backend: valid_config().replace("[security]", "[queue]\nshards = 4\n[security]") => "queue.shards: applies to the redis backend only";
     config_store_path_is_a_directory: valid_config().replace("[security]", "[queue]\npath = \"/tmp\"\n[security]") => "queue.path: must name a file";
+    config_dead_retention_too_short: valid_config().replace("[security]", "[queue]\ndead_retention = \"500ms\"\n[security]") => "queue.dead_retention: must be at least 1s";
 }
 
 /// A loopback TCP server that treats every connection with `serve` (a misbehaving receiver).

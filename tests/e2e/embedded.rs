@@ -20,7 +20,7 @@ async fn wait_attempted(addr: std::net::SocketAddr, delivery: &str) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (status, view) = admin_get(addr, &format!("/v1/deliveries/{delivery}")).await;
-        // attempts_made counts from the claim; the attempt's record is there once it is settled.
+        // An attempt counts (attempts_made) once it is settled with its record.
         if status == 200 && view["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
             return view;
         }

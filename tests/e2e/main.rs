@@ -17,3 +17,4 @@ mod plugins;
 mod protection;
 mod queue_conformance;
 mod scale;
+mod timing;

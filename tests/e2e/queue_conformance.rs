@@ -68,14 +68,17 @@ macro_rules! conformance {
 
 conformance!(
     claims_in_order_of_next_attempt,
-    a_lease_hides_a_delivery_until_it_runs_out,
+    a_lease_hides_a_delivery_until_it_runs_out_and_a_lapsed_lease_spends_no_attempt,
     retry_bury_replay_ack_with_the_attempt_log,
     defer_puts_back_without_counting_an_attempt,
     pause_parks_until_enable_and_only_while_disabled,
     endpoint_failure_runs_are_recorded_once,
     idempotency_keys_claim_complete_release_expire,
+    an_idempotent_enqueue_stores_only_while_its_key_holds_its_mark,
     events_keep_payloads_headers_and_rewritten_bodies,
     finished_deliveries_expire_after_retention,
+    dead_letters_expire_after_the_dead_letter_retention_and_their_event_outlives_them,
+    replaying_an_endpoint_replays_every_dead_letter_however_many,
     depth_counts_due_scheduled_dead_and_parked,
     dead_letters_filter_by_endpoint_newest_first,
     dead_letter_pages_skip_nothing_when_one_batch_buries_many_at_once,
@@ -95,7 +98,14 @@ async fn enqueue_with(
 ) -> (Ulid, Vec<Ulid>) {
     let event = sluice::id::new_event();
     let headers = vec![("x-origin".to_string(), "test".to_string())];
-    let new = NewEvent { id: event, source: "shop", event_type: "order.created", headers: &headers, payload };
+    let new = NewEvent {
+        id: event,
+        source: "shop",
+        event_type: "order.created",
+        headers: &headers,
+        payload,
+        idempotency: None,
+    };
     let deliveries: Vec<NewDelivery> = deliveries
         .into_iter()
         .enumerate()
@@ -175,32 +185,33 @@ async fn claims_in_order_of_next_attempt(kind: Kind) {
     assert_eq!(view(&s.store, tomorrow[0]).await.state, "pending");
 }
 
-async fn a_lease_hides_a_delivery_until_it_runs_out(kind: Kind) {
+async fn a_lease_hides_a_delivery_until_it_runs_out_and_a_lapsed_lease_spends_no_attempt(kind: Kind) {
     let s = open(kind, "").await;
     let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
     let lease = Duration::from_secs(2);
     let (first, next) = claim(&s.store, 10, lease).await;
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].attempt, 1);
+    assert_eq!((first[0].attempt, first[0].lapsed), (1, 0));
     let (none, next_again) = claim(&s.store, 10, lease).await;
     assert!(none.is_empty(), "a leased delivery is not claimed twice");
     assert!(next.is_some_and(|n| n <= lease) && next_again.is_some_and(|n| n <= lease));
     let leased = view(&s.store, ids[0]).await;
-    assert_eq!((leased.state.as_str(), leased.attempts_made), ("pending", 1));
+    assert_eq!((leased.state.as_str(), leased.attempts_made), ("pending", 0), "a claim counts no attempt");
     assert!(leased.next_attempt_at.is_some(), "the lease expiry is its next chance");
 
-    // The worker holding it died: the lease runs out and another worker gets it.
+    // The holder never settled (it died, or the claim's reply was lost on the way): the lease runs
+    // out and another worker gets it, still for attempt 1, the lapse counted.
     let second = claim_when_due(&s.store, 1, LEASE).await;
     assert_eq!(second[0].id, ids[0]);
-    assert_eq!(second[0].attempt, 2);
+    assert_eq!((second[0].attempt, second[0].lapsed), (1, 1), "a lapsed lease is not an attempt");
     assert_ne!(second[0].token, first[0].token);
     let stale = s.store.settle(&first[0], Some(&record(1, Some(200), None)), Settle::Ack).await.unwrap();
     assert!(!stale, "the old holder's settlement is refused");
     assert_eq!(view(&s.store, ids[0]).await.state, "pending", "...and changed nothing");
-    claimed_settles(&s.store, &second[0], Some(&record(2, Some(200), None)), Settle::Ack).await;
+    claimed_settles(&s.store, &second[0], Some(&record(1, Some(200), None)), Settle::Ack).await;
     let done = view(&s.store, ids[0]).await;
     assert_eq!(done.state, "succeeded");
-    assert_eq!(done.attempts.len(), 1, "only the holder's attempt is logged");
+    assert_eq!((done.attempts_made, done.attempts.len()), (1, 1), "only the holder's attempt counts and is logged");
     assert!(!s.store.settle(&second[0], None, Settle::Ack).await.unwrap(), "a settled lease is spent");
 }
 
@@ -318,19 +329,80 @@ async fn endpoint_failure_runs_are_recorded_once(kind: Kind) {
 async fn idempotency_keys_claim_complete_release_expire(kind: Kind) {
     let s = open(kind, "").await;
     let q = &s.store;
-    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap(), None, "a new key is claimed");
-    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap().as_deref(), Some(sluice::queue::IDEMPOTENCY_PENDING));
-    assert_eq!(q.claim_idempotency("other", "k1").await.unwrap(), None, "keys are per source");
+    let (ev1, ev2) = (sluice::id::new_event(), sluice::id::new_event());
+    assert_eq!(q.claim_idempotency("shop", "k1", ev1).await.unwrap(), None, "a new key is claimed");
+    let pending = q.claim_idempotency("shop", "k1", ev2).await.unwrap().unwrap();
+    assert_eq!(pending, sluice::queue::idempotency_pending(ev1), "in progress, for the first request's event");
+    assert!(pending.starts_with(sluice::queue::IDEMPOTENCY_PENDING));
+    assert_eq!(q.claim_idempotency("other", "k1", ev2).await.unwrap(), None, "keys are per source");
     q.complete_idempotency("shop", "k1", "{\"id\":\"evt_1\"}", Duration::from_secs(60)).await.unwrap();
-    assert_eq!(q.claim_idempotency("shop", "k1").await.unwrap().as_deref(), Some("{\"id\":\"evt_1\"}"));
-    q.release_idempotency("other", "k1").await.unwrap();
-    assert_eq!(q.claim_idempotency("other", "k1").await.unwrap(), None, "a released key can be claimed again");
+    assert_eq!(q.claim_idempotency("shop", "k1", ev2).await.unwrap().as_deref(), Some("{\"id\":\"evt_1\"}"));
+    assert_eq!(q.release_idempotency("other", "k1", ev1).await.unwrap(), None);
+    assert!(q.claim_idempotency("other", "k1", ev1).await.unwrap().is_some(), "another request's mark stays");
+    assert_eq!(q.release_idempotency("other", "k1", ev2).await.unwrap(), None);
+    assert_eq!(q.claim_idempotency("other", "k1", ev1).await.unwrap(), None, "a released key can be claimed again");
 
     let window = Duration::from_secs(1);
     q.complete_idempotency("shop", "k2", "answer", window).await.unwrap();
-    assert_eq!(q.claim_idempotency("shop", "k2").await.unwrap().as_deref(), Some("answer"));
+    assert_eq!(q.claim_idempotency("shop", "k2", ev1).await.unwrap().as_deref(), Some("answer"));
     tokio::time::sleep(window + Duration::from_millis(50)).await;
-    assert_eq!(q.claim_idempotency("shop", "k2").await.unwrap(), None, "the window is over");
+    assert_eq!(q.claim_idempotency("shop", "k2", ev1).await.unwrap(), None, "the window is over");
+}
+
+/// Stores one event under an idempotency key (its id in the key's shard, as ingest makes it).
+async fn enqueue_keyed(store: &Store, key: &str, answer: &str) -> (Ulid, Result<(), sluice::queue::QueueError>) {
+    let event = sluice::id::new_event_in(store.idempotency_shard("shop", key), store.shards());
+    (event, enqueue_as(store, event, key, answer).await)
+}
+
+async fn enqueue_as(store: &Store, event: Ulid, key: &str, answer: &str) -> Result<(), sluice::queue::QueueError> {
+    let commit = sluice::queue::IdempotencyCommit { key, answer, window: Duration::from_secs(60) };
+    let new = NewEvent {
+        id: event,
+        source: "shop",
+        event_type: "order.created",
+        headers: &[],
+        payload: b"{}",
+        idempotency: Some(commit),
+    };
+    let delivery = NewDelivery {
+        id: sluice::id::delivery_of(event, 1),
+        endpoint: Arc::from("a"),
+        headers: Vec::new(),
+        payload: None,
+        delay: Duration::ZERO,
+    };
+    store.enqueue(&new, &[delivery]).await
+}
+
+async fn an_idempotent_enqueue_stores_only_while_its_key_holds_its_mark(kind: Kind) {
+    let s = open(kind, "shards = 1").await;
+    let q = &s.store;
+    // Claimed, then stored: the answer is recorded in the same step.
+    let event = sluice::id::new_event_in(q.idempotency_shard("shop", "k1"), q.shards());
+    assert_eq!(q.claim_idempotency("shop", "k1", event).await.unwrap(), None);
+    enqueue_as(q, event, "k1", "first answer").await.unwrap();
+    assert_eq!(
+        q.claim_idempotency("shop", "k1", sluice::id::new_event()).await.unwrap().as_deref(),
+        Some("first answer")
+    );
+    // Its outcome unknown to the gateway (a lost reply), the key says it was stored.
+    assert_eq!(q.release_idempotency("shop", "k1", event).await.unwrap().as_deref(), Some("first answer"));
+    assert!(q.event(event).await.unwrap().is_some());
+
+    // Released first (the gateway settled a lost reply as "not stored"): the late enqueue stores nothing.
+    let event = sluice::id::new_event_in(q.idempotency_shard("shop", "k2"), q.shards());
+    assert_eq!(q.claim_idempotency("shop", "k2", event).await.unwrap(), None);
+    assert_eq!(q.release_idempotency("shop", "k2", event).await.unwrap(), None);
+    let late = enqueue_as(q, event, "k2", "late answer").await.unwrap_err();
+    assert!(late.is_idempotency_lost(), "{late}");
+    assert!(q.event(event).await.unwrap().is_none(), "nothing was stored");
+    assert_eq!(q.claim_idempotency("shop", "k2", event).await.unwrap(), None, "the key is free for the retry");
+
+    // Never claimed (or expired): nothing is stored either.
+    let (event, unclaimed) = enqueue_keyed(q, "k3", "answer").await;
+    assert!(unclaimed.unwrap_err().is_idempotency_lost());
+    assert!(q.event(event).await.unwrap().is_none());
 }
 
 async fn events_keep_payloads_headers_and_rewritten_bodies(kind: Kind) {
@@ -382,11 +454,56 @@ async fn finished_deliveries_expire_after_retention(kind: Kind) {
         assert!(tokio::time::Instant::now() < deadline, "the succeeded delivery never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A dead letter stays until someone acts on it; so does its event.
+    // A dead letter stays for the dead-letter retention (30 days by default); so does its event.
     assert_eq!(view(&s.store, ids[1]).await.state, "dead");
-    let e = s.store.event(event).await.unwrap().expect("an event with an open delivery is kept");
+    let e = s.store.event(event).await.unwrap().expect("an event with a dead delivery is kept");
     assert_eq!(e.deliveries[0].state.as_deref(), Some("expired"));
     assert_eq!(e.deliveries[1].state.as_deref(), Some("dead"));
+}
+
+async fn dead_letters_expire_after_the_dead_letter_retention_and_their_event_outlives_them(kind: Kind) {
+    let s = open(kind, "retention = \"1h\"\ndead_retention = \"1s\"").await;
+    let (event, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &c, Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+    assert_eq!(s.store.dead_letters(None, None, 10).await.unwrap().len(), 1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        // A claim also trims the dead-letter index on Redis.
+        claim(&s.store, 10, LEASE).await;
+        let gone = s.store.delivery(ids[0]).await.unwrap().is_none();
+        if gone && s.store.dead_letters(None, None, 10).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the dead letter was never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.store.replay(&ids, Duration::ZERO).await.unwrap().is_empty(), "nothing left to replay");
+    let e = s.store.event(event).await.unwrap().expect("the event is kept for the longer retention");
+    assert_eq!(e.deliveries[0].state.as_deref(), Some("expired"));
+}
+
+async fn replaying_an_endpoint_replays_every_dead_letter_however_many(kind: Kind) {
+    let s = open(kind, "").await;
+    // More than one step's worth, most buried in the same millisecond by one settle batch.
+    let mut wanted: Vec<(&str, Duration)> = (0..2500).map(|_| ("a", Duration::ZERO)).collect();
+    wanted.extend((0..10).map(|_| ("b", Duration::ZERO)));
+    enqueue(&s.store, &wanted).await;
+    let mut claimed = Vec::new();
+    while claimed.len() < wanted.len() {
+        claimed.extend(claim_when_due(&s.store, 1000.min(wanted.len() - claimed.len()), LEASE).await);
+    }
+    let failed = record(1, Some(500), Some("HTTP 500"));
+    let settles = claimed.iter().map(|c| s.store.settle(c, Some(&failed), Settle::Bury));
+    for settled in futures_util::future::join_all(settles).await {
+        assert!(settled.unwrap());
+    }
+    assert_eq!(s.store.depth(&[]).await.unwrap().dead, 2510);
+    assert_eq!(s.store.replay_endpoint("a", Duration::ZERO).await.unwrap(), 2500, "every one of a's");
+    assert!(s.store.dead_letters(Some("a"), None, 10).await.unwrap().is_empty());
+    assert_eq!(s.store.dead_letters(Some("b"), None, 100).await.unwrap().len(), 10, "b's stay dead");
+    assert_eq!(s.store.depth(&[]).await.unwrap().due, 2500);
+    assert_eq!(s.store.replay_endpoint("a", Duration::ZERO).await.unwrap(), 0, "nothing twice");
 }
 
 async fn depth_counts_due_scheduled_dead_and_parked(kind: Kind) {

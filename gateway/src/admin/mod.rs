@@ -71,8 +71,6 @@ pub async fn event(queue: &Store, text: &str) -> Result<Value, AdminError> {
 
 /// Longest page of dead letters.
 const MAX_PAGE: usize = 500;
-/// Most dead letters one replay-all request replays.
-const MAX_REPLAY_ALL: usize = 10_000;
 
 /// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
 pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminError> {
@@ -127,8 +125,8 @@ pub async fn replay_one(queue: &Store, text: &str) -> Result<Value, AdminError> 
     Ok(json!({ "replayed": replayed }))
 }
 
-/// `POST /v1/endpoints/{name}/replay-dead`: every dead letter of an endpoint back in the queue,
-/// spaced by `spacing` so the endpoint is not flooded.
+/// `POST /v1/endpoints/{name}/replay-dead`: every dead letter of an endpoint (however many, in
+/// bounded steps) back in the queue, spaced by `spacing` so the endpoint is not flooded.
 pub async fn replay_endpoint(
     queue: &Store,
     endpoint: &str,
@@ -138,10 +136,8 @@ pub async fn replay_endpoint(
     if !known {
         return Err(unknown_endpoint(endpoint));
     }
-    let dead = queue.dead_letters(Some(endpoint), None, MAX_REPLAY_ALL).await?;
-    let ids: Vec<_> = dead.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
-    let replayed = queue.replay(&ids, spacing).await?;
-    Ok(json!({ "endpoint": endpoint, "replayed": replayed.len() }))
+    let replayed = queue.replay_endpoint(endpoint, spacing).await?;
+    Ok(json!({ "endpoint": endpoint, "replayed": replayed }))
 }
 
 fn unknown_endpoint(name: &str) -> AdminError {

@@ -167,6 +167,10 @@ pub struct QueueConfig {
     /// How long finished deliveries and events are kept for the admin API. Default `7d`.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How long a dead letter is kept (replayable, listed) before it is removed with its record, so
+    /// a store that never evicts does not fill up with them. Default `30d`.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
 }
 
 /// The queue backend.
@@ -348,6 +352,7 @@ impl Default for QueueConfig {
             concurrency: 512,
             replay_rate: 100,
             retention: Duration::from_secs(7 * 24 * 3600),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

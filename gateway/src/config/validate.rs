@@ -77,6 +77,9 @@ impl Config {
         if self.queue.shards == 0 || self.queue.shards > 1024 {
             problems.push("queue.shards: must be between 1 and 1024".to_string());
         }
+        if self.queue.dead_retention < std::time::Duration::from_secs(1) {
+            problems.push("queue.dead_retention: must be at least 1s".to_string());
+        }
         if self.queue.batch == 0 || self.queue.concurrency == 0 {
             problems.push("queue.batch and queue.concurrency: must be at least 1".to_string());
         }

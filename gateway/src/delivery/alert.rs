@@ -160,7 +160,14 @@ impl Alerter {
 /// Stores an alert as an event of the source `_alerts` with one delivery to [`ALERTS_ENDPOINT`].
 async fn enqueue(queue: &Store, kind: &str, body: &[u8]) -> Result<(), crate::queue::QueueError> {
     let event = crate::id::new_event();
-    let stored = NewEvent { id: event, source: ALERTS_ENDPOINT, event_type: kind, headers: &[], payload: body };
+    let stored = NewEvent {
+        id: event,
+        source: ALERTS_ENDPOINT,
+        event_type: kind,
+        headers: &[],
+        payload: body,
+        idempotency: None,
+    };
     let delivery = NewDelivery {
         id: crate::id::delivery_of(event, 1),
         endpoint: Arc::from(ALERTS_ENDPOINT),

@@ -333,9 +333,22 @@ impl Shared {
                 tracing::warn!(%delivery_id, %event_id, endpoint = %claimed.endpoint, similar_since_last = held_back,
                     "Delivery for an endpoint this gateway's config does not have; put back for a gateway that has it.");
             }
+            self.metrics.put_back("unknown_endpoint");
             self.settle(&claimed, None, Settle::Defer(UNKNOWN_ENDPOINT_DEFER), None).await;
             return;
         };
+        // A claim counts no attempt, so a delivery whose every lease runs out unsettled (it kills
+        // its worker, or the store keeps dropping out mid-delivery) would loop forever: give up once
+        // its leases have lapsed more often than its schedule has attempts.
+        if claimed.lapsed as usize > endpoint.schedule.len() {
+            let reason = format!(
+                "its lease ran out {} times before it was settled (workers died or lost the queue while delivering it)",
+                claimed.lapsed
+            );
+            let record = AttemptRecord { outcome: "lapsed".into(), ..failure_record(&claimed, unix_millis(), reason) };
+            self.settle(&claimed, Some(&record), Settle::Bury, Some(endpoint)).await;
+            return;
+        }
         if endpoint.health().disabled {
             tracing::debug!(%delivery_id, %event_id, endpoint = %endpoint.name, "Endpoint disabled: delivery parked.");
             self.settle(&claimed, None, Settle::Pause, Some(endpoint)).await;
@@ -345,6 +358,7 @@ impl Shared {
             Admission::Go(permit) => permit,
             Admission::Busy(delay) => {
                 tracing::debug!(%delivery_id, %event_id, endpoint = %endpoint.name, ?delay, "Endpoint at its limit: delivery put back.");
+                self.metrics.put_back("endpoint_busy");
                 self.settle(&claimed, None, Settle::Defer(delay), Some(endpoint)).await;
                 return;
             }
@@ -359,6 +373,7 @@ impl Shared {
                 tracing::warn!(%delivery_id, %event_id, endpoint = %endpoint.name, similar_since_last = held_back,
                     "Too little of the lease left for an attempt; delivery put back.");
             }
+            self.metrics.put_back("lease_budget");
             self.settle(&claimed, None, Settle::Defer(Duration::ZERO), Some(endpoint)).await;
             return;
         }

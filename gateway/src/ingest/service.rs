@@ -15,7 +15,7 @@ use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
 use crate::plugin::{PluginEvent, PluginSet};
-use crate::queue::{NewDelivery, NewEvent, Queue, Store};
+use crate::queue::{IdempotencyCommit, NewDelivery, NewEvent, Queue, Store};
 use crate::route::RouteTable;
 
 /// Everything ingest needs, shared by all connections.
@@ -98,36 +98,88 @@ impl Ingest {
     /// Accepts one event and answers with the JSON for the producer. With an `idempotency-key`
     /// header, a repeat of a key within the window gets the first answer and stores nothing. The
     /// request must have passed [`Self::precheck`] (which also counts it against its rate limit).
+    ///
+    /// The key is claimed for the event id this request will store, and the event is stored only
+    /// while the key still says so, with the answer recorded in the same step. When the store's
+    /// reply is lost (the outcome is unknown), the key is kept until the outcome is known: a retry
+    /// meanwhile gets 409, then the original answer if the event was stored, or a fresh run if not.
     pub async fn answer(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, IngestError> {
         self.check(source, headers, &body)?;
         let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
-            let accepted = self.accept_checked(source, headers, body).await?;
+            let accepted = self.accept_checked(source, headers, body, id::new_event(), None).await?;
             return Ok(Answer { body: encode(&accepted), replayed: false });
         };
         let key = key.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
         let key = key.ok_or(IngestError::IdempotencyKey)?;
-        match self.queue.claim_idempotency(source, key).await? {
+        let event_id = id::new_event_in(self.queue.idempotency_shard(source, key), self.queue.shards());
+        let claimed = match self.queue.claim_idempotency(source, key, event_id).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                if e.is_unavailable() {
+                    // The claim may have been applied with its reply lost: free the key if so.
+                    self.settle_unknown(source, key, event_id);
+                }
+                return Err(e.into());
+            }
+        };
+        match claimed {
             None => {}
-            Some(pending) if pending == crate::queue::IDEMPOTENCY_PENDING => {
+            Some(pending) if pending.starts_with(crate::queue::IDEMPOTENCY_PENDING) => {
                 return Err(IngestError::IdempotencyInProgress)
             }
             Some(earlier) => return Ok(Answer { body: earlier, replayed: true }),
         }
-        match self.accept_checked(source, headers, body).await {
-            Ok(accepted) => {
-                let body = encode(&accepted);
-                if let Err(e) = self.queue.complete_idempotency(source, key, &body, self.idempotency_window).await {
-                    tracing::warn!(source, error = %e, "Could not record an idempotency key's answer; a repeat may get 409 for a minute.");
-                }
-                Ok(Answer { body, replayed: false })
+        match self.accept_checked(source, headers, body, event_id, Some(key)).await {
+            Ok(accepted) => Ok(Answer { body: encode(&accepted), replayed: false }),
+            // The key expired (or was released) before the event was stored: nothing was stored.
+            Err(IngestError::Queue(e)) if e.is_idempotency_lost() => Err(IngestError::IdempotencyInProgress),
+            Err(IngestError::Queue(e)) if e.is_unavailable() => {
+                // The event may have been stored and its answer recorded: keep the key until that
+                // is known, and release it then only if it was not.
+                self.settle_unknown(source, key, event_id);
+                Err(IngestError::Queue(e))
             }
             Err(e) => {
-                if let Err(release) = self.queue.release_idempotency(source, key).await {
-                    tracing::warn!(source, error = %release, "Could not release an idempotency key after a refused event.");
+                if let Err(release) = self.queue.release_idempotency(source, key, event_id).await {
+                    tracing::warn!(source, error = %release, "Could not release an idempotency key after a refused event; a repeat gets 409 for a minute.");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Finds out, once the store answers again, whether an enqueue whose reply was lost stored its
+    /// event, releasing the key when it did not; gives up when the key's pending mark expires by
+    /// itself (after which the enqueue, should it still arrive, stores nothing).
+    fn settle_unknown(&self, source: &str, key: &str, event: ulid::Ulid) {
+        let (queue, source, key) = (self.queue.clone(), source.to_string(), key.to_string());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + crate::queue::IDEMPOTENCY_PENDING_TTL;
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match queue.release_idempotency(&source, &key, event).await {
+                    Ok(Some(_)) => {
+                        tracing::info!(%source, event_id = %id::format_event(event),
+                            "An event whose store reply was lost had been stored; a retry gets its answer.");
+                        return;
+                    }
+                    Ok(None) => {
+                        tracing::info!(%source, event_id = %id::format_event(event),
+                            "An event whose store reply was lost had not been stored; its idempotency key is free again.");
+                        return;
+                    }
+                    Err(_) if tokio::time::Instant::now() + wait < deadline => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%source, error = %e,
+                            "Could not learn whether an event was stored; its idempotency key frees itself when its pending mark expires.");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Accepts one event: check, parse, route, run plugins, store. Returns once the queue holds
@@ -135,7 +187,7 @@ impl Ingest {
     pub async fn accept(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
         self.precheck(source, headers)?;
         self.check(source, headers, &body)?;
-        self.accept_checked(source, headers, body).await
+        self.accept_checked(source, headers, body, id::new_event(), None).await
     }
 
     /// Everything checked before an event is looked at: source, credential, size, signature; a
@@ -152,11 +204,18 @@ impl Ingest {
         Ok(())
     }
 
-    /// [`Self::accept`] for a request that passed [`Self::check`].
-    async fn accept_checked(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
+    /// [`Self::accept`] for a request that passed [`Self::check`], storing event `event_id`; with
+    /// an idempotency `key` (claimed for that id), its answer is recorded with the event.
+    async fn accept_checked(
+        &self,
+        source: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        event_id: ulid::Ulid,
+        key: Option<&str>,
+    ) -> Result<Accepted, IngestError> {
         let event_type = parse::event_type(headers, &body)?;
         let kept = parse::kept_headers(headers);
-        let event_id = id::new_event();
         let event = PluginEvent {
             id: id::format_event(event_id),
             source: source.to_string(),
@@ -180,6 +239,20 @@ impl Ingest {
                 headers: planned.headers,
             })
             .collect();
+        let accepted = Accepted {
+            id: event.id.clone(),
+            deliveries: deliveries
+                .iter()
+                .map(|d| AcceptedDelivery { id: id::format_delivery(d.id), endpoint: d.endpoint.to_string() })
+                .collect(),
+            dropped: plan.dropped,
+        };
+        let answer = key.map(|_| encode(&accepted));
+        let idempotency = key.zip(answer.as_deref()).map(|(key, answer)| IdempotencyCommit {
+            key,
+            answer,
+            window: self.idempotency_window,
+        });
         if !deliveries.is_empty() {
             let stored = NewEvent {
                 id: event_id,
@@ -187,20 +260,19 @@ impl Ingest {
                 event_type: &event.event_type,
                 headers: &event.headers,
                 payload: &body,
+                idempotency,
             };
             self.queue.enqueue(&stored, &deliveries).await?;
             if deliveries.iter().any(|d| d.delay.is_zero()) {
                 self.wake_worker.notify_one();
             }
+        } else if let Some(commit) = idempotency {
+            // Nothing to store: the answer is recorded on its own.
+            if let Err(e) = self.queue.complete_idempotency(source, commit.key, commit.answer, commit.window).await {
+                tracing::warn!(source, error = %e, "Could not record an idempotency key's answer; a repeat may get 409 for a minute.");
+            }
         }
-        Ok(Accepted {
-            id: event.id,
-            deliveries: deliveries
-                .iter()
-                .map(|d| AcceptedDelivery { id: id::format_delivery(d.id), endpoint: d.endpoint.to_string() })
-                .collect(),
-            dropped: plan.dropped,
-        })
+        Ok(accepted)
     }
 }
 

@@ -31,8 +31,14 @@ pub use self::embedded::EmbeddedQueue;
 pub use self::redis::RedisQueue;
 pub use self::store::Store;
 
-/// What an idempotency key holds while its first request is still being processed.
+/// How an idempotency key's value starts while its first request is still being processed (the
+/// full mark, [`idempotency_pending`], names the event that request will store).
 pub const IDEMPOTENCY_PENDING: &str = "pending";
+
+/// The mark an idempotency key holds while the request that claimed it for `event` runs.
+pub fn idempotency_pending(event: Ulid) -> String {
+    format!("{IDEMPOTENCY_PENDING}:{}", crate::id::format_event(event))
+}
 /// How long a claimed idempotency key stays pending at most (a gateway that died mid-request frees
 /// it then).
 pub const IDEMPOTENCY_PENDING_TTL: Duration = Duration::from_secs(60);
@@ -69,6 +75,10 @@ pub enum QueueError {
     /// The queue's background batching task has stopped (the gateway is shutting down).
     #[error("the queue is shutting down")]
     Stopped,
+    /// The event's idempotency key no longer held its pending mark (it expired, or the request's
+    /// outcome was settled as not stored): nothing was stored.
+    #[error("the idempotency key expired or was released before the event was stored; nothing was stored")]
+    IdempotencyLost,
     /// The data in Redis was written with another shard count.
     #[error(
         "redis holds data written with queue.shards = {stored}, but the config says {configured}; \
@@ -83,7 +93,17 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// Whether the store was unreachable (as opposed to refusing or holding bad data).
+    /// Whether this is [`QueueError::IdempotencyLost`] (possibly shared by a batch).
+    pub fn is_idempotency_lost(&self) -> bool {
+        match self {
+            QueueError::IdempotencyLost => true,
+            QueueError::Shared(e) => e.is_idempotency_lost(),
+            _ => false,
+        }
+    }
+
+    /// Whether the store was unreachable (as opposed to refusing or holding bad data). For a write
+    /// this also means its outcome is unknown: the store may have applied it and lost the reply.
     pub fn is_unavailable(&self) -> bool {
         match self {
             QueueError::Redis(e) => {
@@ -115,6 +135,22 @@ pub struct NewEvent<'a> {
     pub headers: &'a [(String, String)],
     /// Body as received.
     pub payload: &'a [u8],
+    /// The idempotency key the event is stored under, if any.
+    pub idempotency: Option<IdempotencyCommit<'a>>,
+}
+
+/// An idempotency key stored together with its event: the enqueue stores the event only while the
+/// key still holds the event's pending mark ([`idempotency_pending`]), and records `answer` for
+/// `window` in the same atomic step. So an enqueue whose outcome the gateway never learnt (a lost
+/// reply) is settled by the key alone: it holds the answer, or the mark that lets it be released.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyCommit<'a> {
+    /// The key, as the producer sent it.
+    pub key: &'a str,
+    /// The answer to repeat to a retry.
+    pub answer: &'a str,
+    /// How long the answer is kept.
+    pub window: Duration,
 }
 
 /// One delivery to schedule.
@@ -143,8 +179,11 @@ pub struct Claimed {
     pub token: String,
     /// Endpoint name.
     pub endpoint: String,
-    /// Number of this attempt, 1-based.
+    /// Number of this attempt, 1-based: attempts recorded so far plus one (a claim counts none).
     pub attempt: u32,
+    /// Times an earlier lease of this delivery ran out before it was settled (a worker died or
+    /// lost the store mid-delivery; maybe it attempted, maybe not).
+    pub lapsed: u32,
     /// Event id.
     pub event_id: Ulid,
     /// Event type.
@@ -201,7 +240,8 @@ pub struct AttemptRecord {
     pub attempt: u32,
     /// When the attempt started, ms since the Unix epoch.
     pub at: u64,
-    /// `success`, `http_error`, `timeout` or `error`.
+    /// `success`, `http_error`, `timeout` or `error`; `lapsed` for the record that gives up a
+    /// delivery whose leases kept running out (counted as its last attempt); `replayed` marks a replay.
     pub outcome: String,
     /// HTTP status, when the receiver answered.
     pub status: Option<u16>,
@@ -236,8 +276,10 @@ pub struct DeliveryView {
     pub endpoint: String,
     /// `pending`, `paused` (its endpoint is disabled), `succeeded` or `dead`.
     pub state: String,
-    /// Attempts started so far.
+    /// Attempts recorded so far (a claim counts none).
     pub attempts_made: u32,
+    /// Times a lease on it ran out before it was settled.
+    pub lapsed_leases: u32,
     /// When it was enqueued, ms since the epoch.
     pub created_at: Option<u64>,
     /// When it was last settled, ms since the epoch.
@@ -307,7 +349,9 @@ pub trait Queue: Send + Sync {
     fn ping(&self) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Stores an event and schedules its deliveries, atomically; returns once the store has them
-    /// (durably: a crash after this returns loses none of them).
+    /// (durably: a crash after this returns loses none of them). With an idempotency key, stores
+    /// nothing and fails with [`QueueError::IdempotencyLost`] unless the key holds the event's
+    /// pending mark, and records the answer in the same step.
     fn enqueue(
         &self,
         event: &NewEvent<'_>,
@@ -315,7 +359,8 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Claims up to `limit` due deliveries of `shard`, leasing each for `lease`. `token` is unique
-    /// per call; each delivery's lease token derives from it.
+    /// per call; each delivery's lease token derives from it. Counts no attempt (settling with an
+    /// attempt record does), so a claim whose reply is lost spends none.
     fn claim(
         &self,
         shard: u32,
@@ -324,8 +369,9 @@ pub trait Queue: Send + Sync {
         token: &str,
     ) -> impl Future<Output = Result<ClaimBatch, QueueError>> + Send;
 
-    /// Records `record` (`None`: no attempt was made, and the claim's count is taken back) and
-    /// settles the delivery; `Ok(false)` when the lease was lost meanwhile.
+    /// Records `record` and counts it as an attempt (`None`: no attempt was made) and settles the
+    /// delivery; `Ok(false)` when the lease was lost meanwhile. A burial keeps the dead letter for
+    /// `queue.dead_retention`.
     fn settle(
         &self,
         claimed: &Claimed,
@@ -356,6 +402,14 @@ pub trait Queue: Send + Sync {
         spacing: Duration,
     ) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
 
+    /// Puts every dead letter of `endpoint` buried until now back in the queue, `spacing` apart, in
+    /// bounded steps however many there are; returns how many.
+    fn replay_endpoint(
+        &self,
+        endpoint: &str,
+        spacing: Duration,
+    ) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
     /// The shared state of each endpoint in `names`, in order.
     fn endpoint_states(&self, names: &[&str]) -> impl Future<Output = Result<Vec<EndpointState>, QueueError>> + Send;
 
@@ -381,16 +435,24 @@ pub trait Queue: Send + Sync {
         endpoints: &[String],
     ) -> impl Future<Output = Result<crate::metrics::QueueDepth, QueueError>> + Send;
 
-    /// Claims an idempotency key for a new event. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`:
-    /// seen before, with the answer given then ([`IDEMPOTENCY_PENDING`] while the first request is
-    /// still running).
+    /// Claims an idempotency key for `event` (made with [`Self::idempotency_shard`]), marking it
+    /// pending. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`: seen before, with the answer
+    /// given then (starting with [`IDEMPOTENCY_PENDING`] while the first request is still running).
     fn claim_idempotency(
         &self,
         source: &str,
         key: &str,
+        event: Ulid,
     ) -> impl Future<Output = Result<Option<String>, QueueError>> + Send;
 
-    /// Records the answer given for an idempotency key, for `window`.
+    /// The shard an event stored under this idempotency key must be in (its id made with
+    /// [`crate::id::new_event_in`]), so the key and the event are written in one step.
+    fn idempotency_shard(&self, source: &str, key: &str) -> u32 {
+        crate::id::shard_of_key(source, key, self.shards())
+    }
+
+    /// Records the answer given for an idempotency key, for `window` (for an event that needed no
+    /// enqueue; an enqueue records its own answer).
     fn complete_idempotency(
         &self,
         source: &str,
@@ -399,6 +461,13 @@ pub trait Queue: Send + Sync {
         window: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
-    /// Gives up an idempotency key claimed for an event that was not accepted, so a retry can proceed.
-    fn release_idempotency(&self, source: &str, key: &str) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Gives up an idempotency key claimed for `event` when that event was not stored, so a retry
+    /// can proceed: removes the key if it still holds the event's pending mark. Returns the answer
+    /// recorded when the event was stored after all (an enqueue whose reply was lost).
+    fn release_idempotency(
+        &self,
+        source: &str,
+        key: &str,
+        event: Ulid,
+    ) -> impl Future<Output = Result<Option<String>, QueueError>> + Send;
 }

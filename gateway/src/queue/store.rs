@@ -99,6 +99,10 @@ impl Queue for Store {
         each!(self, q => q.replay(deliveries, spacing))
     }
 
+    async fn replay_endpoint(&self, endpoint: &str, spacing: Duration) -> Result<u64, QueueError> {
+        each!(self, q => q.replay_endpoint(endpoint, spacing))
+    }
+
     async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
         each!(self, q => q.endpoint_states(names))
     }
@@ -127,8 +131,8 @@ impl Queue for Store {
         each!(self, q => q.depth(endpoints))
     }
 
-    async fn claim_idempotency(&self, source: &str, key: &str) -> Result<Option<String>, QueueError> {
-        each!(self, q => q.claim_idempotency(source, key))
+    async fn claim_idempotency(&self, source: &str, key: &str, event: Ulid) -> Result<Option<String>, QueueError> {
+        each!(self, q => q.claim_idempotency(source, key, event))
     }
 
     async fn complete_idempotency(
@@ -141,7 +145,7 @@ impl Queue for Store {
         each!(self, q => q.complete_idempotency(source, key, answer, window))
     }
 
-    async fn release_idempotency(&self, source: &str, key: &str) -> Result<(), QueueError> {
-        each!(self, q => q.release_idempotency(source, key))
+    async fn release_idempotency(&self, source: &str, key: &str, event: Ulid) -> Result<Option<String>, QueueError> {
+        each!(self, q => q.release_idempotency(source, key, event))
     }
 }

@@ -13,6 +13,7 @@
 //! | `headers` | passes the event with `count` added headers |
 //! | `clock` | passes it with an `x-clock` header (Unix seconds as the plugin sees them) |
 //! | `count` | passes it with an `x-instance-calls` header counting the calls this instance served |
+//! | `stall` | spins for `ms` milliseconds (default 1000; needs `grant_clock`), then passes the event |
 //!
 //! Anything else passes the event unchanged. A `"when_type"` string limits the misbehaviour to
 //! events of that type.
@@ -85,6 +86,14 @@ impl Guest for Chaos {
             "clock" => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 event.headers.push(("x-clock".to_string(), now.as_secs().to_string()));
+                Ok(Verdict::Pass(event))
+            }
+            "stall" => {
+                let started = std::time::Instant::now();
+                let wanted = std::time::Duration::from_millis(number("ms", 1000) as u64);
+                while started.elapsed() < wanted {
+                    core::hint::spin_loop();
+                }
                 Ok(Verdict::Pass(event))
             }
             "count" => {

@@ -3,22 +3,43 @@
 -- holder's work.
 -- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
 -- disabled endpoints (name -> reason).
--- ARGV: shard key prefix, retention seconds, number of settlements S; then per settlement: delivery
+-- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, number of settlements S;
+--       then per settlement: delivery
 --       id, lease token, attempt record JSON ('' when no attempt was made), action ('ack' | 'retry' |
 --       'bury' | 'defer' | 'pause'), retry delay ms, last error ('' for none).
 -- 'defer' puts back a delivery that was claimed but not attempted (its endpoint was busy), without
 -- counting an attempt. 'pause' parks it in the endpoint's paused ZSET while the endpoint is disabled;
 -- checked here, atomically with enabling (which empties that set), so a delivery is never parked
 -- after its endpoint came back: it is deferred instead.
--- The attempt log is the delivery's `log` field: one JSON record per line.
+-- The attempt log is the delivery's `log` field: one JSON record per line; recording one counts the
+-- attempt (a claim does not).
+-- A burial closes the delivery (`closed` = 1): it expires after the dead-letter retention, and its
+-- event counts it in `dead` instead of `open`. An event whose last open delivery closes is kept for
+-- the retention period, or the dead-letter retention when one of its deliveries is dead.
 -- Returns one integer per settlement: 1 applied, 0 lease lost.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local p = ARGV[1]
-local retention = ARGV[2]
+local retention = tonumber(ARGV[2])
+local dead_retention = tonumber(ARGV[3])
 local results = {}
-local at = 4
-for i = 1, tonumber(ARGV[3]) do
+local at = 5
+
+-- One delivery of the event closed (acked or buried): once none is open, the event expires.
+local function close(evkey, buried)
+  if buried then
+    redis.call('HINCRBY', evkey, 'dead', 1)
+  end
+  if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
+    local ttl = retention
+    if (tonumber(redis.call('HGET', evkey, 'dead')) or 0) > 0 then
+      ttl = math.max(retention, dead_retention)
+    end
+    redis.call('EXPIRE', evkey, ttl)
+  end
+end
+
+for i = 1, tonumber(ARGV[4]) do
   local id, token, record, action = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
   at = at + 6
@@ -30,11 +51,13 @@ for i = 1, tonumber(ARGV[3]) do
     results[i] = 1
     local log = record
     if record == '' then
-      -- No attempt was made: take back the one the claim counted, keep the log as it is.
-      redis.call('HINCRBY', dkey, 'attempts', -1)
+      -- No attempt was made: nothing to count, the log stays as it is.
       log = d[2] or ''
-    elseif d[2] then
-      log = d[2] .. '\n' .. record
+    else
+      redis.call('HINCRBY', dkey, 'attempts', 1)
+      if d[2] then
+        log = d[2] .. '\n' .. record
+      end
     end
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[4]) then
       action = 'defer'
@@ -52,19 +75,18 @@ for i = 1, tonumber(ARGV[3]) do
       redis.call('ZADD', p .. 'paused:' .. d[4], now, id)
     elseif action == 'bury' then
       redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
-        'status', 'dead')
+        'status', 'dead', 'closed', 1)
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', KEYS[2], now, id)
+      redis.call('EXPIRE', dkey, dead_retention)
+      close(p .. 'ev:' .. d[3], true)
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
         'status', 'succeeded')
       redis.call('ZREM', KEYS[1], id)
       redis.call('EXPIRE', dkey, retention)
-      local evkey = p .. 'ev:' .. d[3]
-      if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
-        redis.call('EXPIRE', evkey, retention)
-      end
+      close(p .. 'ev:' .. d[3], false)
     end
   end
 end

@@ -1,0 +1,242 @@
+//! Group commit on Redis: enqueues and settlements submitted concurrently are grouped (see
+//! [`super::super::batcher`]) into one script call per shard, the shards concurrently.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use super::{Core, RedisQueue, Shared};
+use crate::id;
+use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, NewEvent, QueueError, Settle};
+
+/// An event and its deliveries, owned, on its way to the enqueue batch.
+pub(super) struct PendingEvent {
+    shard: u32,
+    id: String,
+    source: String,
+    event_type: String,
+    headers: String,
+    payload: Bytes,
+    deliveries: Vec<PendingDelivery>,
+    /// Its idempotency key, stored with it.
+    idempotency: Option<PendingKey>,
+}
+
+/// An idempotency key stored with its event (see [`crate::queue::IdempotencyCommit`]).
+struct PendingKey {
+    name: String,
+    mark: String,
+    answer: String,
+    window_ms: u64,
+}
+
+struct PendingDelivery {
+    id: String,
+    endpoint: Arc<str>,
+    delay_ms: u64,
+    headers: String,
+    payload: Option<Bytes>,
+}
+
+/// One settlement on its way to the settle batch.
+pub(super) struct Settlement {
+    shard: u32,
+    id: String,
+    token: String,
+    record: String,
+    action: &'static str,
+    delay_ms: u64,
+    last_error: String,
+}
+
+impl RedisQueue {
+    /// Stores one event with its deliveries (and its idempotency key) in the next enqueue batch.
+    pub(super) async fn submit_event(
+        &self,
+        event: &NewEvent<'_>,
+        deliveries: &[NewDelivery],
+    ) -> Result<(), QueueError> {
+        let pending = PendingEvent {
+            shard: id::shard_of(event.id, self.core.shards),
+            id: id::format_event(event.id),
+            source: event.source.to_string(),
+            event_type: event.event_type.to_string(),
+            headers: serde_json::to_string(event.headers)?,
+            payload: Bytes::copy_from_slice(event.payload),
+            deliveries: deliveries
+                .iter()
+                .map(|d| {
+                    let headers = if d.headers.is_empty() { String::new() } else { serde_json::to_string(&d.headers)? };
+                    Ok(PendingDelivery {
+                        id: id::format_delivery(d.id),
+                        endpoint: d.endpoint.clone(),
+                        delay_ms: d.delay.as_millis() as u64,
+                        headers,
+                        payload: d.payload.clone(),
+                    })
+                })
+                .collect::<Result<_, serde_json::Error>>()?,
+            idempotency: event.idempotency.map(|commit| PendingKey {
+                name: self.idempotency_key(event.source, commit.key),
+                mark: idempotency_pending(event.id),
+                answer: commit.answer.to_string(),
+                window_ms: commit.window.as_millis() as u64,
+            }),
+        };
+        match self.enqueues.submit(pending).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(QueueError::Shared(e)),
+            None => Err(QueueError::Stopped),
+        }
+    }
+
+    /// Settles one claimed delivery in the next settle batch.
+    pub(super) async fn submit_settlement(
+        &self,
+        claimed: &Claimed,
+        record: Option<&AttemptRecord>,
+        action: Settle,
+    ) -> Result<bool, QueueError> {
+        let (action, delay_ms) = match action {
+            Settle::Ack => ("ack", 0),
+            Settle::Retry(delay) => ("retry", delay.as_millis() as u64),
+            Settle::Bury => ("bury", 0),
+            Settle::Defer(delay) => ("defer", delay.as_millis() as u64),
+            // Deferred by this much should the endpoint have been enabled meanwhile.
+            Settle::Pause => ("pause", 1000),
+        };
+        let settlement = Settlement {
+            shard: claimed.shard,
+            id: id::format_delivery(claimed.id),
+            token: claimed.token.clone(),
+            record: record.map(serde_json::to_string).transpose()?.unwrap_or_default(),
+            action,
+            delay_ms,
+            last_error: record.and_then(|r| r.error.clone()).unwrap_or_default(),
+        };
+        match self.settlements.submit(settlement).await {
+            Some(Ok(applied)) => Ok(applied),
+            Some(Err(e)) => Err(QueueError::Shared(e)),
+            None => Err(QueueError::Stopped),
+        }
+    }
+}
+
+impl Core {
+    /// Stores a batch of events: one script call per shard, the shards concurrently. An event whose
+    /// idempotency key no longer holds its mark is not stored ([`QueueError::IdempotencyLost`]).
+    pub(super) async fn flush_enqueues(&self, batch: Vec<PendingEvent>) -> Vec<Shared<()>> {
+        let groups = by_shard(batch.iter().map(|e| e.shard));
+        let calls =
+            groups.iter().map(|(shard, members)| self.enqueue_shard(*shard, members.iter().map(|&i| &batch[i])));
+        let mut results = vec![Ok(()); batch.len()];
+        let lost = Arc::new(QueueError::IdempotencyLost);
+        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
+            match outcome {
+                Ok(stored) => {
+                    for (&i, stored) in members.iter().zip(stored) {
+                        if !stored {
+                            results[i] = Err(lost.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for &i in members {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// One enqueue script call; says for each event whether it was stored.
+    async fn enqueue_shard(
+        &self,
+        shard: u32,
+        events: impl Iterator<Item = &PendingEvent>,
+    ) -> Result<Vec<bool>, QueueError> {
+        let prefix = self.shard_prefix(shard);
+        let events: Vec<&PendingEvent> = events.collect();
+        let mut call = self.enqueue.key(format!("{prefix}due"));
+        call.arg(&prefix).arg(self.retention_secs).arg(events.len());
+        for event in &events {
+            call.arg(&event.id)
+                .arg(&event.source)
+                .arg(&event.event_type)
+                .arg(&event.headers)
+                .arg(event.payload.as_ref())
+                .arg(event.deliveries.len());
+            match &event.idempotency {
+                Some(key) => call.arg(&key.name).arg(&key.mark).arg(&key.answer).arg(key.window_ms),
+                None => call.arg("").arg("").arg("").arg(0),
+            };
+            for d in &event.deliveries {
+                call.arg(&d.id).arg(&*d.endpoint).arg(d.delay_ms).arg(&d.headers);
+                match &d.payload {
+                    Some(payload) => call.arg(payload.as_ref()).arg("1"),
+                    None => call.arg("").arg("0"),
+                };
+            }
+        }
+        let mut conn = self.conn.clone();
+        let (_now, skipped): (u64, Vec<String>) = call.invoke_async(&mut conn).await?;
+        Ok(events.iter().map(|e| !skipped.contains(&e.id)).collect())
+    }
+
+    /// Settles a batch: one script call per shard, the shards concurrently.
+    pub(super) async fn flush_settlements(&self, batch: Vec<Settlement>) -> Vec<Shared<bool>> {
+        let groups = by_shard(batch.iter().map(|s| s.shard));
+        let calls = groups.iter().map(|(shard, members)| self.settle_shard(*shard, members.iter().map(|&i| &batch[i])));
+        let mut results = vec![Ok(false); batch.len()];
+        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
+            match outcome {
+                Ok(applied) => {
+                    for (&i, applied) in members.iter().zip(applied) {
+                        results[i] = Ok(applied == 1);
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for &i in members {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    async fn settle_shard(&self, shard: u32, batch: impl Iterator<Item = &Settlement>) -> Result<Vec<i64>, QueueError> {
+        let prefix = self.shard_prefix(shard);
+        let batch: Vec<&Settlement> = batch.collect();
+        let mut call = self.settle.key(format!("{prefix}due"));
+        call.key(format!("{prefix}dead"))
+            .key(format!("{prefix}off"))
+            .arg(&prefix)
+            .arg(self.retention_secs)
+            .arg(self.dead_retention_secs)
+            .arg(batch.len());
+        for s in &batch {
+            call.arg(&s.id).arg(&s.token).arg(&s.record).arg(s.action).arg(s.delay_ms).arg(&s.last_error);
+        }
+        let mut conn = self.conn.clone();
+        let applied: Vec<i64> = call.invoke_async(&mut conn).await?;
+        if applied.len() != batch.len() {
+            return Err(QueueError::Corrupt(format!("settle answered {} results for {}", applied.len(), batch.len())));
+        }
+        Ok(applied)
+    }
+}
+
+/// Indices of `shards` grouped by shard.
+fn by_shard(shards: impl Iterator<Item = u32>) -> Vec<(u32, Vec<usize>)> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, shard) in shards.enumerate() {
+        groups.entry(shard).or_default().push(i);
+    }
+    groups.into_iter().collect()
+}

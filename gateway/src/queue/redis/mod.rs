@@ -1,0 +1,417 @@
+//! The Redis queue: one sorted set of deliveries per shard, scored by next-attempt time (or lease
+//! expiry) in ms, with Lua scripts for enqueue, claim and settle so each step is atomic. Enqueues and
+//! settlements submitted concurrently are grouped (see [`super::batcher`]) into one script call per
+//! shard, so Redis sees one round trip per batch.
+//!
+//! # Keys
+//! Every key of a shard carries the shard's hash tag, so one script touches one Cluster slot:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `<prefix>:{s<n>}:due` | ZSET | delivery id → next attempt (or lease expiry), ms |
+//! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
+//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, n (deliveries), open (neither acked nor buried), dead (buried) |
+//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts (recorded), lapsed (leases that ran out unsettled), status, lease, closed (buried), updated, last_error, log (one JSON attempt record per line) |
+//! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
+//! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |
+//! | `<prefix>:endpoint:<name>` | HASH | disabled (reason), disabled_at, failing_since (ms): the endpoint's shared state |
+//! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
+//! | `<prefix>:{s<n>}:idem:<source>:<key>` | STRING | the answer given to an `idempotency-key` (`pending:<event id>` while in progress), with a TTL; in the key's shard ([`crate::id::shard_of_key`]), where its event is stored too |
+//!
+//! Creation times are not stored: ids are ULIDs and carry them. The scripts build per-delivery key
+//! names from the shard prefix; they stay within the shard's hash tag, hence within one Cluster slot.
+//!
+//! # Files
+//! This module opens the queue and runs claims and endpoint state; [`batch`] groups enqueues and
+//! settlements into script calls; [`dead`] lists and replays dead letters; [`view`] reads
+//! deliveries and events for the admin API; [`idempotency`] keeps idempotency keys.
+
+mod batch;
+mod dead;
+mod idempotency;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use ulid::Ulid;
+
+use self::batch::{PendingEvent, Settlement};
+use super::batcher::Batcher;
+use super::{
+    AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliveryView, EndpointState, EventView, NewDelivery,
+    NewEvent, Queue, QueueError, Settle,
+};
+use crate::config::{QueueConfig, RedisConfig};
+use crate::id;
+
+const ENQUEUE: &str = include_str!("../scripts/enqueue.lua");
+const CLAIM: &str = include_str!("../scripts/claim.lua");
+const SETTLE: &str = include_str!("../scripts/settle.lua");
+const REPLAY: &str = include_str!("../scripts/replay.lua");
+const RESUME: &str = include_str!("../scripts/resume.lua");
+const DISABLE: &str = include_str!("../scripts/disable.lua");
+const RELEASE: &str = include_str!("../scripts/release.lua");
+/// Most paused deliveries one resume call moves (the script runs until none is left).
+const RESUME_CHUNK: usize = 1000;
+
+/// Most events (or settlements) in one script call.
+const BATCH: usize = 64;
+/// Most deliveries one claim may return.
+const MAX_CLAIM: usize = 1000;
+
+type Shared<T> = Result<T, Arc<QueueError>>;
+
+/// The Redis-backed delivery queue. Cheap to clone: clones share one multiplexed connection and the
+/// batching tasks. Must be opened inside a Tokio runtime.
+#[derive(Clone)]
+pub struct RedisQueue {
+    core: Arc<Core>,
+    enqueues: Batcher<PendingEvent, Shared<()>>,
+    settlements: Batcher<Settlement, Shared<bool>>,
+}
+
+struct Core {
+    conn: ConnectionManager,
+    prefix: String,
+    shards: u32,
+    retention_secs: u64,
+    dead_retention_secs: u64,
+    enqueue: Script,
+    claim: Script,
+    settle: Script,
+    replay: Script,
+    resume: Script,
+    disable: Script,
+    release: Script,
+}
+
+impl RedisQueue {
+    /// Opens the queue. The connection is made lazily and re-made after failures, so a gateway can
+    /// start (and answer 503) while Redis is away.
+    pub fn open(redis: &RedisConfig, queue: &QueueConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(redis.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(redis.timeout))
+            .set_response_timeout(Some(redis.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let core = Arc::new(Core {
+            conn,
+            prefix: redis.prefix.clone(),
+            shards: queue.shards,
+            retention_secs: queue.retention.as_secs().max(1),
+            dead_retention_secs: queue.dead_retention.as_secs().max(1),
+            enqueue: Script::new(ENQUEUE),
+            claim: Script::new(CLAIM),
+            settle: Script::new(SETTLE),
+            replay: Script::new(REPLAY),
+            resume: Script::new(RESUME),
+            disable: Script::new(DISABLE),
+            release: Script::new(RELEASE),
+        });
+        let for_enqueue = core.clone();
+        let enqueues = Batcher::spawn(BATCH, move |batch| {
+            let core = for_enqueue.clone();
+            async move { core.flush_enqueues(batch).await }
+        });
+        let for_settle = core.clone();
+        let settlements = Batcher::spawn(BATCH, move |batch| {
+            let core = for_settle.clone();
+            async move { core.flush_settlements(batch).await }
+        });
+        Ok(Self { core, enqueues, settlements })
+    }
+
+    /// Checks that the data in Redis was written with this shard count (recording it when new).
+    pub async fn check_layout(&self) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let key = format!("{}:meta", self.core.prefix);
+        let _: bool = conn.hset_nx(&key, "shards", self.core.shards).await?;
+        let stored: u32 = conn.hget(&key, "shards").await?;
+        if stored != self.core.shards {
+            return Err(QueueError::Layout { stored, configured: self.core.shards });
+        }
+        Ok(())
+    }
+
+    /// Settings of the Redis server that put queued deliveries at risk, each with the reason.
+    /// Empty when all is well or when the server does not let us read its config.
+    pub async fn risky_settings(&self) -> Vec<String> {
+        let mut conn = self.core.conn.clone();
+        let mut risks = Vec::new();
+        let read = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).clone();
+        if let Ok((_, value)) = read("appendonly").query_async::<(String, String)>(&mut conn).await {
+            if value != "yes" {
+                risks.push("appendonly is off: a Redis restart loses every queued delivery since the last snapshot; set `appendonly yes`".to_string());
+            } else if let Ok((_, fsync)) = read("appendfsync").query_async::<(String, String)>(&mut conn).await {
+                if fsync != "always" {
+                    risks.push(format!("appendfsync is {fsync}: a host crash (power loss, kernel panic) can lose the deliveries acknowledged in the last second or so; `appendfsync always` loses none"));
+                }
+            }
+        }
+        if let Ok((_, value)) = read("maxmemory-policy").query_async::<(String, String)>(&mut conn).await {
+            if value != "noeviction" {
+                risks.push(format!("maxmemory-policy is {value}: Redis may evict queued deliveries under memory pressure; set `maxmemory-policy noeviction`"));
+            }
+        }
+        risks
+    }
+
+    fn endpoint_key(&self, name: &str) -> String {
+        format!("{}:endpoint:{name}", self.core.prefix)
+    }
+}
+
+impl Queue for RedisQueue {
+    fn shards(&self) -> u32 {
+        self.core.shards
+    }
+
+    async fn claim_idempotency(&self, source: &str, key: &str, event: Ulid) -> Result<Option<String>, QueueError> {
+        self.claim_key(source, key, event).await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        source: &str,
+        key: &str,
+        answer: &str,
+        window: Duration,
+    ) -> Result<(), QueueError> {
+        self.complete_key(source, key, answer, window).await
+    }
+
+    async fn release_idempotency(&self, source: &str, key: &str, event: Ulid) -> Result<Option<String>, QueueError> {
+        self.release_key(source, key, event).await
+    }
+
+    async fn dead_letters(
+        &self,
+        endpoint: Option<&str>,
+        before: Option<DeadCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        self.list_dead(endpoint, before, limit).await
+    }
+
+    async fn replay(&self, deliveries: &[Ulid], spacing: Duration) -> Result<Vec<String>, QueueError> {
+        self.replay_ids(deliveries, spacing).await
+    }
+
+    async fn replay_endpoint(&self, endpoint: &str, spacing: Duration) -> Result<u64, QueueError> {
+        self.replay_all_of(endpoint, spacing).await
+    }
+
+    async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.cmd("HMGET").arg(self.endpoint_key(name)).arg(&["disabled", "disabled_at", "failing_since"]);
+        }
+        let mut conn = self.core.conn.clone();
+        let rows: Vec<(Option<String>, Option<u64>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(disabled, disabled_at, failing_since)| EndpointState { disabled, disabled_at, failing_since })
+            .collect())
+    }
+
+    async fn mark_failing(&self, name: &str, at: u64) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: bool = conn.hset_nx(self.endpoint_key(name), "failing_since", at).await?;
+        Ok(())
+    }
+
+    async fn clear_failing(&self, name: &str) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: () = conn.hdel(self.endpoint_key(name), "failing_since").await?;
+        Ok(())
+    }
+
+    async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
+        let mut conn = self.core.conn.clone();
+        // One script: the endpoint's state and every shard's `off` entry change together.
+        let mut call = self.core.disable.key(self.endpoint_key(name));
+        for shard in 0..self.core.shards {
+            call.key(format!("{}off", self.core.shard_prefix(shard)));
+        }
+        let first: i64 = call.arg(name).arg(reason).arg(at).invoke_async(&mut conn).await?;
+        Ok(first == 1)
+    }
+
+    async fn enable(&self, name: &str) -> Result<u64, QueueError> {
+        let mut conn = self.core.conn.clone();
+        let mut resumed = 0;
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            loop {
+                let moved: u64 = self
+                    .core
+                    .resume
+                    .key(format!("{prefix}due"))
+                    .key(format!("{prefix}off"))
+                    .arg(&prefix)
+                    .arg(name)
+                    .arg(RESUME_CHUNK)
+                    .invoke_async(&mut conn)
+                    .await?;
+                resumed += moved;
+                if moved < RESUME_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        let _: () = conn.hdel(self.endpoint_key(name), &["disabled", "disabled_at", "failing_since"]).await?;
+        Ok(resumed)
+    }
+
+    async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.core.shards {
+            pipe.zcard(format!("{}paused:{name}", self.core.shard_prefix(shard)));
+        }
+        let mut conn = self.core.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
+        let now = crate::delivery::unix_millis();
+        let mut pipe = redis::pipe();
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            pipe.zcount(format!("{prefix}due"), "-inf", now)
+                .zcount(format!("{prefix}due"), format!("({now}"), "+inf")
+                .zcard(format!("{prefix}dead"));
+            for endpoint in endpoints {
+                pipe.zcard(format!("{prefix}paused:{endpoint}"));
+            }
+        }
+        let mut conn = self.core.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let mut depth = crate::metrics::QueueDepth {
+            paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
+            ..Default::default()
+        };
+        for shard in counts.chunks(3 + endpoints.len()) {
+            depth.due += shard[0];
+            depth.scheduled += shard[1];
+            depth.dead += shard[2];
+            for (slot, n) in depth.paused.iter_mut().zip(&shard[3..]) {
+                slot.1 += n;
+            }
+        }
+        Ok(depth)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.core.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, event: &NewEvent<'_>, deliveries: &[NewDelivery]) -> Result<(), QueueError> {
+        self.submit_event(event, deliveries).await
+    }
+
+    async fn claim(&self, shard: u32, limit: usize, lease: Duration, token: &str) -> Result<ClaimBatch, QueueError> {
+        type Row = (String, String, String, u32, String, String, Vec<u8>, String, u32);
+        let core = &self.core;
+        let prefix = core.shard_prefix(shard);
+        let mut conn = core.conn.clone();
+        let (rows, wait, _now): (Vec<Row>, i64, u64) = core
+            .claim
+            .key(format!("{prefix}due"))
+            .key(format!("{prefix}dead"))
+            .arg(&prefix)
+            .arg(limit.min(MAX_CLAIM))
+            .arg(lease.as_millis() as u64)
+            .arg(token)
+            .arg(core.dead_retention_secs.saturating_mul(1000))
+            .arg(core.retention_secs)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut malformed = Vec::new();
+        for (delivery, token, endpoint, attempt, event, event_type, payload, headers, lapsed) in rows {
+            let Some(id) = id::parse_delivery(&delivery) else {
+                // Not one of our ids: take it out of the queue so it cannot block claims.
+                tracing::error!(member = %delivery, "A queue entry that is not a delivery id; removed from the queue.");
+                let _: Result<(), _> = conn.zrem(format!("{prefix}due"), &delivery).await;
+                continue;
+            };
+            let event_id = id::parse_event(&event);
+            let headers = if headers.is_empty() {
+                Ok(Vec::new())
+            } else {
+                serde_json::from_str::<Vec<(String, String)>>(&headers)
+            };
+            let mut claimed = Claimed {
+                id,
+                shard,
+                token,
+                endpoint,
+                attempt,
+                lapsed,
+                event_id: event_id.unwrap_or_else(|| id::event_of(id)),
+                event_type,
+                payload: Bytes::from(payload),
+                headers: Vec::new(),
+            };
+            match (event_id, headers) {
+                (Some(_), Ok(headers)) => {
+                    claimed.headers = headers;
+                    deliveries.push(claimed);
+                }
+                (None, _) => malformed.push((claimed, format!("malformed record: event id `{event}` does not parse"))),
+                (_, Err(e)) => malformed.push((claimed, format!("malformed record: headers are not valid JSON ({e})"))),
+            }
+        }
+        // One bad record must not fail the claims of the rest: it is dead-lettered with the reason,
+        // where the admin API shows it, and the batch goes on.
+        for (claimed, reason) in malformed {
+            tracing::error!(delivery_id = %id::format_delivery(claimed.id), %reason,
+                "A claimed delivery's record is malformed; dead-lettered so the others go on.");
+            let record = AttemptRecord {
+                attempt: claimed.attempt,
+                at: crate::delivery::unix_millis(),
+                outcome: "error".to_string(),
+                error: Some(reason),
+                ..AttemptRecord::default()
+            };
+            if let Err(e) = self.settle(&claimed, Some(&record), Settle::Bury).await {
+                tracing::warn!(error = %e, "Could not dead-letter a malformed delivery; it is retried when its lease ends.");
+            }
+        }
+        let next_due_in = u64::try_from(wait).ok().map(Duration::from_millis);
+        Ok(ClaimBatch { deliveries, next_due_in })
+    }
+
+    async fn settle(
+        &self,
+        claimed: &Claimed,
+        record: Option<&AttemptRecord>,
+        action: Settle,
+    ) -> Result<bool, QueueError> {
+        self.submit_settlement(claimed, record, action).await
+    }
+
+    async fn delivery(&self, delivery: Ulid) -> Result<Option<DeliveryView>, QueueError> {
+        self.view_delivery(delivery).await
+    }
+
+    async fn event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
+        self.view_event(event).await
+    }
+}
+
+impl Core {
+    /// The prefix of every key of `shard` (its hash tag included).
+    fn shard_prefix(&self, shard: u32) -> String {
+        format!("{}:{{s{shard}}}:", self.prefix)
+    }
+}
