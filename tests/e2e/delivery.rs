@@ -293,7 +293,9 @@ async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
     let (status, _, _) = post_with_key(addr, "retry-me", r#"{"event":"x"}"#).await;
     assert_eq!(status, 202);
     let mut conn = redis.connection().await;
-    let _: () = redis::cmd("SET").arg("sluice:idem:shop:busy").arg("pending").query_async(&mut conn).await.unwrap();
+    // Keys live in the shard of their events (one shard here), marked with the event in progress.
+    let busy = sluice::queue::idempotency_pending(sluice::id::new_event());
+    let _: () = redis::cmd("SET").arg("sluice:{s0}:idem:shop:busy").arg(busy).query_async(&mut conn).await.unwrap();
     let (status, _, body) = post_with_key(addr, "busy", r#"{"event":"x"}"#).await;
     assert_eq!(status, 409, "{body}");
     let (status, _, body) = post_with_key(addr, "has space", r#"{"event":"x"}"#).await;

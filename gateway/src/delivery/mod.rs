@@ -1,7 +1,7 @@
 //! Stage 4: delivery. Claimed deliveries are POSTed to their endpoints, signed, and settled by the
 //! outcome.
 //!
-//! - [`worker`]: the claim → POST → settle loop.
+//! - [`worker`]: the claim → POST → settle loop (its endpoints and the attempt itself in submodules).
 //! - [`client`]: the shared HTTP client and its destination guard.
 //! - [`headers`]: which headers a plugin may put on a delivery.
 //! - [`limits`]: per-endpoint concurrency cap and rate limit.

@@ -30,6 +30,7 @@
 //! clock can disagree. Expired records are invisible to reads at once and removed by a sweep.
 
 mod records;
+mod upkeep;
 mod write;
 
 use std::path::Path;

@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use ulid::Ulid;
 
 use super::super::store_file::StoreFile;
-use super::super::{AttemptRecord, ClaimBatch, Claimed, NewDelivery, QueueError, Settle, IDEMPOTENCY_PENDING_TTL};
+use super::super::{AttemptRecord, ClaimBatch, Claimed, NewDelivery, QueueError, Settle};
 use super::records::*;
 use super::{millis, Shared};
 use crate::delivery::unix_millis;
@@ -25,21 +25,21 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), QueueError> {
 }
 
 /// Every table, opened once per write transaction.
-struct Tables<'t> {
-    due: Table<'t, (u64, u128), ()>,
-    dead: Table<'t, (u64, u128), ()>,
-    paused: Table<'t, (&'static str, u64, u128), ()>,
-    deliveries: Table<'t, u128, &'static [u8]>,
-    events: Table<'t, u128, &'static [u8]>,
-    payloads: Table<'t, u128, &'static [u8]>,
-    attempts: Table<'t, (u128, u32), &'static str>,
-    endpoints: Table<'t, &'static str, &'static [u8]>,
-    idempotency: Table<'t, &'static str, &'static [u8]>,
-    expiry: Table<'t, (u64, u128), ()>,
-    idempotency_expiry: Table<'t, (u64, &'static str), ()>,
+pub(super) struct Tables<'t> {
+    pub(super) due: Table<'t, (u64, u128), ()>,
+    pub(super) dead: Table<'t, (u64, u128), ()>,
+    pub(super) paused: Table<'t, (&'static str, u64, u128), ()>,
+    pub(super) deliveries: Table<'t, u128, &'static [u8]>,
+    pub(super) events: Table<'t, u128, &'static [u8]>,
+    pub(super) payloads: Table<'t, u128, &'static [u8]>,
+    pub(super) attempts: Table<'t, (u128, u32), &'static str>,
+    pub(super) endpoints: Table<'t, &'static str, &'static [u8]>,
+    pub(super) idempotency: Table<'t, &'static str, &'static [u8]>,
+    pub(super) expiry: Table<'t, (u64, u128), ()>,
+    pub(super) idempotency_expiry: Table<'t, (u64, &'static str), ()>,
     /// Something was written (an idle claim writes nothing, and its transaction is not committed:
     /// no fsync per idle poll).
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 /// Applies a batch of write requests in one transaction and commits it. When one request fails
@@ -192,12 +192,12 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn put_delivery(&mut self, id: u128, rec: &DeliveryRec) -> Result<(), QueueError> {
+    pub(super) fn put_delivery(&mut self, id: u128, rec: &DeliveryRec) -> Result<(), QueueError> {
         self.deliveries.insert(id, serde_json::to_vec(rec)?.as_slice())?;
         Ok(())
     }
 
-    fn put_event(&mut self, id: u128, rec: &EventRec) -> Result<(), QueueError> {
+    pub(super) fn put_event(&mut self, id: u128, rec: &EventRec) -> Result<(), QueueError> {
         self.events.insert(id, serde_json::to_vec(rec)?.as_slice())?;
         Ok(())
     }
@@ -447,102 +447,5 @@ impl<'t> Tables<'t> {
         let replayed = self.replay(&picked, now)?.len() as u64;
         let next = (seen.len() == REPLAY_CHUNK).then(|| seen[seen.len() - 1]);
         Ok(Outcome::Replayed(replayed, next))
-    }
-
-    fn update_endpoint(&mut self, name: &str, change: impl FnOnce(&mut EndpointRec)) -> Result<(), QueueError> {
-        let mut rec = get_json::<EndpointRec, _>(&self.endpoints, name)?.unwrap_or_default();
-        change(&mut rec);
-        self.endpoints.insert(name, serde_json::to_vec(&rec)?.as_slice())?;
-        Ok(())
-    }
-
-    /// Enables `name` and puts every parked delivery of it back in the queue, due now, in the same
-    /// transaction: nothing can be parked after the endpoint came back.
-    fn enable(&mut self, name: &str, now: u64) -> Result<u64, QueueError> {
-        self.endpoints.remove(name)?;
-        let mut parked = Vec::new();
-        for entry in self.paused.range((name, 0u64, 0u128)..=(name, u64::MAX, u128::MAX))? {
-            let (key, _) = entry?;
-            let (_, at, id) = key.value();
-            parked.push((at, id));
-        }
-        for &(at, id) in &parked {
-            self.paused.remove((name, at, id))?;
-            let Some(mut rec) = get_delivery(&self.deliveries, id)? else { continue };
-            rec.state = PENDING.to_string();
-            rec.updated = Some(now);
-            rec.due = now;
-            self.due.insert((now, id), ())?;
-            self.put_delivery(id, &rec)?;
-        }
-        Ok(parked.len() as u64)
-    }
-
-    fn idempotency_rec(&self, key: &str) -> Result<Option<IdempotencyRec>, QueueError> {
-        get_json(&self.idempotency, key)
-    }
-
-    fn put_idempotency(&mut self, key: &str, answer: &str, expires: u64) -> Result<(), QueueError> {
-        if let Some(old) = self.idempotency_rec(key)? {
-            self.idempotency_expiry.remove((old.expires, key))?;
-        }
-        let rec = IdempotencyRec { answer: answer.to_string(), expires };
-        self.idempotency.insert(key, serde_json::to_vec(&rec)?.as_slice())?;
-        self.idempotency_expiry.insert((expires, key), ())?;
-        Ok(())
-    }
-
-    /// The key's record unless it has expired.
-    fn live_idempotency(&self, key: &str, now: u64) -> Result<Option<IdempotencyRec>, QueueError> {
-        Ok(self.idempotency_rec(key)?.filter(|rec| rec.expires > now))
-    }
-
-    fn claim_idempotency(&mut self, key: &str, mark: &str, now: u64) -> Result<Option<String>, QueueError> {
-        if let Some(rec) = self.live_idempotency(key, now)? {
-            return Ok(Some(rec.answer));
-        }
-        self.put_idempotency(key, mark, now.saturating_add(millis(IDEMPOTENCY_PENDING_TTL)))?;
-        Ok(None)
-    }
-
-    /// Removes up to [`SWEEP_CHUNK`] expired records; returns how many.
-    fn sweep(&mut self, now: u64) -> Result<u64, QueueError> {
-        let mut expired = Vec::new();
-        for entry in self.expiry.range(..=(now, u128::MAX))?.take(SWEEP_CHUNK) {
-            expired.push(entry?.0.value());
-        }
-        for &(at, id) in &expired {
-            self.expiry.remove((at, id))?;
-            self.payloads.remove(id)?;
-            if id & LOW_MASK == 0 {
-                self.events.remove(id)?;
-            } else {
-                if let Some(rec) = get_delivery(&self.deliveries, id)? {
-                    if rec.state == DEAD_STATE {
-                        self.dead.remove((rec.parked, id))?;
-                    }
-                }
-                self.deliveries.remove(id)?;
-                let log: Vec<(u128, u32)> = self
-                    .attempts
-                    .range((id, 0)..=(id, u32::MAX))?
-                    .map(|e| e.map(|(k, _)| k.value()))
-                    .collect::<Result<_, _>>()?;
-                for key in log {
-                    self.attempts.remove(key)?;
-                }
-            }
-        }
-        let mut keys = Vec::new();
-        for entry in self.idempotency_expiry.range(..(now.saturating_add(1), ""))?.take(SWEEP_CHUNK) {
-            let (key, _) = entry?;
-            let (at, name) = key.value();
-            keys.push((at, name.to_string()));
-        }
-        for (at, name) in &keys {
-            self.idempotency_expiry.remove((*at, name.as_str()))?;
-            self.idempotency.remove(name.as_str())?;
-        }
-        Ok((expired.len() + keys.len()) as u64)
     }
 }

@@ -7,23 +7,24 @@
 //! endpoint (shared through the queue's store, alerted once), and its deliveries are parked, not attempted,
 //! until it is enabled through the admin API.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod attempt;
+mod endpoint;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use rand::Rng;
 use tokio::sync::{watch, Notify, Semaphore};
-use url::Url;
 
-use super::alert::{Alerter, DeadLetterAlert, EndpointAlert, ALERTS_ENDPOINT, ALERT_TIMEOUT};
-use super::limits::{Admission, Gate};
+use self::attempt::failure_record;
+use self::endpoint::{failing_reason, Endpoint};
+use super::alert::{Alerter, DeadLetterAlert, EndpointAlert};
+use super::client;
+use super::limits::Admission;
 use super::retry::{self, Outcome, RetryAction};
-use super::sign::Secret;
-use super::{client, error_chain, unix_millis, unix_seconds};
-use crate::config::{Config, LEASE_MARGIN};
+use super::unix_millis;
+use crate::config::Config;
 use crate::id;
 use crate::queue::{AttemptRecord, Claimed, Queue, Settle, Store};
 
@@ -32,49 +33,14 @@ use crate::queue::{AttemptRecord, Claimed, Queue, Settle, Store};
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Longest wait between claims while the queue's store is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Most bytes of a receiver's answer kept in the attempt log.
-const RESPONSE_EXCERPT: usize = 1024;
 /// How often the shared endpoint states (disabled, failing since) are read from the queue's store.
 const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
 /// What a lease must still hold after an attempt's timeout for the attempt to start: time to settle.
-/// Smaller than [`LEASE_MARGIN`], which validation requires on top of the timeout, so a delivery
+/// Smaller than [`crate::config::LEASE_MARGIN`], which validation requires on top of the timeout, so a delivery
 /// claimed and started at once always fits.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 /// How long a delivery for an endpoint this gateway does not know waits before it is claimed again.
 const UNKNOWN_ENDPOINT_DEFER: Duration = Duration::from_secs(5);
-
-/// An endpoint as the worker needs it.
-struct Endpoint {
-    name: String,
-    url: Url,
-    uri: hyper::Uri,
-    /// Signs the deliveries; `None` for alerts without `alerts.secret`.
-    secret: Option<Secret>,
-    timeout: Duration,
-    schedule: Vec<Duration>,
-    gate: Gate,
-    /// Longest a claimed delivery may wait for the gate: what its lease leaves after the attempt.
-    max_wait: Duration,
-    /// `None`: the circuit breaker is off.
-    disable_after: Option<Duration>,
-    health: Mutex<Health>,
-    /// The internal alerts endpoint: not subject to the destination guard, never disabled, and its
-    /// dead letters raise no alert of their own.
-    internal: bool,
-}
-
-/// This process's view of an endpoint's shared state, refreshed every [`ENDPOINT_REFRESH`].
-#[derive(Debug, Default)]
-struct Health {
-    disabled: bool,
-    failing_since: Option<u64>,
-}
-
-impl Endpoint {
-    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// What every delivery task shares.
 struct Shared {
@@ -89,34 +55,6 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Wakes the claim loop (which otherwise sleeps up to [`IDLE_POLL`] while deliveries are leased).
     wake: Arc<Notify>,
-}
-
-/// The internal endpoint alerts are queued for, when `alerts.url` is set.
-fn alerts_endpoint(config: &Config) -> Option<(String, Endpoint)> {
-    let url = config.alerts.url.clone()?;
-    let uri = url.as_str().parse().ok()?;
-    let timeout = ALERT_TIMEOUT.min(config.queue.lease.saturating_sub(LEASE_MARGIN));
-    let max_wait = config.queue.lease.saturating_sub(timeout + LEASE_MARGIN);
-    let endpoint = Endpoint {
-        name: ALERTS_ENDPOINT.to_string(),
-        url,
-        uri,
-        secret: config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok()),
-        timeout,
-        schedule: config.alerts.retry_schedule.clone(),
-        gate: Gate::new(None, None, max_wait),
-        max_wait,
-        disable_after: None,
-        health: Mutex::new(Health::default()),
-        internal: true,
-    };
-    Some((ALERTS_ENDPOINT.to_string(), endpoint))
-}
-
-/// Why the circuit breaker disabled an endpoint.
-fn failing_reason(since: u64, now: u64) -> String {
-    let secs = Duration::from_secs(now.saturating_sub(since) / 1000);
-    format!("every attempt has failed for {} without a success", humantime::format_duration(secs))
 }
 
 /// The delivery worker of one gateway process.
@@ -143,31 +81,7 @@ impl Worker {
         wake: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        let endpoints = config
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                let secret = Secret::parse(&e.secret).ok()?;
-                let uri = e.url.as_str().parse().ok()?;
-                let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
-                let max_wait = config.queue.lease.saturating_sub(e.timeout + LEASE_MARGIN);
-                let endpoint = Endpoint {
-                    name: e.name.clone(),
-                    url: e.url.clone(),
-                    uri,
-                    secret: Some(secret),
-                    timeout: e.timeout,
-                    schedule,
-                    gate: Gate::new(e.max_in_flight, e.rate_limit, max_wait),
-                    max_wait,
-                    disable_after: Some(e.disable_after).filter(|d| !d.is_zero()),
-                    health: Mutex::new(Health::default()),
-                    internal: false,
-                };
-                Some((e.name.clone(), endpoint))
-            })
-            .chain(alerts_endpoint(config))
-            .collect();
+        let endpoints = endpoint::configured(config);
         let shared = Shared {
             queue,
             client: http,
@@ -470,65 +384,6 @@ impl Shared {
         }
     }
 
-    /// Makes one signed POST and records how it went.
-    async fn attempt(
-        &self,
-        claimed: &Claimed,
-        endpoint: &Endpoint,
-        delivery_id: &str,
-        at: u64,
-    ) -> (Outcome, AttemptRecord) {
-        if let Some(reason) = self.guard.refuse_literal(&endpoint.url).filter(|_| !endpoint.internal) {
-            return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
-        }
-        let timestamp = unix_seconds();
-        let mut request = hyper::Request::post(endpoint.uri.clone())
-            .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(hyper::header::USER_AGENT, HeaderValue::from_static(client::USER_AGENT));
-        for (name, value) in &claimed.headers {
-            if !super::headers::is_reserved(name) {
-                request = request.header(name.as_str(), value.as_str());
-            }
-        }
-        let mut request = request.header("webhook-id", delivery_id).header("webhook-timestamp", timestamp);
-        if let Some(secret) = &endpoint.secret {
-            request = request.header("webhook-signature", secret.sign(delivery_id, timestamp, &claimed.payload));
-        }
-        let request = request.body(Full::new(claimed.payload.clone()));
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => {
-                let reason = format!("invalid request (a plugin-set header?): {e}");
-                return (Outcome::Failed(reason.clone()), failure_record(claimed, at, reason));
-            }
-        };
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + endpoint.timeout;
-        let client = if endpoint.internal { &self.alerts_client } else { &self.client };
-        let (outcome, excerpt) = match tokio::time::timeout_at(deadline, client.request(request)).await {
-            Err(_) => (Outcome::Timeout, None),
-            Ok(Err(e)) => (Outcome::Failed(describe_failure(&e, &endpoint.url)), None),
-            Ok(Ok(response)) => read_answer(response, deadline).await,
-        };
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (kind, status, error) = match &outcome {
-            Outcome::Success { status } => ("success", Some(*status), None),
-            Outcome::Status { status, .. } => ("http_error", Some(*status), Some(format!("HTTP {status}"))),
-            Outcome::Timeout => ("timeout", None, Some(format!("timed out after {:?}", endpoint.timeout))),
-            Outcome::Failed(message) => ("error", None, Some(message.clone())),
-        };
-        let record = AttemptRecord {
-            attempt: claimed.attempt,
-            at,
-            outcome: kind.to_string(),
-            status,
-            error,
-            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
-            response: excerpt,
-        };
-        (outcome, record)
-    }
-
     async fn settle(
         &self,
         claimed: &Claimed,
@@ -585,76 +440,5 @@ impl Shared {
                 });
             }
         }
-    }
-}
-
-/// Reads the status and the first bytes of the answer (never the whole of a huge body), within
-/// the attempt's deadline. A 2xx whose body does not arrive in time still counts: the receiver has
-/// the event.
-async fn read_answer(response: hyper::Response<Incoming>, deadline: tokio::time::Instant) -> (Outcome, Option<String>) {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(hyper::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| status == 429 || status == 503)
-        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
-    let mut body = response.into_body();
-    let mut excerpt = Vec::new();
-    let read = async {
-        while excerpt.len() < RESPONSE_EXCERPT {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(chunk) = frame.data_ref() {
-                        excerpt.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - excerpt.len())]);
-                    }
-                }
-                _ => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout_at(deadline, read).await;
-    let excerpt = (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned());
-    let outcome = if (200..300).contains(&status) {
-        Outcome::Success { status }
-    } else {
-        Outcome::Status { status, retry_after }
-    };
-    (outcome, excerpt)
-}
-
-/// The text of a request that got no answer, with TLS failures named as such (rustls' own words,
-/// e.g. "received corrupt message of type InvalidContentType", do not say it).
-fn describe_failure(error: &(dyn std::error::Error + 'static), url: &Url) -> String {
-    let chain = error_chain(error);
-    // The TLS layer reports as an io::Error of kind InvalidData, possibly wrapped in another
-    // io::Error (whose `source()` skips it, hence `get_ref`).
-    let invalid_data = |e: &(dyn std::error::Error + 'static)| {
-        let io = e.downcast_ref::<std::io::Error>()?;
-        let inner = io.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>());
-        Some(
-            io.kind() == std::io::ErrorKind::InvalidData
-                || inner.is_some_and(|i| i.kind() == std::io::ErrorKind::InvalidData),
-        )
-    };
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if url.scheme() == "https" && invalid_data(e) == Some(true) {
-            return format!("TLS handshake with {} failed: {chain}", url.host_str().unwrap_or_default());
-        }
-        source = e.source();
-    }
-    chain
-}
-
-fn failure_record(claimed: &Claimed, at: u64, error: String) -> AttemptRecord {
-    AttemptRecord {
-        attempt: claimed.attempt,
-        at,
-        outcome: "error".into(),
-        status: None,
-        error: Some(error),
-        latency_ms: 0.0,
-        response: None,
     }
 }
