@@ -627,3 +627,40 @@ async fn redis_records_of_another_version_load_and_a_malformed_one_does_not_bloc
     }
     assert_eq!(view(&s.store, ids[0]).await.state, "succeeded");
 }
+
+/// Redis only: a dead letter buried by a version whose burials did not expire (no `closed` flag,
+/// no TTL, its event still counting it open) is removed once it is older than the dead-letter
+/// retention, and lets go of its event.
+#[tokio::test]
+async fn redis_dead_letters_of_an_older_version_are_removed_after_the_dead_letter_retention() {
+    let s = open(Kind::Redis, "dead_retention = \"1s\"").await;
+    let redis = s._redis.as_ref().unwrap();
+    let event = sluice::id::new_event();
+    let delivery = sluice::id::delivery_of(event, 1);
+    let (ev, d) = (sluice::id::format_event(event), sluice::id::format_delivery(delivery));
+    let mut conn = redis.connection().await;
+    let old_layout: () = ::redis::pipe()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:ev:{ev}"))
+        .arg(&["source", "shop", "type", "t", "payload", "{}", "n", "1", "open", "1"])
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:d:{d}"))
+        .arg(&["event", ev.as_str(), "endpoint", "a", "attempts", "2", "status", "dead", "lease", ""])
+        .ignore()
+        .cmd("ZADD")
+        .arg("sluice:{s0}:dead")
+        .arg(sluice::id::new_event().timestamp_ms() - 5000)
+        .arg(&d)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = old_layout;
+    assert_eq!(s.store.dead_letters(None, None, 10).await.unwrap().len(), 1, "listed as before");
+    claim(&s.store, 10, LEASE).await;
+    assert!(s.store.delivery(delivery).await.unwrap().is_none(), "removed by the claim's trim");
+    assert!(s.store.dead_letters(None, None, 10).await.unwrap().is_empty());
+    let ttl: i64 = ::redis::cmd("TTL").arg(format!("sluice:{{s0}}:ev:{ev}")).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0, "its event no longer counts it open and expires: TTL {ttl}");
+}
