@@ -125,6 +125,11 @@ impl RedisServer {
         Self::spawn(port, &["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", dir]).await
     }
 
+    /// Starts a server on `port` with `args` added (e.g. a cluster node's settings).
+    pub async fn start_with(port: u16, args: &[&str]) -> Self {
+        Self::spawn(port, args).await
+    }
+
     async fn spawn(port: u16, args: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

@@ -6,6 +6,7 @@ mod bad_input;
 mod bad_input_table;
 mod binary;
 mod chaos;
+mod cluster;
 mod delivery;
 mod embedded;
 mod harness;

@@ -24,6 +24,8 @@ pub struct Subject {
 pub enum Kind {
     Redis,
     Embedded,
+    /// A Redis Cluster's seed nodes (the cluster is shared: each subject gets a key prefix of its own).
+    Cluster(Vec<String>),
 }
 
 pub async fn open(kind: Kind, queue_toml: &str) -> Subject {
@@ -32,6 +34,12 @@ pub async fn open(kind: Kind, queue_toml: &str) -> Subject {
         Kind::Redis => {
             let redis = RedisServer::start().await;
             (format!("[redis]\nurl = \"{}\"\n[queue]\n{queue_toml}\n", redis.url()), Some(redis))
+        }
+        Kind::Cluster(seeds) => {
+            let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+            let prefix = format!("c{}", Ulid::new().to_string().to_lowercase());
+            let redis = format!("[redis]\ncluster_nodes = [{}]\nprefix = \"{prefix}\"\n", seeds.join(", "));
+            (format!("{redis}[queue]\n{queue_toml}\n"), None)
         }
         Kind::Embedded => {
             let path = dir.path().join("queue.redb");
@@ -61,6 +69,15 @@ macro_rules! conformance {
                 async fn $name() {
                     super::$name(super::Kind::Embedded).await
                 }
+            )*
+        }
+        /// The whole suite against one Redis Cluster (3 primaries, 3 replicas), a test after another.
+        #[tokio::test]
+        async fn a_redis_cluster_passes_every_conformance_test() {
+            let cluster = crate::cluster::RedisCluster::start().await;
+            $(
+                println!("cluster conformance: {}", stringify!($name));
+                $name(Kind::Cluster(cluster.seeds())).await;
             )*
         }
     };

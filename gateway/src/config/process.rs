@@ -136,6 +136,17 @@ pub struct RedisConfig {
     /// Connect and response timeout of one Redis call. Default `2s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each). When set, Sluice talks to the
+    /// cluster (slots, MOVED/ASK redirects, topology refreshed after a failover) and `url` is not
+    /// used. Default: none (one Redis at `url`).
+    pub cluster_nodes: Vec<String>,
+    /// Replicas that must hold each enqueue and settlement before it is answered (`WAIT`): with
+    /// 1, a 202 survives the loss of its primary. Default 0 (the primary alone).
+    pub replicas_ack: u32,
+    /// Longest wait for `replicas_ack` replicas; past it the enqueue answers 503 (the event may
+    /// still be stored: an idempotency key settles which). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub replicas_timeout: Duration,
 }
 
 /// `[queue]`
@@ -319,6 +330,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &self.url_for_display())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("cluster_nodes", &self.cluster_nodes.iter().map(|n| crate::redact::url_text(n)).collect::<Vec<_>>())
+            .field("replicas_ack", &self.replicas_ack)
+            .field("replicas_timeout", &self.replicas_timeout)
             .finish()
     }
 }
@@ -336,6 +350,9 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/".to_string(),
             prefix: "sluice".to_string(),
             timeout: Duration::from_secs(2),
+            cluster_nodes: Vec::new(),
+            replicas_ack: 0,
+            replicas_timeout: Duration::from_secs(1),
         }
     }
 }

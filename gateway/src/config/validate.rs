@@ -54,6 +54,14 @@ impl Config {
                 if let Err(e) = redis::Client::open(redis.url.as_str()) {
                     problems.push(format!("redis.url: {e}"));
                 }
+                for (i, node) in redis.cluster_nodes.iter().enumerate() {
+                    if let Err(e) = redis::Client::open(node.as_str()) {
+                        problems.push(format!("redis.cluster_nodes[{i}]: {e}"));
+                    }
+                }
+                if redis.replicas_ack > 0 && redis.replicas_timeout.is_zero() {
+                    problems.push("redis.replicas_timeout: must be above 0 when replicas_ack is set".to_string());
+                }
                 if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
                     problems.push("redis.prefix: must be non-empty and free of `{` and `}`".to_string());
                 }

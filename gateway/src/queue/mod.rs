@@ -79,6 +79,15 @@ pub enum QueueError {
     /// outcome was settled as not stored): nothing was stored.
     #[error("the idempotency key expired or was released before the event was stored; nothing was stored")]
     IdempotencyLost,
+    /// Fewer replicas than `redis.replicas_ack` acknowledged a write in time: it is on the
+    /// primary, but may not survive its loss (treated as unavailable: the outcome is unknown).
+    #[error("only {acked} of the {wanted} replicas `redis.replicas_ack` asks for acknowledged the write in time")]
+    NotReplicated {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acked: u32,
+    },
     /// The data in Redis was written with another shard count.
     #[error(
         "redis holds data written with queue.shards = {stored}, but the config says {configured}; \
@@ -116,7 +125,7 @@ impl QueueError {
             // At run time: the store could not be reopened after a failed write.
             QueueError::Open { .. } | QueueError::Unwritable(_) => true,
             QueueError::Shared(e) => e.is_unavailable(),
-            QueueError::Stopped => true,
+            QueueError::Stopped | QueueError::NotReplicated { .. } => true,
             _ => false,
         }
     }

@@ -130,6 +130,7 @@ impl Worker {
 
     async fn claim_loop(&self, mut shutdown: watch::Receiver<bool>) {
         let mut claims: u64 = 0;
+        let mut rounds: u64 = 0;
         let mut backoff = Duration::ZERO;
         let shards = self.shared.queue.shards();
         while !*shutdown.borrow() {
@@ -143,7 +144,11 @@ impl Worker {
             let mut sleep_for = IDLE_POLL;
             let mut saturated = false;
             let mut failed = false;
-            for shard in 0..shards {
+            // Each round starts one shard further on, so a shard with a backlog that fills every
+            // slot cannot starve the others.
+            let first = (rounds % u64::from(shards)) as u32;
+            rounds += 1;
+            for shard in (0..shards).map(|i| (first + i) % shards) {
                 let limit = self.batch.min(self.permits.available_permits());
                 if limit == 0 {
                     saturated = true;

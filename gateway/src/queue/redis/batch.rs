@@ -125,6 +125,15 @@ impl RedisQueue {
 }
 
 impl Core {
+    /// With `redis.replicas_ack`, waits for that many replicas of the shard's primary to hold what
+    /// was just written (the whole batch: one `WAIT` per script call).
+    async fn replicated(&self, conn: &mut super::conn::Conn, prefix: &str) -> Result<(), QueueError> {
+        match self.replicas {
+            Some((replicas, timeout)) => conn.wait_replicas(&format!("{prefix}due"), replicas, timeout).await,
+            None => Ok(()),
+        }
+    }
+
     /// Stores a batch of events: one script call per shard, the shards concurrently. An event whose
     /// idempotency key no longer holds its mark is not stored ([`QueueError::IdempotencyLost`]).
     pub(super) async fn flush_enqueues(&self, batch: Vec<PendingEvent>) -> Vec<Shared<()>> {
@@ -184,6 +193,7 @@ impl Core {
         }
         let mut conn = self.conn.clone();
         let (_now, skipped): (u64, Vec<String>) = call.invoke_async(&mut conn).await?;
+        self.replicated(&mut conn, &prefix).await?;
         Ok(events.iter().map(|e| !skipped.contains(&e.id)).collect())
     }
 
@@ -225,6 +235,7 @@ impl Core {
         }
         let mut conn = self.conn.clone();
         let applied: Vec<i64> = call.invoke_async(&mut conn).await?;
+        self.replicated(&mut conn, &prefix).await?;
         if applied.len() != batch.len() {
             return Err(QueueError::Corrupt(format!("settle answered {} results for {}", applied.len(), batch.len())));
         }

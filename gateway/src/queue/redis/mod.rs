@@ -27,6 +27,7 @@
 //! deliveries and events for the admin API; [`idempotency`] keeps idempotency keys.
 
 mod batch;
+mod conn;
 mod dead;
 mod idempotency;
 mod view;
@@ -35,11 +36,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use ulid::Ulid;
 
 use self::batch::{PendingEvent, Settlement};
+use self::conn::Conn;
 use super::batcher::Batcher;
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliveryView, EndpointState, EventView, NewDelivery,
@@ -75,7 +76,9 @@ pub struct RedisQueue {
 }
 
 struct Core {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// Replicas each enqueue and settlement waits for (`redis.replicas_ack`), and how long.
+    replicas: Option<(u32, Duration)>,
     prefix: String,
     shards: u32,
     retention_secs: u64,
@@ -93,15 +96,10 @@ impl RedisQueue {
     /// Opens the queue. The connection is made lazily and re-made after failures, so a gateway can
     /// start (and answer 503) while Redis is away.
     pub fn open(redis: &RedisConfig, queue: &QueueConfig) -> Result<Self, QueueError> {
-        let client = redis::Client::open(redis.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.timeout))
-            .set_response_timeout(Some(redis.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = Conn::open(redis)?;
         let core = Arc::new(Core {
             conn,
+            replicas: (redis.replicas_ack > 0).then_some((redis.replicas_ack, redis.replicas_timeout)),
             prefix: redis.prefix.clone(),
             shards: queue.shards,
             retention_secs: queue.retention.as_secs().max(1),
@@ -208,12 +206,21 @@ impl Queue for RedisQueue {
     }
 
     async fn endpoint_states(&self, names: &[&str]) -> Result<Vec<EndpointState>, QueueError> {
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.cmd("HMGET").arg(self.endpoint_key(name)).arg(&["disabled", "disabled_at", "failing_since"]);
-        }
-        let mut conn = self.core.conn.clone();
-        let rows: Vec<(Option<String>, Option<u64>, Option<u64>)> = pipe.query_async(&mut conn).await?;
+        // One command per endpoint (each key is its own slot on a cluster), sent concurrently: the
+        // multiplexed connection pipelines them anyway.
+        let reads = names.iter().map(|name| {
+            let mut conn = self.core.conn.clone();
+            let key = self.endpoint_key(name);
+            async move {
+                let row: (Option<String>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+                    .arg(key)
+                    .arg(&["disabled", "disabled_at", "failing_since"])
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, QueueError>(row)
+            }
+        });
+        let rows = futures_util::future::try_join_all(reads).await?;
         Ok(rows
             .into_iter()
             .map(|(disabled, disabled_at, failing_since)| EndpointState { disabled, disabled_at, failing_since })
@@ -234,13 +241,30 @@ impl Queue for RedisQueue {
 
     async fn disable(&self, name: &str, reason: &str, at: u64) -> Result<bool, QueueError> {
         let mut conn = self.core.conn.clone();
-        // One script: the endpoint's state and every shard's `off` entry change together.
-        let mut call = self.core.disable.key(self.endpoint_key(name));
-        for shard in 0..self.core.shards {
-            call.key(format!("{}off", self.core.shard_prefix(shard)));
+        if !self.core.conn.is_cluster() {
+            // One script: the endpoint's state and every shard's `off` entry change together.
+            let mut call = self.core.disable.key(self.endpoint_key(name));
+            for shard in 0..self.core.shards {
+                call.key(format!("{}off", self.core.shard_prefix(shard)));
+            }
+            let first: i64 = call.arg(name).arg(reason).arg(at).invoke_async(&mut conn).await?;
+            return Ok(first == 1);
         }
-        let first: i64 = call.arg(name).arg(reason).arg(at).invoke_async(&mut conn).await?;
-        Ok(first == 1)
+        // On a cluster the shards are other slots (other primaries): no one script reaches them
+        // all. Each shard's `off` mark first, then the endpoint's state: until the state says
+        // disabled no worker asks to park, so marks alone change nothing, and a call that fails
+        // half-way is completed by the next disable (or undone by an enable).
+        let marks = (0..self.core.shards).map(|shard| {
+            let mut conn = self.core.conn.clone();
+            let key = format!("{}off", self.core.shard_prefix(shard));
+            async move { conn.hset::<_, _, _, ()>(key, name, reason).await }
+        });
+        futures_util::future::try_join_all(marks).await?;
+        let first: bool = conn.hset_nx(self.endpoint_key(name), "disabled", reason).await?;
+        if first {
+            let _: () = conn.hset(self.endpoint_key(name), "disabled_at", at).await?;
+        }
+        Ok(first)
     }
 
     async fn enable(&self, name: &str) -> Result<u64, QueueError> {
@@ -270,34 +294,35 @@ impl Queue for RedisQueue {
     }
 
     async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
-        let mut pipe = redis::pipe();
-        for shard in 0..self.core.shards {
-            pipe.zcard(format!("{}paused:{name}", self.core.shard_prefix(shard)));
-        }
-        let mut conn = self.core.conn.clone();
-        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
-        Ok(counts.into_iter().sum())
+        let counts = (0..self.core.shards).map(|shard| {
+            let mut conn = self.core.conn.clone();
+            let key = format!("{}paused:{name}", self.core.shard_prefix(shard));
+            async move { conn.zcard::<_, u64>(key).await }
+        });
+        Ok(futures_util::future::try_join_all(counts).await?.into_iter().sum())
     }
 
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         let now = crate::delivery::unix_millis();
-        let mut pipe = redis::pipe();
-        for shard in 0..self.core.shards {
+        // One pipeline per shard (one slot each on a cluster), the shards concurrently.
+        let shards = (0..self.core.shards).map(|shard| {
             let prefix = self.core.shard_prefix(shard);
+            let mut pipe = redis::pipe();
             pipe.zcount(format!("{prefix}due"), "-inf", now)
                 .zcount(format!("{prefix}due"), format!("({now}"), "+inf")
                 .zcard(format!("{prefix}dead"));
             for endpoint in endpoints {
                 pipe.zcard(format!("{prefix}paused:{endpoint}"));
             }
-        }
-        let mut conn = self.core.conn.clone();
-        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+            let mut conn = self.core.conn.clone();
+            async move { pipe.query_async::<Vec<u64>>(&mut conn).await }
+        });
+        let counts = futures_util::future::try_join_all(shards).await?;
         let mut depth = crate::metrics::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
             ..Default::default()
         };
-        for shard in counts.chunks(3 + endpoints.len()) {
+        for shard in counts {
             depth.due += shard[0];
             depth.scheduled += shard[1];
             depth.dead += shard[2];
