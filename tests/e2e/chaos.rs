@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const EVENTS: usize = 5_000;
+pub(crate) const EVENTS: usize = 5_000;
 const PRODUCERS: usize = 8;
 /// The most time the whole run may take before the test gives up (a hang, not a speed check).
 const GIVE_UP: Duration = Duration::from_secs(300);
@@ -25,15 +25,15 @@ async fn start(config: &Path, log: &Path, addr: std::net::SocketAddr) -> SluiceP
 }
 
 #[derive(Default)]
-struct Counters {
-    next: AtomicUsize,
-    accepted: AtomicUsize,
-    unavailable: AtomicUsize,
-    other_refusals: AtomicUsize,
+pub(crate) struct Counters {
+    pub(crate) next: AtomicUsize,
+    pub(crate) accepted: AtomicUsize,
+    pub(crate) unavailable: AtomicUsize,
+    pub(crate) other_refusals: AtomicUsize,
 }
 
 /// Producers post events 0..total, each until it is answered 202 (a producer's own at-least-once).
-fn spawn_producers(
+pub(crate) fn spawn_producers(
     addr: std::net::SocketAddr,
     counters: Arc<Counters>,
     total: usize,
@@ -73,7 +73,7 @@ fn spawn_producers(
         .collect()
 }
 
-async fn wait_until(what: &str, started: Instant, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, started: Instant, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(started.elapsed() < GIVE_UP, "gave up waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -173,7 +173,7 @@ async fn nothing_is_lost_through_sigkills_and_a_redis_restart() {
 
 /// The chaos run's config: `base` (with its queue backend) plus a short lease, an endpoint at
 /// `receiver` with a 1 s timeout and 30 quick retries, and a route to it.
-fn chaos_toml(base: String, addr: std::net::SocketAddr, queue: &str, receiver: &Receiver) -> String {
+pub(crate) fn chaos_toml(base: String, addr: std::net::SocketAddr, queue: &str, receiver: &Receiver) -> String {
     let schedule = ["\"0s\"", "\"100ms\"", "\"200ms\"", "\"400ms\"", "\"800ms\""]
         .into_iter()
         .chain(std::iter::repeat_n("\"1s\"", 25))
@@ -187,7 +187,7 @@ fn chaos_toml(base: String, addr: std::net::SocketAddr, queue: &str, receiver: &
 
 /// Waits until every event 0..total was answered 2xx at the receiver, asserts none is missing, and
 /// describes the duplicates.
-async fn drain(receiver: &Receiver, total: usize, started: Instant) -> String {
+pub(crate) async fn drain(receiver: &Receiver, total: usize, started: Instant) -> String {
     let delivered = |receiver: &Receiver| -> HashSet<u64> {
         receiver.all().iter().filter(|r| r.ok).filter_map(|r| r.json()["n"].as_u64()).collect()
     };

@@ -101,6 +101,7 @@ impl Drop for Scratch {
 pub struct RedisServer {
     pub port: u16,
     child: Child,
+    killed: bool,
 }
 
 impl RedisServer {
@@ -137,7 +138,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = Self { port, child };
+        let server = Self { port, child, killed: false };
         server.wait_ready().await;
         server
     }
@@ -170,8 +171,14 @@ impl RedisServer {
         keys.len()
     }
 
+    /// Whether it has not been killed.
+    pub fn is_running(&self) -> bool {
+        !self.killed
+    }
+
     /// Kills the server now (Redis "going away").
     pub fn kill(&mut self) {
+        self.killed = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
