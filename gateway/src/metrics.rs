@@ -255,6 +255,9 @@ pub struct QueueDepth {
     pub dead: u64,
     /// Parked deliveries per endpoint (the endpoint is disabled).
     pub paused: Vec<(String, u64)>,
+    /// Memory the store uses: Redis `used_memory` (summed over a cluster's primaries), or the
+    /// embedded store's file size; `None` when it cannot be read.
+    pub store_bytes: Option<u64>,
 }
 
 impl QueueDepth {
@@ -272,6 +275,15 @@ impl QueueDepth {
         header(out, "sluice_queue_paused_deliveries", "gauge", "Deliveries parked because their endpoint is disabled.");
         for (endpoint, n) in &self.paused {
             let _ = writeln!(out, "sluice_queue_paused_deliveries{{endpoint=\"{}\"}} {n}", escape(endpoint));
+        }
+        if let Some(bytes) = self.store_bytes {
+            header(
+                out,
+                "sluice_store_memory_bytes",
+                "gauge",
+                "Memory the queue's store uses: Redis used_memory (summed over a cluster's primaries), or the embedded store's file size.",
+            );
+            let _ = writeln!(out, "sluice_store_memory_bytes {bytes}");
         }
     }
 }

@@ -229,6 +229,13 @@ async fn three_gateways_on_a_cluster_lose_nothing_when_a_primary_dies_or_fails_o
         producer.await.unwrap();
     }
     let refused_in_planned = unavailable() - refused_before;
+    let metrics = client().get(format!("http://{}/metrics", addrs[0])).send().await.unwrap().text().await.unwrap();
+    let store_bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_store_memory_bytes "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_store_memory_bytes:\n{metrics}"));
+    assert!(store_bytes > 3_000_000, "used_memory summed over 3 primaries (~1 MB each at rest): {store_bytes}");
     let all_accepted = Instant::now();
     let drained = drain(&receiver, EVENTS, started).await;
     println!(
@@ -237,7 +244,7 @@ async fn three_gateways_on_a_cluster_lose_nothing_when_a_primary_dies_or_fails_o
          replica and ingest took events again {ingest_back:.1?} after the kill, {refused_in_failover} ingest 503s \
          meanwhile; planned CLUSTER FAILOVER: ok after \
          {planned_took:.1?}, {refused_in_planned} ingest 503s after it; {drained}; drained {:.1?} after the last \
-         202; whole run {:.1?}",
+         202; whole run {:.1?}; store memory over the primaries {store_bytes} bytes",
         all_accepted.elapsed(),
         started.elapsed()
     );

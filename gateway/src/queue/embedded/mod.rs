@@ -399,6 +399,7 @@ impl Queue for EmbeddedQueue {
 
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         let endpoints = endpoints.to_vec();
+        let path = self.path().to_path_buf();
         self.read(move |txn| {
             let now = unix_millis();
             let due = txn.open_table(DUE)?;
@@ -413,6 +414,7 @@ impl Queue for EmbeddedQueue {
                 due: due_now,
                 scheduled: total - due_now,
                 dead: txn.open_table(DEAD)?.len()?,
+                store_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
                 paused: endpoints.into_iter().map(|e| Ok((e.clone(), count_paused(&paused, &e)?))).collect::<Result<
                     _,
                     QueueError,

@@ -82,6 +82,36 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Redis' `used_memory`, summed over a cluster's primaries.
+    pub(super) async fn used_memory(&mut self) -> Result<u64, QueueError> {
+        let info = match self {
+            Conn::Single(conn) => redis::cmd("INFO").arg("memory").query_async::<Value>(conn).await?,
+            Conn::Cluster(conn) => {
+                let route = RoutingInfo::MultiNode((redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters, None));
+                conn.route_command(redis::cmd("INFO").arg("memory").clone(), route).await?
+            }
+        };
+        Ok(texts(&info).iter().filter_map(|text| used_memory(text)).sum())
+    }
+}
+
+/// The text answers in `value`: one, or one per node.
+fn texts(value: &Value) -> Vec<String> {
+    match value {
+        Value::BulkString(bytes) => vec![String::from_utf8_lossy(bytes).into_owned()],
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => vec![text.clone()],
+        Value::Map(entries) => entries.iter().flat_map(|(_, v)| texts(v)).collect(),
+        Value::Array(items) => items.iter().flat_map(texts).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `used_memory:<n>` out of an `INFO memory` answer.
+fn used_memory(info: &str) -> Option<u64> {
+    info.lines().find_map(|line| line.strip_prefix("used_memory:")).and_then(|n| n.trim().parse().ok())
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -318,8 +318,10 @@ impl Queue for RedisQueue {
             async move { pipe.query_async::<Vec<u64>>(&mut conn).await }
         });
         let counts = futures_util::future::try_join_all(shards).await?;
+        let mut conn = self.core.conn.clone();
         let mut depth = crate::metrics::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
+            store_bytes: conn.used_memory().await.ok(),
             ..Default::default()
         };
         for shard in counts {
