@@ -11,6 +11,7 @@ mod delivery;
 mod embedded;
 mod harness;
 mod hostile;
+mod memory;
 mod observability;
 mod openapi;
 mod plugin_host;

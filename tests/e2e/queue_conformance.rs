@@ -681,3 +681,39 @@ async fn redis_dead_letters_of_an_older_version_are_removed_after_the_dead_lette
     let ttl: i64 = ::redis::cmd("TTL").arg(format!("sluice:{{s0}}:ev:{ev}")).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0, "its event no longer counts it open and expires: TTL {ttl}");
 }
+
+/// Redis only: an event stored by a version that kept its headers and body in the event hash
+/// (no `:b` string) is still claimed with its body and shown with its headers.
+#[tokio::test]
+async fn redis_events_of_an_older_layout_are_claimed_and_shown_with_their_body() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let event = sluice::id::new_event();
+    let delivery = sluice::id::delivery_of(event, 1);
+    let (ev, d) = (sluice::id::format_event(event), sluice::id::format_delivery(delivery));
+    let mut conn = redis.connection().await;
+    let headers = r#"[["x-origin","old"]]"#;
+    let old_layout: () = ::redis::pipe()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:ev:{ev}"))
+        .arg(&["source", "shop", "type", "t", "headers", headers, "payload", "{\"old\":true}", "n", "1", "open", "1"])
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:d:{d}"))
+        .arg(&["event", ev.as_str(), "endpoint", "a", "attempts", "0", "status", "pending"])
+        .ignore()
+        .cmd("ZADD")
+        .arg("sluice:{s0}:due")
+        .arg(0)
+        .arg(&d)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = old_layout;
+    let claimed = claim_when_due(&s.store, 1, LEASE).await;
+    assert_eq!(claimed[0].payload.as_ref(), b"{\"old\":true}");
+    let shown = s.store.event(event).await.unwrap().expect("the event is found");
+    assert_eq!(shown.payload.as_ref(), b"{\"old\":true}");
+    assert_eq!(shown.headers, [("x-origin".to_string(), "old".to_string())]);
+}

@@ -10,7 +10,8 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:due` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, headers, payload, n (deliveries), open (neither acked nor buried), dead (buried) |
+//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, n (deliveries), open (neither acked nor buried), dead (buried): small fields only, so Redis keeps it a compact listpack |
+//! | `<prefix>:{s<n>}:ev:<event id>:b` | STRING | the event's kept headers (JSON), a newline, its body; expires with the event (older versions kept `headers` and `payload` in the hash, still read) |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts (recorded), lapsed (leases that ran out unsettled), status, lease, closed (buried), updated, last_error, log (one JSON attempt record per line) |
 //! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
 //! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |

@@ -56,11 +56,22 @@ impl RedisQueue {
         let name = id::format_event(event);
         let mut conn = core.conn.clone();
         type Fields = (Option<String>, Option<String>, Option<String>, Option<Vec<u8>>, Option<usize>);
-        let (source, event_type, headers, payload, count): Fields = redis::cmd("HMGET")
+        let ((source, event_type, headers, payload, count), body): (Fields, Option<Vec<u8>>) = redis::pipe()
+            .cmd("HMGET")
             .arg(format!("{prefix}ev:{name}"))
             .arg(&["source", "type", "headers", "payload", "n"])
+            .get(format!("{prefix}ev:{name}:b"))
             .query_async(&mut conn)
             .await?;
+        // Headers and body live in the `:b` string, split at the first newline; a record of an
+        // older version keeps both in the hash.
+        let (headers, payload) = match body {
+            Some(body) => match body.iter().position(|&b| b == b'\n') {
+                Some(nl) => (Some(String::from_utf8_lossy(&body[..nl]).into_owned()), Some(body[nl + 1..].to_vec())),
+                None => (headers, Some(body)),
+            },
+            None => (headers, payload),
+        };
         let (Some(source), Some(event_type)) = (source, event_type) else {
             return Ok(None);
         };

@@ -40,8 +40,20 @@ for i, id in ipairs(ids) do
     end
     zadd[#zadd + 1] = lease_until
     zadd[#zadd + 1] = id
-    local e = redis.call('HMGET', p .. 'ev:' .. d[1], 'type', 'payload')
-    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', d[4] or e[2] or '', d[5] or '', lapsed }
+    local evkey = p .. 'ev:' .. d[1]
+    local e = redis.call('HMGET', evkey, 'type', 'payload')
+    local payload = d[4]
+    if not payload then
+      -- The event's body: after the headers and a newline in its `:b` string (a record of an
+      -- older version keeps it in the hash).
+      local b = redis.call('GET', evkey .. ':b')
+      if b then
+        payload = string.sub(b, (string.find(b, '\n', 1, true) or 0) + 1)
+      else
+        payload = e[2] or ''
+      end
+    end
+    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', payload, d[5] or '', lapsed }
   end
 end
 if #zadd > 2 then
@@ -61,6 +73,7 @@ for _, id in ipairs(old) do
       local evkey = p .. 'ev:' .. d[2]
       if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
         redis.call('EXPIRE', evkey, ARGV[6])
+        redis.call('EXPIRE', evkey .. ':b', ARGV[6])
       end
     end
   end

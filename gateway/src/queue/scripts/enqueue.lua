@@ -26,10 +26,13 @@ for _ = 1, tonumber(ARGV[3]) do
       redis.call('SET', idem, ARGV[at + 8], 'PX', ARGV[at + 9])
     end
     local evkey = p .. 'ev:' .. evid
-    redis.call('HSET', evkey, 'source', ARGV[at + 1], 'type', ARGV[at + 2], 'headers', ARGV[at + 3],
-      'payload', ARGV[at + 4], 'n', n, 'open', n)
+    -- The small fields in the hash (so Redis keeps it compact, as a listpack), the headers and the
+    -- body in one string beside it: headers JSON, a newline (JSON has none of its own), the body.
+    redis.call('HSET', evkey, 'source', ARGV[at + 1], 'type', ARGV[at + 2], 'n', n, 'open', n)
+    redis.call('SET', evkey .. ':b', ARGV[at + 3] .. '\n' .. ARGV[at + 4])
     if n == 0 then
       redis.call('EXPIRE', evkey, retention)
+      redis.call('EXPIRE', evkey .. ':b', retention)
     end
   else
     skipped[#skipped + 1] = evid

@@ -23,6 +23,7 @@ for i = 4, #ARGV do
       redis.call('HINCRBY', evkey, 'open', 1)
       redis.call('HINCRBY', evkey, 'dead', -1)
       redis.call('PERSIST', evkey)
+      redis.call('PERSIST', evkey .. ':b')
       redis.call('HDEL', dkey, 'closed')
     end
     local record = '{"attempt":0,"at":' .. now .. ',"outcome":"replayed","status":null,"error":null,"latency_ms":0.0,"response":null}'

@@ -36,6 +36,7 @@ local function close(evkey, buried)
       ttl = math.max(retention, dead_retention)
     end
     redis.call('EXPIRE', evkey, ttl)
+    redis.call('EXPIRE', evkey .. ':b', ttl)
   end
 end
 
