@@ -230,10 +230,7 @@ async fn three_gateways_on_a_cluster_lose_nothing_when_a_primary_dies_or_fails_o
     }
     let refused_in_planned = unavailable() - refused_before;
     let metrics = client().get(format!("http://{}/metrics", addrs[0])).send().await.unwrap().text().await.unwrap();
-    let store_bytes: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_store_memory_bytes "))
-        .and_then(|n| n.parse().ok())
+    let store_bytes = metric_value(&metrics, "sluice_store_memory_bytes")
         .unwrap_or_else(|| panic!("no sluice_store_memory_bytes:\n{metrics}"));
     assert!(store_bytes > 3_000_000, "used_memory summed over 3 primaries (~1 MB each at rest): {store_bytes}");
     let all_accepted = Instant::now();

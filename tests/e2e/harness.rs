@@ -506,6 +506,11 @@ pub async fn wait_for_state(gateway: SocketAddr, delivery_id: &str, state: &str)
     }
 }
 
+/// The value of the unlabelled metric `name` in a `/metrics` text, if it is there.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Verifies a Standard Webhooks signature independently of the gateway's signer.
 pub fn signature_valid(received: &Received) -> bool {
     use hmac::{Hmac, Mac};

@@ -95,10 +95,7 @@ async fn metrics_are_counted_on(base: String) {
             r#"sluice_store_errors_total{op="enqueue"} 0"#,
         ],
     );
-    let store_bytes: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_store_memory_bytes "))
-        .and_then(|n| n.parse().ok())
+    let store_bytes = metric_value(&text, "sluice_store_memory_bytes")
         .unwrap_or_else(|| panic!("no sluice_store_memory_bytes:\n{text}"));
     assert!(store_bytes > 1000, "the store's memory (Redis used_memory or the file size): {store_bytes}");
     if let Some((accepted, said)) = promtool(&text) {

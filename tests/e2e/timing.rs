@@ -74,11 +74,11 @@ async fn an_enqueue_whose_reply_is_lost_answers_the_retry_with_the_original_answ
         + &endpoint_toml("orders", &receiver.url(), "timeout = \"1s\"")
         + "\n[[routes]]\nsource = \"shop\"\nplugins = [\"stall\"]\nendpoints = [\"orders\"]\n";
     let gateway = start_gateway(&toml).await;
-    let post = |gateway: std::net::SocketAddr| async move {
+    let post = |gateway: std::net::SocketAddr, key: &'static str| async move {
         let response = client()
             .post(format!("http://{gateway}/v1/events/shop"))
             .header("content-type", "application/json")
-            .header("idempotency-key", "order-1")
+            .header("idempotency-key", key)
             .body(r#"{"type":"order.created"}"#)
             .send()
             .await
@@ -91,18 +91,10 @@ async fn an_enqueue_whose_reply_is_lost_answers_the_retry_with_the_original_answ
     // One event first, so Redis knows the enqueue script: a paused call of a script Redis does not
     // know yet fails (NOSCRIPT) after the pause instead of running, which is the other, also safe,
     // outcome (nothing stored, the key released, the retry processed afresh).
-    let warm = client()
-        .post(format!("http://{addr}/v1/events/shop"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", "warm-up")
-        .body(r#"{"type":"order.created"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(warm.status().as_u16(), 202);
+    assert_eq!(post(addr, "warm-up").await.0, 202);
     let mut conn = redis.connection().await;
     let _: () = ::redis::cmd("DEL").arg("sluice:{s0}:idem:shop:warm-up").query_async(&mut conn).await.unwrap();
-    let first = tokio::spawn(post(addr));
+    let first = tokio::spawn(post(addr, "order-1"));
 
     // Once the key is claimed (the plugin is stalling), hold writes past the enqueue's timeout: the
     // gateway gives up on the enqueue, and Redis runs it when the pause ends.
@@ -123,7 +115,7 @@ async fn an_enqueue_whose_reply_is_lost_answers_the_retry_with_the_original_answ
     // 409, then the answer the stored event got; the event is stored once and delivered once.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let (status, replayed, answer) = loop {
-        let (status, replayed, body) = post(addr).await;
+        let (status, replayed, body) = post(addr, "order-1").await;
         if status != 409 && status != 503 {
             break (status, replayed, body);
         }
