@@ -13,8 +13,13 @@
 //!    a route whose plugin loops to its 100 ms deadline;
 //! 5. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
+//! With `--scale`, only the scaling curve instead ([`scale`]): events/s delivered by 1, 2 and 3
+//! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas.
+//!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded]`
+//! [--backend redis|embedded] [--scale]`
+
+mod scale;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,16 +47,18 @@ struct Options {
     plugin: bool,
     shards: u32,
     embedded: bool,
+    scale: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { events: 30_000, producers: 64, plugin: true, shards: 1, embedded: false };
+    let mut options = Options { events: 30_000, producers: 64, plugin: true, shards: 1, embedded: false, scale: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--events" => options.events = args.next().context("--events N")?.parse()?,
             "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
             "--no-plugin" => options.plugin = false,
+            "--scale" => options.scale = true,
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -148,13 +155,26 @@ async fn produce(
     producers: usize,
     pace: Option<Duration>,
 ) -> anyhow::Result<Vec<Duration>> {
+    produce_to(&[gateway], events, producers, pace).await
+}
+
+/// [`produce`] against several gateways: producer `i` posts to `gateways[i % n]`.
+async fn produce_to(
+    gateways: &[SocketAddr],
+    events: usize,
+    producers: usize,
+    pace: Option<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(producers).build()?;
     let next = Arc::new(AtomicUsize::new(0));
     // Parsed once: URL parsing per request would be the producers' cost, not the gateway's.
-    let url = reqwest::Url::parse(&format!("http://{gateway}/v1/events/bench"))?;
+    let urls = gateways
+        .iter()
+        .map(|gateway| reqwest::Url::parse(&format!("http://{gateway}/v1/events/bench")))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut tasks = tokio::task::JoinSet::new();
     for producer in 0..producers {
-        let (client, next, url) = (client.clone(), next.clone(), url.clone());
+        let (client, next, url) = (client.clone(), next.clone(), urls[producer % urls.len()].clone());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut ticker = pace.map(|p| {
@@ -464,6 +484,9 @@ fn us(d: Duration) -> f64 {
 fn main() -> anyhow::Result<()> {
     let options = options()?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if options.scale {
+        return runtime.block_on(scale::curve(options.events, options.producers));
+    }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {
         println!(
