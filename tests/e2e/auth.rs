@@ -92,7 +92,7 @@ async fn bearer_token_source_refuses_missing_and_wrong_tokens() {
     assert_refused(post(&gateway, "shop", &[], body).await, "missing `Authorization: Bearer");
     assert_refused(post(&gateway, "shop", &[("authorization", "Bearer wrong-token".into())], body).await, "wrong");
     assert_refused(post(&gateway, "shop", &[("authorization", format!("Basic {TOKEN}"))], body).await, "Bearer");
-    assert_eq!(redis.count_keys("sluice:*:ev:*").await, 0, "a refused request stored an event");
+    assert_eq!(redis.count_keys(EVENT_KEYS).await, 0, "a refused request stored an event");
 
     let (status, reply) = post(&gateway, "shop", &[("authorization", format!("Bearer {TOKEN}"))], body).await;
     assert_eq!(status, 202, "{reply}");
@@ -121,7 +121,7 @@ async fn github_signature_is_verified_over_the_body() {
         post(&gateway, "github", &[("authorization", format!("Bearer {TOKEN}"))], body).await,
         "missing `X-Hub-Signature-256`",
     );
-    assert_eq!(redis.count_keys("sluice:*:ev:*").await, 0);
+    assert_eq!(redis.count_keys(EVENT_KEYS).await, 0);
 
     let headers = [("x-hub-signature-256", signature), ("x-github-event", "pull_request".to_string())];
     let (status, reply) = post(&gateway, "github", &headers, body).await;
@@ -153,7 +153,7 @@ async fn stripe_signature_is_verified_with_its_timestamp_tolerance() {
         "does not match",
     );
     assert_refused(post(&gateway, "stripe", &[("stripe-signature", "v1=00ff".into())], body).await, "no `t=`");
-    assert_eq!(redis.count_keys("sluice:*:ev:*").await, 0);
+    assert_eq!(redis.count_keys(EVENT_KEYS).await, 0);
 
     let (status, reply) = post(&gateway, "stripe", &[("stripe-signature", sign(now()))], body).await;
     assert_eq!(status, 202, "{reply}");
@@ -186,7 +186,7 @@ async fn standard_webhooks_signature_is_verified() {
     let mut wrong_id = signed("msg_1", now());
     wrong_id[0].1 = "msg_2".into();
     assert_refused(post(&gateway, "partner", &wrong_id, body).await, "does not match");
-    assert_eq!(redis.count_keys("sluice:*:ev:*").await, 0);
+    assert_eq!(redis.count_keys(EVENT_KEYS).await, 0);
 
     let (status, reply) = post(&gateway, "partner", &signed("msg_1", now()), body).await;
     assert_eq!(status, 202, "{reply}");

@@ -97,6 +97,11 @@ impl Drop for Scratch {
     }
 }
 
+/// The key pattern of every stored delivery's record (26 characters of ULID: not its `:log`).
+pub const DELIVERY_KEYS: &str = "sluice:*:d:dlv_??????????????????????????";
+/// The key pattern of every stored event's record (not its `:b` string).
+pub const EVENT_KEYS: &str = "sluice:*:ev:evt_??????????????????????????";
+
 /// A `redis-server` of the test's own, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -164,7 +169,7 @@ impl RedisServer {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
-    /// How many keys match `pattern` (e.g. `sluice:*:d:*`, one per stored delivery).
+    /// How many keys match `pattern` (e.g. [`DELIVERY_KEYS`], one per stored delivery).
     pub async fn count_keys(&self, pattern: &str) -> usize {
         let mut conn = self.connection().await;
         let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();

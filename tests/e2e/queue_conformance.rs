@@ -683,7 +683,8 @@ async fn redis_dead_letters_of_an_older_version_are_removed_after_the_dead_lette
 }
 
 /// Redis only: an event stored by a version that kept its headers and body in the event hash
-/// (no `:b` string) is still claimed with its body and shown with its headers.
+/// (no `:b` string), and a delivery whose attempt log is in its hash, are still claimed with the
+/// body, shown with the headers, and logged on.
 #[tokio::test]
 async fn redis_events_of_an_older_layout_are_claimed_and_shown_with_their_body() {
     let s = open(Kind::Redis, "").await;
@@ -700,7 +701,8 @@ async fn redis_events_of_an_older_layout_are_claimed_and_shown_with_their_body()
         .ignore()
         .cmd("HSET")
         .arg(format!("sluice:{{s0}}:d:{d}"))
-        .arg(&["event", ev.as_str(), "endpoint", "a", "attempts", "0", "status", "pending"])
+        .arg(&["event", ev.as_str(), "endpoint", "a", "attempts", "1", "status", "pending"])
+        .arg(&["log", r#"{"attempt":1,"at":1,"outcome":"http_error","status":500}"#])
         .ignore()
         .cmd("ZADD")
         .arg("sluice:{s0}:due")
@@ -713,6 +715,12 @@ async fn redis_events_of_an_older_layout_are_claimed_and_shown_with_their_body()
     let () = old_layout;
     let claimed = claim_when_due(&s.store, 1, LEASE).await;
     assert_eq!(claimed[0].payload.as_ref(), b"{\"old\":true}");
+    assert_eq!(claimed[0].attempt, 2);
+    claimed_settles(&s.store, &claimed[0], Some(&record(2, Some(200), None)), Settle::Ack).await;
+    // The log the old version kept in the hash, then the attempt this one appended beside it.
+    let v = view(&s.store, delivery).await;
+    let statuses: Vec<&serde_json::Value> = v.attempts.iter().map(|a| &a["status"]).collect();
+    assert_eq!(statuses, [500, 200], "{:?}", v.attempts);
     let shown = s.store.event(event).await.unwrap().expect("the event is found");
     assert_eq!(shown.payload.as_ref(), b"{\"old\":true}");
     assert_eq!(shown.headers, [("x-origin".to_string(), "old".to_string())]);

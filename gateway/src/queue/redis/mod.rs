@@ -12,7 +12,8 @@
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
 //! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, n (deliveries), open (neither acked nor buried), dead (buried): small fields only, so Redis keeps it a compact listpack |
 //! | `<prefix>:{s<n>}:ev:<event id>:b` | STRING | the event's kept headers (JSON), a newline, its body; expires with the event (older versions kept `headers` and `payload` in the hash, still read) |
-//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts (recorded), lapsed (leases that ran out unsettled), status, lease, closed (buried), updated, last_error, log (one JSON attempt record per line) |
+//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts (recorded), lapsed (leases that ran out unsettled), status, lease, closed (buried), updated, last_error (older versions: log) |
+//! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
 //! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
 //! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |
 //! | `<prefix>:endpoint:<name>` | HASH | disabled (reason), disabled_at, failing_since (ms): the endpoint's shared state |

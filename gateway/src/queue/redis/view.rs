@@ -14,10 +14,11 @@ impl RedisQueue {
         let prefix = core.shard_prefix(id::shard_of(delivery, core.shards));
         let name = id::format_delivery(delivery);
         let mut conn = core.conn.clone();
-        let (fields, due): (Vec<Option<String>>, Option<f64>) = redis::pipe()
+        let (fields, log_string, due): (Vec<Option<String>>, Option<String>, Option<f64>) = redis::pipe()
             .cmd("HMGET")
             .arg(format!("{prefix}d:{name}"))
             .arg(&["endpoint", "status", "attempts", "updated", "last_error", "log", "lapsed"])
+            .get(format!("{prefix}d:{name}:log"))
             .zscore(format!("{prefix}due"), &name)
             .query_async(&mut conn)
             .await?;
@@ -27,13 +28,16 @@ impl RedisQueue {
         let (Some(endpoint), Some(status)) = (endpoint, status) else {
             return Ok(None);
         };
+        // The log string, after what an older version kept in the hash's `log` field.
         let attempts = log
             .as_deref()
             .unwrap_or_default()
             .lines()
+            .chain(log_string.as_deref().unwrap_or_default().lines())
             .filter(|line| !line.is_empty())
             .map(serde_json::from_str)
             .collect::<Result<Vec<serde_json::Value>, _>>()?;
+
         Ok(Some(DeliveryView {
             id: name,
             event_id: id::format_event(id::event_of(delivery)),

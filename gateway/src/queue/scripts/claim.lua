@@ -67,7 +67,7 @@ for _, id in ipairs(old) do
   local dkey = p .. 'd:' .. id
   local d = redis.call('HMGET', dkey, 'status', 'event', 'closed')
   if d[1] == 'dead' then
-    redis.call('DEL', dkey)
+    redis.call('DEL', dkey, dkey .. ':log')
     if d[3] ~= '1' and d[2] then
       -- Buried before burials closed their delivery: its event still counts it as open.
       local evkey = p .. 'ev:' .. d[2]

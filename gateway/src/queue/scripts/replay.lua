@@ -27,12 +27,15 @@ for i = 4, #ARGV do
       redis.call('HDEL', dkey, 'closed')
     end
     local record = '{"attempt":0,"at":' .. now .. ',"outcome":"replayed","status":null,"error":null,"latency_ms":0.0,"response":null}'
-    local log = record
-    if d[2] then
-      log = d[2] .. '\n' .. record
+    local logkey = dkey .. ':log'
+    if d[2] or redis.call('STRLEN', logkey) > 0 then
+      redis.call('APPEND', logkey, '\n' .. record)
+    else
+      redis.call('APPEND', logkey, record)
     end
+    redis.call('PERSIST', logkey)
     redis.call('HSET', dkey, 'status', 'pending', 'attempts', 0, 'lapsed', 0, 'lease', '', 'last_error', '',
-      'log', log, 'updated', now)
+      'updated', now)
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[1], now + (offset + #replayed) * step, id)
     replayed[#replayed + 1] = id

@@ -11,8 +11,10 @@
 -- counting an attempt. 'pause' parks it in the endpoint's paused ZSET while the endpoint is disabled;
 -- checked here, atomically with enabling (which empties that set), so a delivery is never parked
 -- after its endpoint came back: it is deferred instead.
--- The attempt log is the delivery's `log` field: one JSON record per line; recording one counts the
--- attempt (a claim does not).
+-- The attempt log is the string beside the delivery (`d:<id>:log`, one JSON record per line; older
+-- versions kept it in the hash's `log` field, still read): appended to, not rewritten, and out of
+-- the hash so the hash stays small (a listpack). Recording a record counts the attempt (a claim
+-- does not).
 -- A burial closes the delivery (`closed` = 1): it expires after the dead-letter retention, and its
 -- event counts it in `dead` instead of `open`. An event whose last open delivery closes is kept for
 -- the retention period, or the dead-letter retention when one of its deliveries is dead.
@@ -50,43 +52,45 @@ for i = 1, tonumber(ARGV[4]) do
     results[i] = 0
   else
     results[i] = 1
-    local log = record
-    if record == '' then
-      -- No attempt was made: nothing to count, the log stays as it is.
-      log = d[2] or ''
-    else
+    local logkey = dkey .. ':log'
+    -- No record: no attempt was made, nothing to count, the log stays as it is.
+    if record ~= '' then
       redis.call('HINCRBY', dkey, 'attempts', 1)
-      if d[2] then
-        log = d[2] .. '\n' .. record
+      if d[2] or redis.call('STRLEN', logkey) > 0 then
+        redis.call('APPEND', logkey, '\n' .. record)
+      else
+        redis.call('APPEND', logkey, record)
       end
     end
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[4]) then
       action = 'defer'
     end
     if action == 'retry' then
-      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error)
+      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'defer' then
       -- Not attempted: the last attempt's error still stands.
-      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now)
+      redis.call('HSET', dkey, 'lease', '', 'updated', now)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'pause' then
-      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'status', 'paused')
+      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'status', 'paused')
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', p .. 'paused:' .. d[4], now, id)
     elseif action == 'bury' then
-      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
+      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
         'status', 'dead', 'closed', 1)
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', KEYS[2], now, id)
       redis.call('EXPIRE', dkey, dead_retention)
+      redis.call('EXPIRE', logkey, dead_retention)
       close(p .. 'ev:' .. d[3], true)
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
-      redis.call('HSET', dkey, 'lease', '', 'log', log, 'updated', now, 'last_error', last_error,
+      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
         'status', 'succeeded')
       redis.call('ZREM', KEYS[1], id)
       redis.call('EXPIRE', dkey, retention)
+      redis.call('EXPIRE', logkey, retention)
       close(p .. 'ev:' .. d[3], false)
     end
   end
