@@ -11,14 +11,17 @@
 //! 3. the peak again with chains of 0 and 3 plugins;
 //! 4. noisy neighbour: ingest latency of a route without plugins, idle and while 8 producers drive
 //!    a route whose plugin loops to its 100 ms deadline;
-//! 5. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
+//! 5. Redis memory per pending and per finished delivery ([`memory`]);
+//! 6. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
 //! With `--scale`, only the scaling curve instead ([`scale`]): events/s delivered by 1, 2 and 3
 //! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas.
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale]`
+//! [--backend redis|embedded] [--scale] [--memory]` (`--memory`: only the memory phase)
 
+mod memory;
+mod plugin_calls;
 mod scale;
 
 use std::convert::Infallible;
@@ -48,10 +51,19 @@ struct Options {
     shards: u32,
     embedded: bool,
     scale: bool,
+    memory: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { events: 30_000, producers: 64, plugin: true, shards: 1, embedded: false, scale: false };
+    let mut options = Options {
+        events: 30_000,
+        producers: 64,
+        plugin: true,
+        shards: 1,
+        embedded: false,
+        scale: false,
+        memory: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -59,6 +71,7 @@ fn options() -> anyhow::Result<Options> {
             "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
             "--no-plugin" => options.plugin = false,
             "--scale" => options.scale = true,
+            "--memory" => options.memory = true,
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -407,72 +420,6 @@ endpoints = ["receiver"]
     Ok(())
 }
 
-fn plugin_calls() -> anyhow::Result<()> {
-    for (mode, reuse) in [("warm instance (max_calls_per_instance = 1000)", 1000), ("fresh instance per call", 1)] {
-        println!("plugin calls, {mode}:");
-        plugin_calls_with(reuse)?;
-    }
-    Ok(())
-}
-
-fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
-    for (name, config) in [
-        ("rust-filter", r#"{"drop_types":["test.*"]}"#),
-        ("rust-transform", r#"{"set":{"version":2},"remove":["currency"]}"#),
-        ("rust-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
-        ("c-prefix", r#"{"allow_prefix":"order"}"#),
-        ("js-filter", r#"{"drop_types":["test.*"]}"#),
-        ("js-transform", r#"{"set":{"version":2},"remove":["currency"]}"#),
-        ("as-tagger", r#"{"tag":"billing","drop_type":"test.ping"}"#),
-        ("python-router", r#"{"field":"currency","table":{"EUR":["eu"]}}"#),
-    ] {
-        let path = plugin_path(name);
-        if !path.exists() {
-            println!("  {name:<16} not built (run plugins/build.sh)");
-            continue;
-        }
-        let plugin = sluice::config::PluginConfig {
-            name: name.to_string(),
-            path,
-            config: serde_json::from_str(config)?,
-            deadline: Duration::from_millis(100),
-            max_memory_mb: 64,
-            max_calls_per_instance: reuse,
-            grant_clock: false,
-            startup_deadline: Duration::from_secs(1),
-        };
-        let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default(), 1 << 20)
-            .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
-        let event = sluice::plugin::PluginEvent {
-            id: "evt_bench".into(),
-            source: "bench".into(),
-            event_type: "order_created".into(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            payload: br#"{"event":"order_created","order_id":1,"amount":4200,"currency":"EUR"}"#.to_vec(),
-        };
-        // Fresh instances of the big JavaScript and Python components take ~1 ms each: fewer rounds.
-        let rounds = if reuse == 1 && (name.starts_with("js") || name.starts_with("python")) { 300 } else { 3000 };
-        for _ in 0..50 {
-            set.call(name, &event)?;
-        }
-        let mut times: Vec<Duration> = (0..rounds)
-            .map(|_| {
-                let started = Instant::now();
-                let result = set.call(name, &event);
-                let took = started.elapsed();
-                result.map(|_| took)
-            })
-            .collect::<Result<_, _>>()?;
-        times.sort();
-        println!(
-            "  {name:<16} p50 {:>6.1} µs  p99 {:>6.1} µs",
-            us(percentile(&times, 0.5)),
-            us(percentile(&times, 0.99))
-        );
-    }
-    Ok(())
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -487,6 +434,9 @@ fn main() -> anyhow::Result<()> {
     if options.scale {
         return runtime.block_on(scale::curve(options.events, options.producers));
     }
+    if options.memory {
+        return runtime.block_on(memory::per_delivery());
+    }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {
         println!(
@@ -500,5 +450,6 @@ fn main() -> anyhow::Result<()> {
     if plugin_path("rust-chaos").exists() {
         runtime.block_on(noisy_neighbour())?;
     }
-    plugin_calls()
+    runtime.block_on(memory::per_delivery())?;
+    plugin_calls::plugin_calls()
 }
