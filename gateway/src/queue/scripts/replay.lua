@@ -15,11 +15,11 @@ local replayed = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
   local dkey = p .. 'd:' .. id
-  local d = redis.call('HMGET', dkey, 'status', 'log', 'closed', 'event')
+  local d = redis.call('HMGET', dkey, 'status', 'closed', 'event')
   if d[1] == 'dead' then
     redis.call('PERSIST', dkey)
-    if d[3] == '1' then
-      local evkey = p .. 'ev:' .. d[4]
+    if d[2] == '1' then
+      local evkey = p .. 'ev:' .. d[3]
       redis.call('HINCRBY', evkey, 'open', 1)
       redis.call('HINCRBY', evkey, 'dead', -1)
       redis.call('PERSIST', evkey)
@@ -28,11 +28,7 @@ for i = 4, #ARGV do
     end
     local record = '{"attempt":0,"at":' .. now .. ',"outcome":"replayed","status":null,"error":null,"latency_ms":0.0,"response":null}'
     local logkey = dkey .. ':log'
-    if d[2] or redis.call('STRLEN', logkey) > 0 then
-      redis.call('APPEND', logkey, '\n' .. record)
-    else
-      redis.call('APPEND', logkey, record)
-    end
+    redis.call('APPEND', logkey, record .. '\n')
     redis.call('PERSIST', logkey)
     redis.call('HSET', dkey, 'status', 'pending', 'attempts', 0, 'lapsed', 0, 'lease', '', 'last_error', '',
       'updated', now)

@@ -11,9 +11,9 @@
 -- counting an attempt. 'pause' parks it in the endpoint's paused ZSET while the endpoint is disabled;
 -- checked here, atomically with enabling (which empties that set), so a delivery is never parked
 -- after its endpoint came back: it is deferred instead.
--- The attempt log is the string beside the delivery (`d:<id>:log`, one JSON record per line; older
--- versions kept it in the hash's `log` field, still read): appended to, not rewritten, and out of
--- the hash so the hash stays small (a listpack). Recording a record counts the attempt (a claim
+-- The attempt log is the string beside the delivery (`d:<id>:log`, one JSON record per line, each
+-- ended by a newline; older versions kept it in the hash's `log` field, still read): appended to,
+-- not rewritten, and out of the hash so the hash stays small (a listpack). Recording a record counts the attempt (a claim
 -- does not).
 -- A burial closes the delivery (`closed` = 1): it expires after the dead-letter retention, and its
 -- event counts it in `dead` instead of `open`. An event whose last open delivery closes is kept for
@@ -47,7 +47,7 @@ for i = 1, tonumber(ARGV[4]) do
   local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
   at = at + 6
   local dkey = p .. 'd:' .. id
-  local d = redis.call('HMGET', dkey, 'lease', 'log', 'event', 'endpoint')
+  local d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint')
   if d[1] ~= token then
     results[i] = 0
   else
@@ -56,13 +56,9 @@ for i = 1, tonumber(ARGV[4]) do
     -- No record: no attempt was made, nothing to count, the log stays as it is.
     if record ~= '' then
       redis.call('HINCRBY', dkey, 'attempts', 1)
-      if d[2] or redis.call('STRLEN', logkey) > 0 then
-        redis.call('APPEND', logkey, '\n' .. record)
-      else
-        redis.call('APPEND', logkey, record)
-      end
+      redis.call('APPEND', logkey, record .. '\n')
     end
-    if action == 'pause' and not redis.call('HGET', KEYS[3], d[4]) then
+    if action == 'pause' and not redis.call('HGET', KEYS[3], d[3]) then
       action = 'defer'
     end
     if action == 'retry' then
@@ -75,7 +71,7 @@ for i = 1, tonumber(ARGV[4]) do
     elseif action == 'pause' then
       redis.call('HSET', dkey, 'lease', '', 'updated', now, 'status', 'paused')
       redis.call('ZREM', KEYS[1], id)
-      redis.call('ZADD', p .. 'paused:' .. d[4], now, id)
+      redis.call('ZADD', p .. 'paused:' .. d[3], now, id)
     elseif action == 'bury' then
       redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
         'status', 'dead', 'closed', 1)
@@ -83,7 +79,7 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('ZADD', KEYS[2], now, id)
       redis.call('EXPIRE', dkey, dead_retention)
       redis.call('EXPIRE', logkey, dead_retention)
-      close(p .. 'ev:' .. d[3], true)
+      close(p .. 'ev:' .. d[2], true)
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
@@ -91,7 +87,7 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('ZREM', KEYS[1], id)
       redis.call('EXPIRE', dkey, retention)
       redis.call('EXPIRE', logkey, retention)
-      close(p .. 'ev:' .. d[3], false)
+      close(p .. 'ev:' .. d[2], false)
     end
   end
 end
