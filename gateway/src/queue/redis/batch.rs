@@ -140,26 +140,13 @@ impl Core {
         let groups = by_shard(batch.iter().map(|e| e.shard));
         let calls =
             groups.iter().map(|(shard, members)| self.enqueue_shard(*shard, members.iter().map(|&i| &batch[i])));
-        let mut results = vec![Ok(()); batch.len()];
         let lost = Arc::new(QueueError::IdempotencyLost);
-        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
-            match outcome {
-                Ok(stored) => {
-                    for (&i, stored) in members.iter().zip(stored) {
-                        if !stored {
-                            results[i] = Err(lost.clone());
-                        }
-                    }
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for &i in members {
-                        results[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
-        results
+        let outcomes = join_all(calls).await.into_iter().map(|outcome| {
+            outcome.map(|stored| {
+                stored.into_iter().map(|stored| if stored { Ok(()) } else { Err(lost.clone()) }).collect()
+            })
+        });
+        scatter(batch.len(), &groups, outcomes, Ok(()))
     }
 
     /// One enqueue script call; says for each event whether it was stored.
@@ -201,23 +188,11 @@ impl Core {
     pub(super) async fn flush_settlements(&self, batch: Vec<Settlement>) -> Vec<Shared<bool>> {
         let groups = by_shard(batch.iter().map(|s| s.shard));
         let calls = groups.iter().map(|(shard, members)| self.settle_shard(*shard, members.iter().map(|&i| &batch[i])));
-        let mut results = vec![Ok(false); batch.len()];
-        for ((_, members), outcome) in groups.iter().zip(join_all(calls).await) {
-            match outcome {
-                Ok(applied) => {
-                    for (&i, applied) in members.iter().zip(applied) {
-                        results[i] = Ok(applied == 1);
-                    }
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for &i in members {
-                        results[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
-        results
+        let outcomes = join_all(calls)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.map(|applied| applied.into_iter().map(|applied| Ok(applied == 1)).collect()));
+        scatter(batch.len(), &groups, outcomes, Ok(false))
     }
 
     async fn settle_shard(&self, shard: u32, batch: impl Iterator<Item = &Settlement>) -> Result<Vec<i64>, QueueError> {
@@ -241,6 +216,33 @@ impl Core {
         }
         Ok(applied)
     }
+}
+
+/// Puts each shard call's results (one per member, in member order) back in the batch's order; a
+/// call that failed fails each of its members with its error, shared.
+fn scatter<T: Clone>(
+    len: usize,
+    groups: &[(u32, Vec<usize>)],
+    outcomes: impl Iterator<Item = Result<Vec<Shared<T>>, QueueError>>,
+    unset: Shared<T>,
+) -> Vec<Shared<T>> {
+    let mut results = vec![unset; len];
+    for ((_, members), outcome) in groups.iter().zip(outcomes) {
+        match outcome {
+            Ok(each) => {
+                for (&i, result) in members.iter().zip(each) {
+                    results[i] = result;
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for &i in members {
+                    results[i] = Err(e.clone());
+                }
+            }
+        }
+    }
+    results
 }
 
 /// Indices of `shards` grouped by shard.
