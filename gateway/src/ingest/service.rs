@@ -106,7 +106,7 @@ impl Ingest {
     pub async fn answer(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Answer, IngestError> {
         self.check(source, headers, &body)?;
         let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
-            let accepted = self.accept_checked(source, headers, body, id::new_event(), None).await?;
+            let (accepted, _) = self.accept_checked(source, headers, body, id::new_event(), None).await?;
             return Ok(Answer { body: encode(&accepted), replayed: false });
         };
         let key = key.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
@@ -130,7 +130,8 @@ impl Ingest {
             Some(earlier) => return Ok(Answer { body: earlier, replayed: true }),
         }
         match self.accept_checked(source, headers, body, event_id, Some(key)).await {
-            Ok(accepted) => Ok(Answer { body: encode(&accepted), replayed: false }),
+            // The answer recorded with the key, encoded once.
+            Ok((accepted, answer)) => Ok(Answer { body: answer.unwrap_or_else(|| encode(&accepted)), replayed: false }),
             // The key expired (or was released) before the event was stored: nothing was stored.
             Err(IngestError::Queue(e)) if e.is_idempotency_lost() => Err(IngestError::IdempotencyInProgress),
             Err(IngestError::Queue(e)) if e.is_unavailable() => {
@@ -187,7 +188,7 @@ impl Ingest {
     pub async fn accept(&self, source: &str, headers: &HeaderMap, body: Bytes) -> Result<Accepted, IngestError> {
         self.precheck(source, headers)?;
         self.check(source, headers, &body)?;
-        self.accept_checked(source, headers, body, id::new_event(), None).await
+        Ok(self.accept_checked(source, headers, body, id::new_event(), None).await?.0)
     }
 
     /// Everything checked before an event is looked at: source, credential, size, signature; a
@@ -205,7 +206,8 @@ impl Ingest {
     }
 
     /// [`Self::accept`] for a request that passed [`Self::check`], storing event `event_id`; with
-    /// an idempotency `key` (claimed for that id), its answer is recorded with the event.
+    /// an idempotency `key` (claimed for that id), its answer is recorded with the event and
+    /// returned encoded beside it.
     async fn accept_checked(
         &self,
         source: &str,
@@ -213,7 +215,7 @@ impl Ingest {
         body: Bytes,
         event_id: ulid::Ulid,
         key: Option<&str>,
-    ) -> Result<Accepted, IngestError> {
+    ) -> Result<(Accepted, Option<String>), IngestError> {
         let event_type = parse::event_type(headers, &body)?;
         let kept = parse::kept_headers(headers);
         let event = PluginEvent {
@@ -272,7 +274,7 @@ impl Ingest {
                 tracing::warn!(source, error = %e, "Could not record an idempotency key's answer; a repeat may get 409 for a minute.");
             }
         }
-        Ok(accepted)
+        Ok((accepted, answer))
     }
 }
 
