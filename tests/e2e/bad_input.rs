@@ -11,7 +11,7 @@ async fn simple_gateway(redis: &RedisServer, receiver: &Receiver) -> sluice::Gat
 }
 
 async fn queued_deliveries(redis: &RedisServer) -> usize {
-    redis.count_keys(DELIVERY_KEYS).await
+    redis.stored_deliveries().await
 }
 
 #[tokio::test]

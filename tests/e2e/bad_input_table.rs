@@ -53,7 +53,7 @@ impl Request {
 }
 
 async fn stored(redis: &RedisServer) -> usize {
-    redis.count_keys(EVENT_KEYS).await + redis.count_keys(DELIVERY_KEYS).await
+    redis.count_keys(EVENT_KEYS).await + redis.stored_deliveries().await
 }
 
 /// Sends `request` to a gateway whose `shop` source needs a bearer token and whose `github` source

@@ -285,7 +285,7 @@ async fn idempotency_key_repeats_get_the_first_answer_and_enqueue_nothing() {
     assert_ne!(other["id"], first["id"]);
     receiver.next().await;
     receiver.next().await;
-    assert_eq!(redis.count_keys(DELIVERY_KEYS).await, 2, "two keys, two deliveries");
+    assert_eq!(redis.stored_deliveries().await, 2, "two keys, two deliveries");
 
     // A refused event frees its key; a key still in progress is a conflict; a bad key is refused.
     let (status, _, _) = post_with_key(addr, "retry-me", "{not json").await;

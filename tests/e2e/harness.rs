@@ -97,10 +97,8 @@ impl Drop for Scratch {
     }
 }
 
-/// The key pattern of every stored delivery's record (26 characters of ULID: not its `:log`).
-pub const DELIVERY_KEYS: &str = "sluice:*:d:dlv_??????????????????????????";
-/// The key pattern of every stored event's record (not its `:b` string).
-pub const EVENT_KEYS: &str = "sluice:*:ev:evt_??????????????????????????";
+/// The key pattern of every stored event's record (26 characters of ULID).
+pub const EVENT_KEYS: &str = "sluice:*:e:evt_??????????????????????????";
 
 /// A `redis-server` of the test's own, killed on drop.
 pub struct RedisServer {
@@ -169,11 +167,27 @@ impl RedisServer {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
-    /// How many keys match `pattern` (e.g. [`DELIVERY_KEYS`], one per stored delivery).
+    /// How many keys match `pattern` (e.g. [`EVENT_KEYS`], one per stored event).
     pub async fn count_keys(&self, pattern: &str) -> usize {
         let mut conn = self.connection().await;
         let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
         keys.len()
+    }
+
+    /// How many deliveries the stored events hold: each event record names its deliveries'
+    /// endpoints in its metadata line (after 8 characters of counts), whether or not a delivery
+    /// has a hash of its own yet.
+    pub async fn stored_deliveries(&self) -> usize {
+        let mut conn = self.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg(EVENT_KEYS).query_async(&mut conn).await.unwrap();
+        let mut deliveries = 0;
+        for key in keys {
+            let record: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+            let end = record.iter().position(|&b| b == b'\n').expect("a metadata line");
+            let meta: serde_json::Value = serde_json::from_slice(&record[8..end]).unwrap();
+            deliveries += meta[2].as_array().expect("endpoints").len();
+        }
+        deliveries
     }
 
     /// Whether it has not been killed.

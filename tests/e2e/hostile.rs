@@ -114,7 +114,7 @@ async fn a_body_that_never_arrives_is_408_and_nothing_is_stored() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
-    assert_eq!(redis.count_keys(DELIVERY_KEYS).await, 0);
+    assert_eq!(redis.stored_deliveries().await, 0);
     gateway.shutdown().await;
 }
 
@@ -144,7 +144,7 @@ async fn a_source_over_its_rate_limit_gets_429_with_retry_after_and_nothing_is_s
     assert!((1..=2).contains(&wait), "{wait}");
     let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
-    assert_eq!(redis.count_keys(DELIVERY_KEYS).await, 1, "the refused event was not stored");
+    assert_eq!(redis.stored_deliveries().await, 1, "the refused event was not stored");
     // A wrong token is refused as unauthorized, not counted against the source's rate.
     let (status, _) = post_event_as(gateway.addr(), "shop", r#"{"event":"x"}"#, Some("wrong-token-wrong-token")).await;
     assert_eq!(status, 401);

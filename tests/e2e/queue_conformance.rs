@@ -725,3 +725,81 @@ async fn redis_events_of_an_older_layout_are_claimed_and_shown_with_their_body()
     assert_eq!(shown.payload.as_ref(), b"{\"old\":true}");
     assert_eq!(shown.headers, [("x-origin".to_string(), "old".to_string())]);
 }
+
+/// Redis only: an event of the layout before the event record (a small hash with its headers and
+/// body in a `:b` string, a hash per delivery from the start, queued in `due`, as a gateway of
+/// that version still writes during an upgrade), fanned out to two endpoints, is served to the
+/// end: both claimed (and moved to the queue ZSET), one acked, one buried and replayed, its event
+/// counting them and expiring only once none is open.
+#[tokio::test]
+async fn redis_deliveries_of_the_previous_layout_are_served_to_the_end() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let event = sluice::id::new_event();
+    let ids = [sluice::id::delivery_of(event, 1), sluice::id::delivery_of(event, 2)];
+    let ev = sluice::id::format_event(event);
+    let evkey = format!("sluice:{{s0}}:ev:{ev}");
+    let d = |k: usize| sluice::id::format_delivery(ids[k]);
+    let mut conn = redis.connection().await;
+    let previous: () = ::redis::pipe()
+        .cmd("HSET")
+        .arg(&evkey)
+        .arg(&["source", "shop", "type", "t", "n", "2", "open", "2"])
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{evkey}:b"))
+        .arg("[[\"x-origin\",\"previous\"]]\n{\"previous\":\ntrue}")
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:d:{}", d(0)))
+        .arg(&["event", ev.as_str(), "endpoint", "a", "attempts", "0", "status", "pending"])
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("sluice:{{s0}}:d:{}", d(1)))
+        .arg(&["event", ev.as_str(), "endpoint", "b", "attempts", "0", "status", "pending"])
+        .ignore()
+        .cmd("ZADD")
+        .arg("sluice:{s0}:due")
+        .arg(&[(0, d(0)), (0, d(1))])
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = previous;
+    assert_eq!(view(&s.store, ids[0]).await.state, "pending", "shown while still in the older queue");
+
+    let mut claimed = claim_when_due(&s.store, 2, LEASE).await;
+    claimed.sort_by_key(|c| c.id);
+    let endpoints: Vec<&str> = claimed.iter().map(|c| &*c.endpoint).collect();
+    assert_eq!(endpoints, ["a", "b"]);
+    assert!(claimed.iter().all(|c| c.payload.as_ref() == b"{\"previous\":\ntrue}" && c.attempt == 1));
+    let zcard = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move { ::redis::cmd("ZCARD").arg(key).query_async::<usize>(&mut conn).await.unwrap() }
+    };
+    assert_eq!((zcard("sluice:{s0}:due").await, zcard("sluice:{s0}:queue").await), (0, 2), "moved when leased");
+    let ttl = |conn: &mut ::redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let key = evkey.clone();
+        async move { ::redis::cmd("TTL").arg(key).query_async::<i64>(&mut conn).await.unwrap() }
+    };
+
+    claimed_settles(&s.store, &claimed[0], Some(&record(1, Some(200), None)), Settle::Ack).await;
+    assert_eq!(ttl(&mut conn).await, -1, "one delivery still open: the event stays");
+    claimed_settles(&s.store, &claimed[1], Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+    assert!(ttl(&mut conn).await > 0, "none open: the event expires");
+    assert_eq!(s.store.dead_letters(None, None, 10).await.unwrap()[0].endpoint, "b");
+
+    assert_eq!(s.store.replay(&ids[1..], Duration::ZERO).await.unwrap(), [d(1)]);
+    assert_eq!(ttl(&mut conn).await, -1, "open again: the event stays");
+    let again = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    assert_eq!((again.id, again.payload.as_ref()), (ids[1], b"{\"previous\":\ntrue}".as_slice()));
+    claimed_settles(&s.store, &again, Some(&record(1, Some(200), None)), Settle::Ack).await;
+
+    let shown = s.store.event(event).await.unwrap().expect("the event is found");
+    assert_eq!(shown.headers, [("x-origin".to_string(), "previous".to_string())]);
+    let states: Vec<(&str, Option<&str>)> =
+        shown.deliveries.iter().map(|d| (d.endpoint.as_str(), d.state.as_deref())).collect();
+    assert_eq!(states, [("a", Some("succeeded")), ("b", Some("succeeded"))]);
+    assert!(ttl(&mut conn).await > 0);
+}

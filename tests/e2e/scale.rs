@@ -63,7 +63,7 @@ async fn assert_each_delivered_once(redis: &RedisServer, receiver: &Receiver, ex
         let mut pending = 0usize;
         for shard in 0..4 {
             let n: usize =
-                redis::cmd("ZCARD").arg(format!("sluice:{{s{shard}}}:due")).query_async(&mut conn).await.unwrap();
+                redis::cmd("ZCARD").arg(format!("sluice:{{s{shard}}}:queue")).query_async(&mut conn).await.unwrap();
             pending += n;
         }
         if pending == 0 {

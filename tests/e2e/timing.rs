@@ -123,8 +123,8 @@ async fn an_enqueue_whose_reply_is_lost_answers_the_retry_with_the_original_answ
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((status, replayed), (202, true), "the retry repeats the stored answer: {answer}");
-    // One `:b` string (headers and body) per stored event.
-    assert_eq!(redis.count_keys("sluice:*:ev:*:b").await, 2, "the warm-up and one event stored, not two");
+    // One record per stored event.
+    assert_eq!(redis.count_keys(EVENT_KEYS).await, 2, "the warm-up and one event stored, not two");
     let id = answer["deliveries"][0]["id"].as_str().unwrap();
     wait_for_state(addr, id, "succeeded").await;
     let delivered = [receiver.next().await, receiver.next().await];

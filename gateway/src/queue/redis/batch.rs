@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::{Core, RedisQueue, Shared};
+use super::{record, Core, RedisQueue, Shared, QUEUE};
 use crate::id;
 use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, NewEvent, QueueError, Settle};
 
@@ -15,10 +15,8 @@ use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, New
 pub(super) struct PendingEvent {
     shard: u32,
     id: String,
-    source: String,
-    event_type: String,
-    headers: String,
-    payload: Bytes,
+    /// The event record ([`record`]).
+    record: Vec<u8>,
     deliveries: Vec<PendingDelivery>,
     /// Its idempotency key, stored with it.
     idempotency: Option<PendingKey>,
@@ -34,7 +32,6 @@ struct PendingKey {
 
 struct PendingDelivery {
     id: String,
-    endpoint: Arc<str>,
     delay_ms: u64,
     headers: String,
     payload: Option<Bytes>,
@@ -58,20 +55,18 @@ impl RedisQueue {
         event: &NewEvent<'_>,
         deliveries: &[NewDelivery],
     ) -> Result<(), QueueError> {
+        let endpoints: Vec<&str> = deliveries.iter().map(|d| &*d.endpoint).collect();
+        let headers = serde_json::to_string(event.headers)?;
         let pending = PendingEvent {
             shard: id::shard_of(event.id, self.core.shards),
             id: id::format_event(event.id),
-            source: event.source.to_string(),
-            event_type: event.event_type.to_string(),
-            headers: serde_json::to_string(event.headers)?,
-            payload: Bytes::copy_from_slice(event.payload),
+            record: record::encode(event.source, event.event_type, &endpoints, &headers, event.payload)?,
             deliveries: deliveries
                 .iter()
                 .map(|d| {
                     let headers = if d.headers.is_empty() { String::new() } else { serde_json::to_string(&d.headers)? };
                     Ok(PendingDelivery {
                         id: id::format_delivery(d.id),
-                        endpoint: d.endpoint.clone(),
                         delay_ms: d.delay.as_millis() as u64,
                         headers,
                         payload: d.payload.clone(),
@@ -129,7 +124,7 @@ impl Core {
     /// was just written (the whole batch: one `WAIT` per script call).
     async fn replicated(&self, conn: &mut super::conn::Conn, prefix: &str) -> Result<(), QueueError> {
         match self.replicas {
-            Some((replicas, timeout)) => conn.wait_replicas(&format!("{prefix}due"), replicas, timeout).await,
+            Some((replicas, timeout)) => conn.wait_replicas(&format!("{prefix}{QUEUE}"), replicas, timeout).await,
             None => Ok(()),
         }
     }
@@ -157,21 +152,16 @@ impl Core {
     ) -> Result<Vec<bool>, QueueError> {
         let prefix = self.shard_prefix(shard);
         let events: Vec<&PendingEvent> = events.collect();
-        let mut call = self.enqueue.key(format!("{prefix}due"));
+        let mut call = self.enqueue.key(format!("{prefix}{QUEUE}"));
         call.arg(&prefix).arg(self.retention_secs).arg(events.len());
         for event in &events {
-            call.arg(&event.id)
-                .arg(&event.source)
-                .arg(&event.event_type)
-                .arg(&event.headers)
-                .arg(event.payload.as_ref())
-                .arg(event.deliveries.len());
+            call.arg(&event.id).arg(&event.record).arg(event.deliveries.len());
             match &event.idempotency {
                 Some(key) => call.arg(&key.name).arg(&key.mark).arg(&key.answer).arg(key.window_ms),
                 None => call.arg("").arg("").arg("").arg(0),
             };
             for d in &event.deliveries {
-                call.arg(&d.id).arg(&*d.endpoint).arg(d.delay_ms).arg(&d.headers);
+                call.arg(&d.id).arg(d.delay_ms).arg(&d.headers);
                 match &d.payload {
                     Some(payload) => call.arg(payload.as_ref()).arg("1"),
                     None => call.arg("").arg("0"),
@@ -198,7 +188,7 @@ impl Core {
     async fn settle_shard(&self, shard: u32, batch: impl Iterator<Item = &Settlement>) -> Result<Vec<i64>, QueueError> {
         let prefix = self.shard_prefix(shard);
         let batch: Vec<&Settlement> = batch.collect();
-        let mut call = self.settle.key(format!("{prefix}due"));
+        let mut call = self.settle.key(format!("{prefix}{QUEUE}"));
         call.key(format!("{prefix}dead"))
             .key(format!("{prefix}off"))
             .arg(&prefix)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ulid::Ulid;
 
-use super::RedisQueue;
+use super::{RedisQueue, QUEUE};
 use crate::id;
 use crate::queue::{DeadCursor, DeadLetter, QueueError};
 
@@ -107,7 +107,7 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let prefix = self.core.shard_prefix(shard);
-        let mut call = self.core.replay.key(format!("{prefix}due"));
+        let mut call = self.core.replay.key(format!("{prefix}{QUEUE}"));
         call.key(format!("{prefix}dead")).arg(&prefix).arg(spacing.as_millis() as u64).arg(offset);
         for id in ids {
             call.arg(id);

@@ -8,11 +8,10 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `<prefix>:{s<n>}:due` | ZSET | delivery id → next attempt (or lease expiry), ms |
+//! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:ev:<event id>` | HASH | source, type, n (deliveries), open (neither acked nor buried), dead (buried): small fields only, so Redis keeps it a compact listpack |
-//! | `<prefix>:{s<n>}:ev:<event id>:b` | STRING | the event's kept headers (JSON), a newline, its body; expires with the event (older versions kept `headers` and `payload` in the hash, still read) |
-//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | event, endpoint, headers, payload (only when rewritten), attempts (recorded), lapsed (leases that ran out unsettled), status, lease, closed (buried), updated, last_error (older versions: log) |
+//! | `<prefix>:{s<n>}:e:<event id>` | STRING | the event record ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
+//! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
 //! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
 //! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
 //! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |
@@ -20,18 +19,29 @@
 //! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
 //! | `<prefix>:{s<n>}:idem:<source>:<key>` | STRING | the answer given to an `idempotency-key` (`pending:<event id>` while in progress), with a TTL; in the key's shard ([`crate::id::shard_of_key`]), where its event is stored too |
 //!
-//! Creation times are not stored: ids are ULIDs and carry them. The scripts build per-delivery key
-//! names from the shard prefix; they stay within the shard's hash tag, hence within one Cluster slot.
+//! Creation times are not stored: ids are ULIDs and carry them, and a delivery id names its event
+//! ([`crate::id`]). The scripts build per-delivery key names from the shard prefix; they stay within
+//! the shard's hash tag, hence within one Cluster slot. A pending delivery that was never claimed
+//! costs its share of the event record and a queue entry: about 290 bytes beyond the event's
+//! headers and body (measured by `tests/e2e/memory.rs`).
+//!
+//! Older versions kept each event in a hash (`ev:<event id>`, with its headers and body in an
+//! `ev:<event id>:b` string), gave every delivery a hash from the start (naming its `event`) and
+//! queued deliveries in a `due` ZSET. Those records are still claimed, settled, replayed and shown;
+//! their deliveries move to the `queue` ZSET when first claimed, so gateways of an older version
+//! running beside this one during an upgrade never meet a record they cannot read.
 //!
 //! # Files
-//! This module opens the queue and runs claims and endpoint state; [`batch`] groups enqueues and
-//! settlements into script calls; [`dead`] lists and replays dead letters; [`view`] reads
-//! deliveries and events for the admin API; [`idempotency`] keeps idempotency keys.
+//! This module opens the queue and runs claims and endpoint state; [`record`] writes and reads the
+//! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
+//! replays dead letters; [`view`] reads deliveries and events for the admin API; [`idempotency`]
+//! keeps idempotency keys.
 
 mod batch;
 mod conn;
 mod dead;
 mod idempotency;
+mod record;
 mod view;
 
 use std::sync::Arc;
@@ -51,13 +61,25 @@ use super::{
 use crate::config::{QueueConfig, RedisConfig};
 use crate::id;
 
-const ENQUEUE: &str = include_str!("../scripts/enqueue.lua");
-const CLAIM: &str = include_str!("../scripts/claim.lua");
-const SETTLE: &str = include_str!("../scripts/settle.lua");
-const REPLAY: &str = include_str!("../scripts/replay.lua");
-const RESUME: &str = include_str!("../scripts/resume.lua");
+/// A script with the shared prelude (the clock and the event record's layout) before it.
+macro_rules! script {
+    ($name:literal) => {
+        concat!(include_str!("../scripts/record.lua"), include_str!(concat!("../scripts/", $name)))
+    };
+}
+
+const ENQUEUE: &str = script!("enqueue.lua");
+const CLAIM: &str = script!("claim.lua");
+const SETTLE: &str = script!("settle.lua");
+const REPLAY: &str = script!("replay.lua");
+const RESUME: &str = script!("resume.lua");
 const DISABLE: &str = include_str!("../scripts/disable.lua");
 const RELEASE: &str = include_str!("../scripts/release.lua");
+/// The shard's ZSET of deliveries by next attempt (or lease expiry).
+const QUEUE: &str = "queue";
+/// The ZSET older versions queued deliveries in; drained by the claims of this one.
+const OLDER_QUEUE: &str = "due";
+
 /// Most paused deliveries one resume call moves (the script runs until none is left).
 const RESUME_CHUNK: usize = 1000;
 
@@ -278,7 +300,7 @@ impl Queue for RedisQueue {
                 let moved: u64 = self
                     .core
                     .resume
-                    .key(format!("{prefix}due"))
+                    .key(format!("{prefix}{QUEUE}"))
                     .key(format!("{prefix}off"))
                     .arg(&prefix)
                     .arg(name)
@@ -310,9 +332,14 @@ impl Queue for RedisQueue {
         let shards = (0..self.core.shards).map(|shard| {
             let prefix = self.core.shard_prefix(shard);
             let mut pipe = redis::pipe();
-            pipe.zcount(format!("{prefix}due"), "-inf", now)
-                .zcount(format!("{prefix}due"), format!("({now}"), "+inf")
-                .zcard(format!("{prefix}dead"));
+            for queue in [QUEUE, OLDER_QUEUE] {
+                pipe.zcount(format!("{prefix}{queue}"), "-inf", now).zcount(
+                    format!("{prefix}{queue}"),
+                    format!("({now}"),
+                    "+inf",
+                );
+            }
+            pipe.zcard(format!("{prefix}dead"));
             for endpoint in endpoints {
                 pipe.zcard(format!("{prefix}paused:{endpoint}"));
             }
@@ -327,10 +354,10 @@ impl Queue for RedisQueue {
             ..Default::default()
         };
         for shard in counts {
-            depth.due += shard[0];
-            depth.scheduled += shard[1];
-            depth.dead += shard[2];
-            for (slot, n) in depth.paused.iter_mut().zip(&shard[3..]) {
+            depth.due += shard[0] + shard[2];
+            depth.scheduled += shard[1] + shard[3];
+            depth.dead += shard[4];
+            for (slot, n) in depth.paused.iter_mut().zip(&shard[5..]) {
                 slot.1 += n;
             }
         }
@@ -354,8 +381,9 @@ impl Queue for RedisQueue {
         let mut conn = core.conn.clone();
         let (rows, wait, _now): (Vec<Row>, i64, u64) = core
             .claim
-            .key(format!("{prefix}due"))
+            .key(format!("{prefix}{QUEUE}"))
             .key(format!("{prefix}dead"))
+            .key(format!("{prefix}{OLDER_QUEUE}"))
             .arg(&prefix)
             .arg(limit.min(MAX_CLAIM))
             .arg(lease.as_millis() as u64)
@@ -370,7 +398,7 @@ impl Queue for RedisQueue {
             let Some(id) = id::parse_delivery(&delivery) else {
                 // Not one of our ids: take it out of the queue so it cannot block claims.
                 tracing::error!(member = %delivery, "A queue entry that is not a delivery id; removed from the queue.");
-                let _: Result<(), _> = conn.zrem(format!("{prefix}due"), &delivery).await;
+                let _: Result<(), _> = conn.zrem(format!("{prefix}{QUEUE}"), &delivery).await;
                 continue;
             };
             let event_id = id::parse_event(&event);

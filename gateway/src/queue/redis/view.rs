@@ -1,11 +1,16 @@
-//! Deliveries and events as the admin API shows them, read from Redis.
+//! Deliveries and events as the admin API shows them, read from Redis: from this version's event
+//! record ([`super::record`]) and delivery hashes, or from an older version's hashes.
 
 use bytes::Bytes;
+use redis::aio::ConnectionLike;
 use ulid::Ulid;
 
-use super::RedisQueue;
+use super::{record, RedisQueue, OLDER_QUEUE, QUEUE};
 use crate::id;
 use crate::queue::{DeliverySummary, DeliveryView, EventView, QueueError};
+
+/// What the view reads of a delivery's hash.
+const FIELDS: [&str; 7] = ["endpoint", "status", "attempts", "updated", "last_error", "log", "lapsed"];
 
 impl RedisQueue {
     /// A delivery with its attempt log; see [`crate::queue::Queue::delivery`].
@@ -14,19 +19,34 @@ impl RedisQueue {
         let prefix = core.shard_prefix(id::shard_of(delivery, core.shards));
         let name = id::format_delivery(delivery);
         let mut conn = core.conn.clone();
-        let (fields, log_string, due): (Vec<Option<String>>, Option<String>, Option<f64>) = redis::pipe()
-            .cmd("HMGET")
-            .arg(format!("{prefix}d:{name}"))
-            .arg(&["endpoint", "status", "attempts", "updated", "last_error", "log", "lapsed"])
-            .get(format!("{prefix}d:{name}:log"))
-            .zscore(format!("{prefix}due"), &name)
-            .query_async(&mut conn)
-            .await?;
+        let (fields, log_string, queued, queued_older): (Vec<Option<String>>, Option<String>, Option<f64>, Option<f64>) =
+            redis::pipe()
+                .cmd("HMGET")
+                .arg(format!("{prefix}d:{name}"))
+                .arg(&FIELDS)
+                .get(format!("{prefix}d:{name}:log"))
+                .zscore(format!("{prefix}{QUEUE}"), &name)
+                .zscore(format!("{prefix}{OLDER_QUEUE}"), &name)
+                .query_async(&mut conn)
+                .await?;
         let [endpoint, status, attempts_made, updated, last_error, log, lapsed] =
             <[Option<String>; 7]>::try_from(fields)
                 .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
-        let (Some(endpoint), Some(status)) = (endpoint, status) else {
+        let due = queued.or(queued_older);
+        // No state recorded: pending while queued, otherwise gone.
+        let Some(status) = status.or_else(|| due.map(|_| "pending".to_string())) else {
             return Ok(None);
+        };
+        // Not claimed yet: its endpoint is in the event record.
+        let endpoint = match endpoint {
+            Some(endpoint) => endpoint,
+            None => {
+                let event = id::event_of(delivery);
+                let Some(record) = read_record(&mut conn, &prefix, event).await? else { return Ok(None) };
+                let k = (delivery.0 - event.0) as usize;
+                let Some(endpoint) = record.endpoints.get(k.wrapping_sub(1)) else { return Ok(None) };
+                endpoint.clone()
+            }
         };
         // The log string, after what an older version kept in the hash's `log` field.
         let attempts = log
@@ -57,55 +77,95 @@ impl RedisQueue {
     pub(super) async fn view_event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
         let core = &self.core;
         let prefix = core.shard_prefix(id::shard_of(event, core.shards));
-        let name = id::format_event(event);
         let mut conn = core.conn.clone();
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<Vec<u8>>, Option<usize>);
-        let ((source, event_type, headers, payload, count), body): (Fields, Option<Vec<u8>>) = redis::pipe()
-            .cmd("HMGET")
-            .arg(format!("{prefix}ev:{name}"))
-            .arg(&["source", "type", "headers", "payload", "n"])
-            .get(format!("{prefix}ev:{name}:b"))
-            .query_async(&mut conn)
-            .await?;
-        // Headers and body live in the `:b` string, split at the first newline; a record of an
-        // older version keeps both in the hash.
-        let (headers, payload) = match body {
-            Some(body) => match body.iter().position(|&b| b == b'\n') {
-                Some(nl) => (Some(String::from_utf8_lossy(&body[..nl]).into_owned()), Some(body[nl + 1..].to_vec())),
-                None => (headers, Some(body)),
+        let (source, event_type, headers, payload, endpoints) = match read_record(&mut conn, &prefix, event).await? {
+            Some(record) => (record.source, record.event_type, record.headers, record.body, Some(record.endpoints)),
+            None => match read_older_event(&mut conn, &prefix, event).await? {
+                Some((source, event_type, headers, payload, count)) => {
+                    (source, event_type, headers, payload, count.map(|n| vec![String::new(); n]))
+                }
+                None => return Ok(None),
             },
-            None => (headers, payload),
         };
-        let (Some(source), Some(event_type)) = (source, event_type) else {
-            return Ok(None);
-        };
+        let endpoints = endpoints.unwrap_or_default();
         let ids: Vec<Ulid> =
-            (1..=count.unwrap_or(0).min(id::MAX_DELIVERIES_PER_EVENT)).map(|k| id::delivery_of(event, k)).collect();
+            (1..=endpoints.len().min(id::MAX_DELIVERIES_PER_EVENT)).map(|k| id::delivery_of(event, k)).collect();
         let mut deliveries = Vec::with_capacity(ids.len());
         if !ids.is_empty() {
             let mut pipe = redis::pipe();
             for delivery in &ids {
+                let name = id::format_delivery(*delivery);
                 pipe.cmd("HMGET")
-                    .arg(format!("{prefix}d:{}", id::format_delivery(*delivery)))
-                    .arg(&["endpoint", "status"]);
+                    .arg(format!("{prefix}d:{name}"))
+                    .arg(&["endpoint", "status"])
+                    .zscore(format!("{prefix}{QUEUE}"), &name)
+                    .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
             }
-            let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
-            for (delivery, (endpoint, state)) in ids.iter().zip(rows) {
+            let rows: Vec<((Option<String>, Option<String>), Option<f64>, Option<f64>)> =
+                pipe.query_async(&mut conn).await?;
+            for ((delivery, recorded), ((endpoint, state), queued, queued_older)) in
+                ids.iter().zip(endpoints).zip(rows)
+            {
+                let pending = (queued.is_some() || queued_older.is_some()).then(|| "pending".to_string());
                 deliveries.push(DeliverySummary {
                     id: id::format_delivery(*delivery),
-                    endpoint: endpoint.unwrap_or_default(),
-                    state: Some(state.unwrap_or_else(|| "expired".to_string())),
+                    endpoint: endpoint.unwrap_or(recorded),
+                    state: Some(state.or(pending).unwrap_or_else(|| "expired".to_string())),
                 });
             }
         }
         Ok(Some(EventView {
-            id: name,
+            id: id::format_event(event),
             source,
             event_type,
             received_at: Some(event.timestamp_ms()),
-            headers: serde_json::from_str(headers.as_deref().unwrap_or("[]"))?,
-            payload: Bytes::from(payload.unwrap_or_default()),
+            headers: serde_json::from_str(if headers.is_empty() { "[]" } else { &headers })?,
+            payload: Bytes::from(payload),
             deliveries,
         }))
     }
+}
+
+/// The event record of `event`, if stored.
+async fn read_record(
+    conn: &mut impl ConnectionLike,
+    prefix: &str,
+    event: Ulid,
+) -> Result<Option<record::EventRecord>, QueueError> {
+    let bytes: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{prefix}e:{}", id::format_event(event))).query_async(conn).await?;
+    bytes.map(|bytes| record::decode(&bytes)).transpose()
+}
+
+/// An event as an older version stored it: source, type, headers JSON, body and delivery count.
+type OlderEvent = (String, String, String, Vec<u8>, Option<usize>);
+
+/// An event stored by an older version: a hash with its headers and body in a `:b` string beside
+/// it (older still: in the hash).
+async fn read_older_event(
+    conn: &mut impl ConnectionLike,
+    prefix: &str,
+    event: Ulid,
+) -> Result<Option<OlderEvent>, QueueError> {
+    let name = id::format_event(event);
+    type Fields = (Option<String>, Option<String>, Option<String>, Option<Vec<u8>>, Option<usize>);
+    let ((source, event_type, headers, payload, count), body): (Fields, Option<Vec<u8>>) = redis::pipe()
+        .cmd("HMGET")
+        .arg(format!("{prefix}ev:{name}"))
+        .arg(&["source", "type", "headers", "payload", "n"])
+        .get(format!("{prefix}ev:{name}:b"))
+        .query_async(conn)
+        .await?;
+    // Split at the first newline: headers, then body.
+    let (headers, payload) = match body {
+        Some(body) => match body.iter().position(|&b| b == b'\n') {
+            Some(nl) => (Some(String::from_utf8_lossy(&body[..nl]).into_owned()), Some(body[nl + 1..].to_vec())),
+            None => (headers, Some(body)),
+        },
+        None => (headers, payload),
+    };
+    let (Some(source), Some(event_type)) = (source, event_type) else {
+        return Ok(None);
+    };
+    Ok(Some((source, event_type, headers.unwrap_or_default(), payload.unwrap_or_default(), count)))
 }

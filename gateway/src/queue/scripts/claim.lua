@@ -3,64 +3,140 @@
 -- A claim counts no attempt: the settle that records an attempt does (a claim whose reply was lost
 -- must not spend one). A delivery still holding a lease when claimed again had its lease run out
 -- unsettled; `lapsed` counts those, so a delivery that keeps killing its workers can be given up.
+-- The first claim of a delivery makes its hash (lease, endpoint); see record.lua.
+-- Deliveries stored by an older version (event hash `ev:<id>` with a `:b` string, a delivery hash
+-- from the start, queued in the `due` ZSET, which older gateways still serve during an upgrade)
+-- are claimed too, after this version's, and move to the queue ZSET when claimed.
 -- Also trims the shard's dead letters older than the dead-letter retention: their records expire by
 -- themselves, this drops their index entries (and removes records buried by a version that did not
 -- let them expire).
--- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's dead ZSET.
+-- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's `due`
+-- ZSET of older versions.
 -- ARGV: shard key prefix, limit, lease ms, token prefix (unique per worker and call), dead-letter
 --       retention ms, retention s.
 -- Returns { {id, token, endpoint, attempt, event id, type, payload, headers, lapsed}..., wait ms,
 -- now ms }, where attempt is the number the next attempt will have and wait is the time until the
 -- next delivery falls due (-1: none queued).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local p = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local limit = tonumber(ARGV[2])
 local lease_until = now + tonumber(ARGV[3])
 local out = {}
 local zadd = { 'ZADD', KEYS[1] }
-local stale = { 'ZREM', KEYS[1] }
-for i, id in ipairs(ids) do
+local events = {}
+
+-- The event's type and body, and the delivery's endpoint, from a record of this version (read
+-- once per event in this call); nil when the event is gone.
+local function from_record(id)
+  local evid, k = event_of(id)
+  local rec = events[evid]
+  if rec == nil then
+    local s = redis.call('GET', p .. 'e:' .. evid)
+    rec = false
+    if s then
+      local ok, meta, body = pcall(parse_event, s)
+      if ok and type(meta) == 'table' and type(meta[3]) == 'table' then
+        rec = { meta = meta, body = body }
+      else
+        -- Handed out under an event id that does not parse, so the gateway dead-letters it with
+        -- the reason rather than the whole claim failing on it again and again.
+        rec = { meta = { '', '', {} }, body = '', bad = true }
+      end
+    end
+    events[evid] = rec
+  end
+  if not rec then
+    return nil
+  end
+  if rec.bad then
+    return evid .. ' (unreadable event record)', '', '', ''
+  end
+  return evid, rec.meta[2], rec.body, rec.meta[3][k]
+end
+
+-- The same from an older version's records: event hash (body in its `:b` string, or older still,
+-- in the hash).
+local function from_older(evid)
+  local evkey = p .. 'ev:' .. evid
+  local e = redis.call('HMGET', evkey, 'type', 'payload')
+  local b = redis.call('GET', evkey .. ':b')
+  local body = e[2] or ''
+  if b then
+    -- After the headers and a newline.
+    body = string.sub(b, (string.find(b, '\n', 1, true) or 0) + 1)
+  end
+  return evid, e[1] or '', body
+end
+
+-- Leases one delivery; false when no pending delivery is behind the id (expired, or settled
+-- elsewhere): the caller drops it from its ZSET.
+local function claim(id, i)
   local dkey = p .. 'd:' .. id
   local d = redis.call('HMGET', dkey, 'event', 'endpoint', 'attempts', 'payload', 'headers', 'status', 'lease',
     'lapsed')
-  if not d[1] or d[6] ~= 'pending' then
-    -- An id without a pending delivery behind it (expired, or settled elsewhere): drop it.
-    stale[#stale + 1] = id
-  else
-    local token = ARGV[4] .. '.' .. i
-    -- A record from another version may lack a field: count from zero rather than fail the batch.
-    local attempt = (tonumber(d[3]) or 0) + 1
-    local lapsed = tonumber(d[8]) or 0
-    if d[7] and d[7] ~= '' then
-      lapsed = lapsed + 1
-      redis.call('HSET', dkey, 'lease', token, 'lapsed', lapsed)
-    else
-      redis.call('HSET', dkey, 'lease', token)
-    end
-    zadd[#zadd + 1] = lease_until
-    zadd[#zadd + 1] = id
-    local evkey = p .. 'ev:' .. d[1]
-    local e = redis.call('HMGET', evkey, 'type', 'payload')
-    local payload = d[4]
-    if not payload then
-      -- The event's body: after the headers and a newline in its `:b` string (a record of an
-      -- older version keeps it in the hash).
-      local b = redis.call('GET', evkey .. ':b')
-      if b then
-        payload = string.sub(b, (string.find(b, '\n', 1, true) or 0) + 1)
-      else
-        payload = e[2] or ''
-      end
-    end
-    out[#out + 1] = { id, token, d[2], attempt, d[1], e[1] or '', payload, d[5] or '', lapsed }
+  if d[6] and d[6] ~= 'pending' then
+    return false
   end
+  if not d[1] and not event_of(id) then
+    -- Not one of our delivery ids: handed out as it is (the gateway logs it), and dropped.
+    out[#out + 1] = { id, '', '', 1, '', '', '', '', 0 }
+    return false
+  end
+  local evid, etype, body, endpoint
+  if d[1] then
+    evid, etype, body = from_older(d[1])
+  else
+    evid, etype, body, endpoint = from_record(id)
+  end
+  endpoint = d[2] or endpoint
+  if not evid or not endpoint then
+    return false
+  end
+  local token = ARGV[4] .. '.' .. i
+  -- A record from another version may lack a field: count from zero rather than fail the batch.
+  local attempt = (tonumber(d[3]) or 0) + 1
+  local lapsed = tonumber(d[8]) or 0
+  local set = { 'HSET', dkey, 'lease', token }
+  if d[7] and d[7] ~= '' then
+    lapsed = lapsed + 1
+    set[#set + 1] = 'lapsed'
+    set[#set + 1] = lapsed
+  end
+  if not d[2] then
+    set[#set + 1] = 'endpoint'
+    set[#set + 1] = endpoint
+  end
+  redis.call(unpack(set))
+  zadd[#zadd + 1] = lease_until
+  zadd[#zadd + 1] = id
+  out[#out + 1] = { id, token, endpoint, attempt, evid, etype, d[4] or body, d[5] or '', lapsed }
+  return true
+end
+
+-- Claims from one ZSET; returns how many of its ids were claimed or dropped.
+local function claim_from(key, n)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, n)
+  local gone = { 'ZREM', key }
+  for _, id in ipairs(ids) do
+    if not claim(id, #out + 1) then
+      gone[#gone + 1] = id
+    elseif key ~= KEYS[1] then
+      -- Moves to this version's queue (the lease's ZADD below puts it there).
+      gone[#gone + 1] = id
+    end
+  end
+  if #gone > 2 then
+    redis.call(unpack(gone))
+  end
+  return #ids
+end
+
+local seen = claim_from(KEYS[1], limit)
+if seen < limit then
+  claim_from(KEYS[3], limit - seen)
 end
 if #zadd > 2 then
   redis.call(unpack(zadd))
-end
-if #stale > 2 then
-  redis.call(unpack(stale))
 end
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[5])), 'LIMIT', 0, 100)
 for _, id in ipairs(old) do
@@ -80,8 +156,13 @@ for _, id in ipairs(old) do
   redis.call('ZREM', KEYS[2], id)
 end
 local wait = -1
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if head[2] then
-  wait = math.max(0, tonumber(head[2]) - now)
+for _, key in ipairs({ KEYS[1], KEYS[3] }) do
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if head[2] then
+    local w = math.max(0, tonumber(head[2]) - now)
+    if wait < 0 or w < wait then
+      wait = w
+    end
+  end
 end
 return { out, wait, now }

@@ -2,12 +2,11 @@
 -- ARGV[2] ms apart (a replay of many must not flood the endpoint). The attempt log keeps the old
 -- attempts and gains a `replayed` record. A replayed delivery is open again (no longer expiring),
 -- and so is its event.
--- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's dead ZSET.
+-- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET.
 -- ARGV: shard key prefix, spacing ms, spacings already used (the first is due that many from now),
 --       then delivery ids.
 -- Returns the ids replayed (ids that were not dead are skipped).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local p = ARGV[1]
 local step = tonumber(ARGV[2])
 local offset = tonumber(ARGV[3])
@@ -19,11 +18,21 @@ for i = 4, #ARGV do
   if d[1] == 'dead' then
     redis.call('PERSIST', dkey)
     if d[2] == '1' then
-      local evkey = p .. 'ev:' .. d[3]
-      redis.call('HINCRBY', evkey, 'open', 1)
-      redis.call('HINCRBY', evkey, 'dead', -1)
-      redis.call('PERSIST', evkey)
-      redis.call('PERSIST', evkey .. ':b')
+      if d[3] then
+        -- An older version's delivery: its event is a hash.
+        local evkey = p .. 'ev:' .. d[3]
+        redis.call('HINCRBY', evkey, 'open', 1)
+        redis.call('HINCRBY', evkey, 'dead', -1)
+        redis.call('PERSIST', evkey)
+        redis.call('PERSIST', evkey .. ':b')
+      else
+        local ekey = p .. 'e:' .. (event_of(id))
+        local open, dead = event_counts(ekey)
+        if open then
+          set_event_counts(ekey, open + 1, math.max(dead - 1, 0))
+          redis.call('PERSIST', ekey)
+        end
+      end
       redis.call('HDEL', dkey, 'closed')
     end
     local record = '{"attempt":0,"at":' .. now .. ',"outcome":"replayed","status":null,"error":null,"latency_ms":0.0,"response":null}'

@@ -1,10 +1,9 @@
 -- Enables an endpoint in one shard: removes it from the shard's disabled HASH and moves up to
--- ARGV[3] of its paused deliveries back into the due ZSET, due now. Called until it returns 0.
--- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's HASH of disabled endpoints.
+-- ARGV[3] of its paused deliveries back into the queue ZSET, due now. Called until it returns 0.
+-- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's HASH of disabled endpoints.
 -- ARGV: shard key prefix, endpoint name, most deliveries to move.
 -- Returns the number of deliveries moved.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local p = ARGV[1]
 redis.call('HDEL', KEYS[2], ARGV[2])
 local paused = p .. 'paused:' .. ARGV[2]

@@ -1,7 +1,7 @@
 -- Records attempts and settles their deliveries (a batch of one shard), each only for the holder of
 -- its current lease: a worker whose lease ran out and was taken over must not overwrite the new
 -- holder's work.
--- KEYS[1] = the shard's due ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
+-- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
 -- disabled endpoints (name -> reason).
 -- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, number of settlements S;
 --       then per settlement: delivery
@@ -19,26 +19,48 @@
 -- event counts it in `dead` instead of `open`. An event whose last open delivery closes is kept for
 -- the retention period, or the dead-letter retention when one of its deliveries is dead.
 -- Returns one integer per settlement: 1 applied, 0 lease lost.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local p = ARGV[1]
 local retention = tonumber(ARGV[2])
 local dead_retention = tonumber(ARGV[3])
 local results = {}
 local at = 5
 
--- One delivery of the event closed (acked or buried): once none is open, the event expires.
-local function close(evkey, buried)
-  if buried then
-    redis.call('HINCRBY', evkey, 'dead', 1)
+-- How long an event is kept once none of its deliveries is open.
+local function event_ttl(dead)
+  if dead > 0 then
+    return math.max(retention, dead_retention)
   end
-  if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
-    local ttl = retention
-    if (tonumber(redis.call('HGET', evkey, 'dead')) or 0) > 0 then
-      ttl = math.max(retention, dead_retention)
+  return retention
+end
+
+-- One delivery of the event closed (acked or buried): once none is open, the event expires.
+-- `older`: the event id an older version's delivery hash names (its event is a hash).
+local function close(id, older, buried)
+  if older then
+    local evkey = p .. 'ev:' .. older
+    if buried then
+      redis.call('HINCRBY', evkey, 'dead', 1)
     end
-    redis.call('EXPIRE', evkey, ttl)
-    redis.call('EXPIRE', evkey .. ':b', ttl)
+    if redis.call('HINCRBY', evkey, 'open', -1) <= 0 then
+      local ttl = event_ttl(tonumber(redis.call('HGET', evkey, 'dead')) or 0)
+      redis.call('EXPIRE', evkey, ttl)
+      redis.call('EXPIRE', evkey .. ':b', ttl)
+    end
+    return
+  end
+  local ekey = p .. 'e:' .. (event_of(id))
+  local open, dead = event_counts(ekey)
+  if not open then
+    return
+  end
+  open = math.max(open - 1, 0)
+  if buried then
+    dead = dead + 1
+  end
+  set_event_counts(ekey, open, dead)
+  if open == 0 then
+    redis.call('EXPIRE', ekey, event_ttl(dead))
   end
 end
 
@@ -79,7 +101,7 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('ZADD', KEYS[2], now, id)
       redis.call('EXPIRE', dkey, dead_retention)
       redis.call('EXPIRE', logkey, dead_retention)
-      close(p .. 'ev:' .. d[2], true)
+      close(id, d[2], true)
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
@@ -87,7 +109,7 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('ZREM', KEYS[1], id)
       redis.call('EXPIRE', dkey, retention)
       redis.call('EXPIRE', logkey, retention)
-      close(p .. 'ev:' .. d[2], false)
+      close(id, d[2], false)
     end
   end
 end
