@@ -15,12 +15,16 @@ async fn used_memory(redis: &RedisServer) -> u64 {
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
 }
 
-/// The bytes of the headers kept with one stored event (JSON, the record's second line).
-async fn kept_header_bytes(redis: &RedisServer) -> usize {
-    let mut conn = redis.connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(EVENT_KEYS).query_async(&mut conn).await.unwrap();
-    let record: Vec<u8> = redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
-    record.split(|&b| b == b'\n').nth(1).expect("a headers line").len()
+/// The bytes (names and values) of the headers kept with `event`, as the admin API shows them.
+async fn kept_header_bytes(gateway: std::net::SocketAddr, event: &str) -> usize {
+    let (status, shown) = admin_get(gateway, &format!("/v1/events/{event}")).await;
+    assert_eq!(status, 200, "{shown}");
+    shown["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair.as_array().unwrap().iter().map(|part| part.as_str().unwrap().len()).sum::<usize>())
+        .sum()
 }
 
 const EVENTS: usize = 5_000;
@@ -56,7 +60,8 @@ async fn pending_and_finished_deliveries_cost_a_bounded_amount_of_redis_memory()
         + "\n[[routes]]\nsource = \"fast\"\nendpoints = [\"now\"]\n";
     let gateway = start_gateway(&toml).await;
     // One event of each first, so scripts and connections are in place before the baseline.
-    assert_eq!(post_event(gateway.addr(), "slow", BODY).await.0, 202);
+    let (status, first) = post_event(gateway.addr(), "slow", BODY).await;
+    assert_eq!(status, 202);
     assert_eq!(post_event(gateway.addr(), "fast", BODY).await.0, 202);
     let mut conn = redis.connection().await;
     let due = |conn: &mut redis::aio::MultiplexedConnection| {
@@ -82,7 +87,8 @@ async fn pending_and_finished_deliveries_cost_a_bounded_amount_of_redis_memory()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let finished = (used_memory(&redis).await - before) as f64 / EVENTS as f64;
-    let carried = (BODY.len() + kept_header_bytes(&redis).await) as f64;
+    let headers = kept_header_bytes(gateway.addr(), first["id"].as_str().unwrap()).await;
+    let carried = (BODY.len() + headers) as f64;
     println!(
         "memory: {pending:.0} bytes per pending delivery ({} of body and {:.0} of kept headers, {:.0} beyond them); \
          {finished:.0} bytes per finished delivery (kept for queue.retention with its attempt log)",

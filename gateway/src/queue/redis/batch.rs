@@ -56,11 +56,10 @@ impl RedisQueue {
         deliveries: &[NewDelivery],
     ) -> Result<(), QueueError> {
         let endpoints: Vec<&str> = deliveries.iter().map(|d| &*d.endpoint).collect();
-        let headers = serde_json::to_string(event.headers)?;
         let pending = PendingEvent {
             shard: id::shard_of(event.id, self.core.shards),
             id: id::format_event(event.id),
-            record: record::encode(event.source, event.event_type, &endpoints, &headers, event.payload)?,
+            record: record::encode(event.source, event.event_type, &endpoints, event.headers, event.payload)?,
             deliveries: deliveries
                 .iter()
                 .map(|d| {

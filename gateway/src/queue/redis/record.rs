@@ -1,14 +1,24 @@
 //! The event record on Redis: one string per event holding what its deliveries need until they are
-//! claimed, so a pending delivery costs its event's bytes and a queue entry (see
-//! `scripts/record.lua`, which reads and updates the same layout inside the scripts):
+//! claimed, so a pending delivery costs its event's bytes and a queue entry. Lines, like the head
+//! of an HTTP message (`scripts/record.lua` reads and updates the same layout inside the scripts):
 //!
 //! ```text
-//! OOOODDDD[source,type,[endpoint 1,…,endpoint n]]\n<kept headers JSON>\n<body>
+//! 10                      open and dead delivery counts, hex, each as wide as the count needs
+//! shop                    source
+//! order.created           type
+//! orders                  endpoint of delivery 1, then one line per further delivery
+//!                         (blank line)
+//! content-type:application/json
+//!                         (blank line)
+//! {"event":"order.created",…}   the body, to the end
 //! ```
 //!
-//! `OOOO` and `DDDD` are the open and dead delivery counts (4 hex digits each: an event has at most
-//! 65,535 deliveries), rewritten in place by the scripts. JSON escapes newlines, so the first two
-//! newlines end the metadata and the headers; the body runs to the end, as the producer sent it.
+//! The counts are rewritten in place by the scripts, at the width the record was written with. A
+//! field that is empty, starts with `"` or holds a newline is written as a JSON string, which starts
+//! with `"` and holds none. Header lines are `name:value`: a kept header's name is an HTTP token
+//! (no colon) and its value visible ASCII (no newline); anything else is refused, not stored.
+//! The layout is compact on purpose: every byte of it is paid once per pending event, and Redis'
+//! allocator rounds the string up to its next size class.
 
 use crate::queue::QueueError;
 
@@ -23,8 +33,8 @@ pub(super) struct EventRecord {
     pub event_type: String,
     /// The endpoint of each delivery, by number (delivery k is at k - 1).
     pub endpoints: Vec<String>,
-    /// The kept headers, as JSON.
-    pub headers: String,
+    /// The kept headers.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -33,83 +43,143 @@ pub(super) fn encode(
     source: &str,
     event_type: &str,
     endpoints: &[&str],
-    headers: &str,
+    headers: &[(String, String)],
     body: &[u8],
 ) -> Result<Vec<u8>, QueueError> {
-    let meta = serde_json::to_vec(&(source, event_type, endpoints))?;
-    let mut record = Vec::with_capacity(8 + meta.len() + headers.len() + body.len() + 2);
-    record.extend_from_slice(format!("{:04x}0000", endpoints.len()).as_bytes());
-    record.extend_from_slice(&meta);
-    record.push(b'\n');
-    record.extend_from_slice(headers.as_bytes());
-    record.push(b'\n');
+    let width = format!("{:x}", endpoints.len()).len();
+    let mut head = format!("{:0width$x}{:0width$x}\n", endpoints.len(), 0);
+    for text in [source, event_type].into_iter().chain(endpoints.iter().copied()) {
+        head.push_str(&field(text)?);
+        head.push('\n');
+    }
+    head.push('\n');
+    for (name, value) in headers {
+        if name.is_empty() || name.contains([':', '\n']) || value.contains('\n') {
+            return Err(QueueError::Corrupt(format!("header {name:?} cannot be kept with an event")));
+        }
+        head.push_str(name);
+        head.push(':');
+        head.push_str(value);
+        head.push('\n');
+    }
+    head.push('\n');
+    let mut record = head.into_bytes();
     record.extend_from_slice(body);
     Ok(record)
+}
+
+/// A field as written: as it is, or as a JSON string.
+fn field(text: &str) -> Result<String, QueueError> {
+    if text.is_empty() || text.starts_with('"') || text.contains('\n') {
+        Ok(serde_json::to_string(text)?)
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// Reads a record written by [`encode`] (and updated by the scripts).
 pub(super) fn decode(record: &[u8]) -> Result<EventRecord, QueueError> {
     let corrupt = |what: &str| QueueError::Corrupt(format!("event record: {what}"));
-    let count = |range: std::ops::Range<usize>| {
-        record
-            .get(range)
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-            .ok_or_else(|| corrupt("the counts are not hex digits"))
+    let mut lines = record.split(|&b| b == b'\n');
+    let mut at = 0;
+    let mut next = |what: &str| {
+        let line = lines.next().filter(|_| at < record.len()).ok_or_else(|| corrupt(what))?;
+        at += line.len() + 1;
+        std::str::from_utf8(line).map_err(|_| corrupt(what))
     };
-    let (open, dead) = (count(0..4)?, count(4..8)?);
-    let rest = &record[8..];
-    let meta_end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no end of metadata"))?;
-    let after_meta = &rest[meta_end + 1..];
-    let headers_end = after_meta.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no end of headers"))?;
-    let (source, event_type, endpoints): (String, String, Vec<String>) = serde_json::from_slice(&rest[..meta_end])?;
-    Ok(EventRecord {
-        open,
-        dead,
-        source,
-        event_type,
-        endpoints,
-        headers: String::from_utf8_lossy(&after_meta[..headers_end]).into_owned(),
-        body: after_meta[headers_end + 1..].to_vec(),
-    })
+    let counts = next("no counts")?;
+    let width = counts.len() / 2;
+    let count = |hex: Option<&str>| {
+        hex.and_then(|hex| u32::from_str_radix(hex, 16).ok()).ok_or_else(|| corrupt("the counts are not hex digits"))
+    };
+    let (open, dead) = (count(counts.get(..width))?, count(counts.get(width..))?);
+    let mut fields = Vec::new();
+    loop {
+        let line = next("no end of the metadata")?;
+        if line.is_empty() {
+            break;
+        }
+        fields.push(if line.starts_with('"') { serde_json::from_str(line)? } else { line.to_string() });
+    }
+    if fields.len() < 2 {
+        return Err(corrupt("no source or type"));
+    }
+    let mut headers = Vec::new();
+    loop {
+        let line = next("no end of the headers")?;
+        let Some((name, value)) = line.split_once(':') else {
+            if line.is_empty() {
+                break;
+            }
+            return Err(corrupt("a header line without a colon"));
+        };
+        headers.push((name.to_string(), value.to_string()));
+    }
+    let body = record[at.min(record.len())..].to_vec();
+    let endpoints = fields.split_off(2);
+    let event_type = fields.pop().unwrap_or_default();
+    let source = fields.pop().unwrap_or_default();
+    Ok(EventRecord { open, dead, source, event_type, endpoints, headers, body })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
     #[test]
-    fn a_record_reads_back_as_written_whatever_the_body_and_type_hold() {
-        let body = b"{\"a\":\"line\\nbreak\"}\n\nraw newlines too";
-        let record = encode("shop", "order\ncreated \"x\"", &["orders", "audit"], r#"[["x-id","1"]]"#, body).unwrap();
-        assert!(record.starts_with(b"00020000["));
+    fn a_record_reads_back_as_written_whatever_the_body_and_fields_hold() {
+        let body = b"{\"a\":\"line\\nbreak\"}\n\nraw newlines, blank lines and: colons";
+        let kept = headers(&[("x-id", "1"), ("content-type", "application/json"), ("x-empty", "")]);
+        let odd_type = "order\ncreated \"x\"";
+        let record = encode("shop", odd_type, &["orders", "\"quoted\"", ""], &kept, body).unwrap();
+        assert!(record.starts_with(b"30\nshop\n\"order\\ncreated"), "{}", String::from_utf8_lossy(&record));
         let read = decode(&record).unwrap();
         assert_eq!(
             read,
             EventRecord {
-                open: 2,
+                open: 3,
                 dead: 0,
                 source: "shop".into(),
-                event_type: "order\ncreated \"x\"".into(),
-                endpoints: vec!["orders".into(), "audit".into()],
-                headers: r#"[["x-id","1"]]"#.into(),
+                event_type: odd_type.into(),
+                endpoints: vec!["orders".into(), "\"quoted\"".into(), String::new()],
+                headers: kept,
                 body: body.to_vec(),
             }
         );
     }
 
     #[test]
-    fn counts_rewritten_in_place_are_read() {
-        let mut record = encode("s", "t", &["e"; 300], "[]", b"{}").unwrap();
-        record[..8].copy_from_slice(b"012b0001");
+    fn an_event_without_deliveries_headers_or_body_reads_back() {
+        let read = decode(&encode("s", "t", &[], &[], b"").unwrap()).unwrap();
+        assert_eq!((read.open, read.dead, read.endpoints.len(), read.headers.len(), read.body.len()), (0, 0, 0, 0, 0));
+    }
+
+    #[test]
+    fn counts_are_as_wide_as_the_delivery_count_and_read_when_rewritten() {
+        assert!(encode("s", "t", &["e"; 15], &[], b"{}").unwrap().starts_with(b"f0\n"));
+        let mut record = encode("s", "t", &["e"; 300], &[], b"{}").unwrap();
+        assert!(record.starts_with(b"12c000\n"));
+        record[..6].copy_from_slice(b"12b001");
         let read = decode(&record).unwrap();
         assert_eq!((read.open, read.dead, read.endpoints.len()), (299, 1, 300));
     }
 
     #[test]
+    fn a_header_that_cannot_be_a_line_is_refused() {
+        for bad in [("x:y", "v"), ("x", "a\nb"), ("", "v")] {
+            assert!(encode("s", "t", &[], &headers(&[bad]), b"{}").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_truncated_record_is_an_error_not_a_panic() {
-        let record = encode("s", "t", &["e"], "[]", b"{}").unwrap();
-        for len in 0..record.len() - 2 {
+        let record = encode("s", "t", &["e"], &headers(&[("h", "v")]), b"{}").unwrap();
+        // Cut before the blank line that ends the headers: not a record.
+        for len in 0..record.len() - 3 {
             assert!(decode(&record[..len]).is_err(), "{len} bytes read as a record");
         }
     }

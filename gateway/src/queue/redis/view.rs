@@ -79,15 +79,15 @@ impl RedisQueue {
         let prefix = core.shard_prefix(id::shard_of(event, core.shards));
         let mut conn = core.conn.clone();
         let (source, event_type, headers, payload, endpoints) = match read_record(&mut conn, &prefix, event).await? {
-            Some(record) => (record.source, record.event_type, record.headers, record.body, Some(record.endpoints)),
+            Some(record) => (record.source, record.event_type, record.headers, record.body, record.endpoints),
             None => match read_older_event(&mut conn, &prefix, event).await? {
                 Some((source, event_type, headers, payload, count)) => {
-                    (source, event_type, headers, payload, count.map(|n| vec![String::new(); n]))
+                    let headers = serde_json::from_str(if headers.is_empty() { "[]" } else { &headers })?;
+                    (source, event_type, headers, payload, vec![String::new(); count.unwrap_or(0)])
                 }
                 None => return Ok(None),
             },
         };
-        let endpoints = endpoints.unwrap_or_default();
         let ids: Vec<Ulid> =
             (1..=endpoints.len().min(id::MAX_DELIVERIES_PER_EVENT)).map(|k| id::delivery_of(event, k)).collect();
         let mut deliveries = Vec::with_capacity(ids.len());
@@ -119,7 +119,7 @@ impl RedisQueue {
             source,
             event_type,
             received_at: Some(event.timestamp_ms()),
-            headers: serde_json::from_str(if headers.is_empty() { "[]" } else { &headers })?,
+            headers,
             payload: Bytes::from(payload),
             deliveries,
         }))

@@ -34,13 +34,13 @@ local function from_record(id)
     local s = redis.call('GET', p .. 'e:' .. evid)
     rec = false
     if s then
-      local ok, meta, body = pcall(parse_event, s)
-      if ok and type(meta) == 'table' and type(meta[3]) == 'table' then
-        rec = { meta = meta, body = body }
+      local ok, etype, endpoints, body = pcall(parse_event, s)
+      if ok and type(etype) == 'string' then
+        rec = { etype = etype, endpoints = endpoints, body = body }
       else
         -- Handed out under an event id that does not parse, so the gateway dead-letters it with
         -- the reason rather than the whole claim failing on it again and again.
-        rec = { meta = { '', '', {} }, body = '', bad = true }
+        rec = { bad = true }
       end
     end
     events[evid] = rec
@@ -51,7 +51,7 @@ local function from_record(id)
   if rec.bad then
     return evid .. ' (unreadable event record)', '', '', ''
   end
-  return evid, rec.meta[2], rec.body, rec.meta[3][k]
+  return evid, rec.etype, rec.body, rec.endpoints[k]
 end
 
 -- The same from an older version's records: event hash (body in its `:b` string, or older still,

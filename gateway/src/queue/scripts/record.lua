@@ -2,16 +2,18 @@
 -- clock, and the event record.
 --
 -- The event record, `<shard prefix>e:<event id>`, is one string (one key: a pending delivery costs
--- its event's bytes, a queue entry and little else):
---   OOOODDDD   open deliveries (not acked, not buried) and dead ones, 4 hex digits each, changed
---              in place (SETRANGE) as deliveries close or are replayed
---   a JSON line [source, type, [endpoint of delivery 1, ..., endpoint of delivery n]]
---   the kept headers (JSON) and a newline
---   the body, to the end
--- A delivery has a hash (`d:<id>`) only once it is claimed (lease, attempts, state), or from the
--- start when a plugin gave it its own headers or payload. Its event is named by its id (`crate::id`:
--- the delivery's ULID with the low 16 bits zero; those bits are its number in the event).
-
+-- its event's bytes, a queue entry and little else), lines like an HTTP message's head:
+--   <open><dead>       open deliveries (not acked, not buried) and dead ones, in hex, each as wide as
+--                      the delivery count needs, rewritten in place (SETRANGE) as they change
+--   <source>
+--   <type>
+--   <endpoint of delivery 1> ... <endpoint of delivery n>, a line each
+--   (a blank line)
+--   <header name>:<value>, a line per kept header
+--   (a blank line)
+--   <body>, to the end, as the producer sent it
+-- A field that is empty, starts with a double quote or holds a newline is written as a JSON string
+-- (so it starts with a double quote and holds no newline). `queue/redis/record.rs` writes it.
 -- Redis' clock in ms: several gateways' clocks drift apart, the store's is the one they share.
 local function now_ms()
   local t = redis.call('TIME')
@@ -41,23 +43,51 @@ local function event_of(delivery)
   return 'evt_' .. string.sub(u, 1, 22) .. string.sub(B32, c + 1, c + 1) .. '000', k
 end
 
--- The record's metadata {source, type, {endpoints}} and its body.
-local function parse_event(s)
-  local meta_end = string.find(s, '\n', 9, true)
-  local headers_end = string.find(s, '\n', meta_end + 1, true)
-  return cjson.decode(string.sub(s, 9, meta_end - 1)), string.sub(s, headers_end + 1)
+-- A field of the record: as it is, or a JSON string.
+local function field(line)
+  if string.byte(line, 1) == 34 then
+    return cjson.decode('[' .. line .. ']')[1]
+  end
+  return line
 end
 
--- The record's open and dead counts (nil when the record is gone).
+-- The record's type, its endpoints (by delivery number) and its body.
+local function parse_event(s)
+  local at = string.find(s, '\n', 1, true) + 1
+  local lines = {}
+  while true do
+    local nl = string.find(s, '\n', at, true)
+    if nl == at then
+      break
+    end
+    lines[#lines + 1] = string.sub(s, at, nl - 1)
+    at = nl + 1
+  end
+  -- Past the blank line: the headers, up to the next blank line (at once when there are none).
+  local body = at + 2
+  if string.byte(s, at + 1) ~= 10 then
+    body = string.find(s, '\n\n', at + 1, true) + 2
+  end
+  local endpoints = {}
+  for k = 3, #lines do
+    endpoints[k - 2] = field(lines[k])
+  end
+  return field(lines[2]), endpoints, string.sub(s, body)
+end
+
+-- The record's open and dead counts and their width (nil when the record is gone).
 local function event_counts(ekey)
-  local s = redis.call('GETRANGE', ekey, 0, 7)
-  if #s < 8 then
+  local s = redis.call('GETRANGE', ekey, 0, 8)
+  local nl = string.find(s, '\n', 1, true)
+  if not nl then
     return nil
   end
-  return tonumber(string.sub(s, 1, 4), 16), tonumber(string.sub(s, 5, 8), 16)
+  local w = (nl - 1) / 2
+  return tonumber(string.sub(s, 1, w), 16), tonumber(string.sub(s, w + 1, 2 * w), 16), w
 end
 
--- Rewrites the counts in place (the record keeps its size, so Redis does not reallocate it).
-local function set_event_counts(ekey, open, dead)
-  redis.call('SETRANGE', ekey, 0, string.format('%04x%04x', open, dead))
+-- Rewrites the counts in place, as wide as before (the record keeps its size, so Redis does not
+-- reallocate it).
+local function set_event_counts(ekey, open, dead, w)
+  redis.call('SETRANGE', ekey, 0, string.format('%0' .. w .. 'x%0' .. w .. 'x', open, dead))
 end

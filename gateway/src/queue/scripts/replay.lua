@@ -27,9 +27,9 @@ for i = 4, #ARGV do
         redis.call('PERSIST', evkey .. ':b')
       else
         local ekey = p .. 'e:' .. (event_of(id))
-        local open, dead = event_counts(ekey)
+        local open, dead, w = event_counts(ekey)
         if open then
-          set_event_counts(ekey, open + 1, math.max(dead - 1, 0))
+          set_event_counts(ekey, open + 1, math.max(dead - 1, 0), w)
           redis.call('PERSIST', ekey)
         end
       end

@@ -50,7 +50,7 @@ local function close(id, older, buried)
     return
   end
   local ekey = p .. 'e:' .. (event_of(id))
-  local open, dead = event_counts(ekey)
+  local open, dead, w = event_counts(ekey)
   if not open then
     return
   end
@@ -58,7 +58,7 @@ local function close(id, older, buried)
   if buried then
     dead = dead + 1
   end
-  set_event_counts(ekey, open, dead)
+  set_event_counts(ekey, open, dead, w)
   if open == 0 then
     redis.call('EXPIRE', ekey, event_ttl(dead))
   end
