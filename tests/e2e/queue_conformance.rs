@@ -803,3 +803,32 @@ async fn redis_deliveries_of_the_previous_layout_are_served_to_the_end() {
     assert_eq!(states, [("a", Some("succeeded")), ("b", Some("succeeded"))]);
     assert!(ttl(&mut conn).await > 0);
 }
+
+/// Redis only: an event record that cannot be read (damaged, or naming fewer endpoints than it has
+/// deliveries) does not block the claims of others: its deliveries are dead-lettered with the
+/// reason, and burying them does not trip over its counts.
+#[tokio::test]
+async fn redis_an_unreadable_event_record_dead_letters_its_deliveries_and_blocks_nothing() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let (damaged, damaged_ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    let (short, short_ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    let (_, fine) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let key = |event: Ulid| format!("sluice:{{s0}}:e:{}", sluice::id::format_event(event));
+    let mut conn = redis.connection().await;
+    let _: () = ::redis::cmd("SET").arg(key(damaged)).arg("zz\nno blank line").query_async(&mut conn).await.unwrap();
+    // A record that names one endpoint for two deliveries.
+    let _: () = ::redis::cmd("SET").arg(key(short)).arg("20\nshop\nt\na\n\n\n{}").query_async(&mut conn).await.unwrap();
+
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    let mut got: Vec<Ulid> = claimed.iter().map(|c| c.id).collect();
+    got.sort();
+    let mut readable = [short_ids[0], fine[0]];
+    readable.sort();
+    assert_eq!(got, readable, "the readable ones are served");
+    for id in [damaged_ids[0], damaged_ids[1], short_ids[1]] {
+        let v = view(&s.store, id).await;
+        assert_eq!(v.state, "dead", "{id}");
+        assert!(v.last_error.as_deref().unwrap_or_default().contains("unreadable event record"), "{:?}", v.last_error);
+    }
+}

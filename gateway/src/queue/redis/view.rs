@@ -19,16 +19,20 @@ impl RedisQueue {
         let prefix = core.shard_prefix(id::shard_of(delivery, core.shards));
         let name = id::format_delivery(delivery);
         let mut conn = core.conn.clone();
-        let (fields, log_string, queued, queued_older): (Vec<Option<String>>, Option<String>, Option<f64>, Option<f64>) =
-            redis::pipe()
-                .cmd("HMGET")
-                .arg(format!("{prefix}d:{name}"))
-                .arg(&FIELDS)
-                .get(format!("{prefix}d:{name}:log"))
-                .zscore(format!("{prefix}{QUEUE}"), &name)
-                .zscore(format!("{prefix}{OLDER_QUEUE}"), &name)
-                .query_async(&mut conn)
-                .await?;
+        let (fields, log_string, queued, queued_older): (
+            Vec<Option<String>>,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(format!("{prefix}d:{name}"))
+            .arg(&FIELDS)
+            .get(format!("{prefix}d:{name}:log"))
+            .zscore(format!("{prefix}{QUEUE}"), &name)
+            .zscore(format!("{prefix}{OLDER_QUEUE}"), &name)
+            .query_async(&mut conn)
+            .await?;
         let [endpoint, status, attempts_made, updated, last_error, log, lapsed] =
             <[Option<String>; 7]>::try_from(fields)
                 .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
@@ -103,8 +107,7 @@ impl RedisQueue {
             }
             let rows: Vec<((Option<String>, Option<String>), Option<f64>, Option<f64>)> =
                 pipe.query_async(&mut conn).await?;
-            for ((delivery, recorded), ((endpoint, state), queued, queued_older)) in
-                ids.iter().zip(endpoints).zip(rows)
+            for ((delivery, recorded), ((endpoint, state), queued, queued_older)) in ids.iter().zip(endpoints).zip(rows)
             {
                 let pending = (queued.is_some() || queued_older.is_some()).then(|| "pending".to_string());
                 deliveries.push(DeliverySummary {

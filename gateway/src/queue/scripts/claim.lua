@@ -26,7 +26,9 @@ local zadd = { 'ZADD', KEYS[1] }
 local events = {}
 
 -- The event's type and body, and the delivery's endpoint, from a record of this version (read
--- once per event in this call); nil when the event is gone.
+-- once per event in this call); nil when the event is gone. A record that cannot be read (or names
+-- no endpoint for this delivery) hands the delivery out under an event id that does not parse, so
+-- the gateway dead-letters it with the reason rather than the whole claim failing on it forever.
 local function from_record(id)
   local evid, k = event_of(id)
   local rec = events[evid]
@@ -38,8 +40,6 @@ local function from_record(id)
       if ok and type(etype) == 'string' then
         rec = { etype = etype, endpoints = endpoints, body = body }
       else
-        -- Handed out under an event id that does not parse, so the gateway dead-letters it with
-        -- the reason rather than the whole claim failing on it again and again.
         rec = { bad = true }
       end
     end
@@ -48,7 +48,7 @@ local function from_record(id)
   if not rec then
     return nil
   end
-  if rec.bad then
+  if rec.bad or not rec.endpoints[k] then
     return evid .. ' (unreadable event record)', '', '', ''
   end
   return evid, rec.etype, rec.body, rec.endpoints[k]

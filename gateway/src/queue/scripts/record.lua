@@ -75,7 +75,7 @@ local function parse_event(s)
   return field(lines[2]), endpoints, string.sub(s, body)
 end
 
--- The record's open and dead counts and their width (nil when the record is gone).
+-- The record's open and dead counts and their width (nil when the record is gone or unreadable).
 local function event_counts(ekey)
   local s = redis.call('GETRANGE', ekey, 0, 8)
   local nl = string.find(s, '\n', 1, true)
@@ -83,7 +83,14 @@ local function event_counts(ekey)
     return nil
   end
   local w = (nl - 1) / 2
-  return tonumber(string.sub(s, 1, w), 16), tonumber(string.sub(s, w + 1, 2 * w), 16), w
+  if w < 1 or w ~= math.floor(w) then
+    return nil
+  end
+  local open, dead = tonumber(string.sub(s, 1, w), 16), tonumber(string.sub(s, w + 1, 2 * w), 16)
+  if not open or not dead then
+    return nil
+  end
+  return open, dead, w
 end
 
 -- Rewrites the counts in place, as wide as before (the record keeps its size, so Redis does not
