@@ -9,6 +9,9 @@ use super::{record, RedisQueue, OLDER_QUEUE, QUEUE};
 use crate::id;
 use crate::queue::{DeliverySummary, DeliveryView, EventView, QueueError};
 
+/// A delivery hash's endpoint and status, each if set.
+type EndpointAndState = (Option<String>, Option<String>);
+
 /// What the view reads of a delivery's hash.
 const FIELDS: [&str; 7] = ["endpoint", "status", "attempts", "updated", "last_error", "log", "lapsed"];
 
@@ -105,8 +108,7 @@ impl RedisQueue {
                     .zscore(format!("{prefix}{QUEUE}"), &name)
                     .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
             }
-            let rows: Vec<((Option<String>, Option<String>), Option<f64>, Option<f64>)> =
-                pipe.query_async(&mut conn).await?;
+            let rows: Vec<(EndpointAndState, Option<f64>, Option<f64>)> = pipe.query_async(&mut conn).await?;
             for ((delivery, recorded), ((endpoint, state), queued, queued_older)) in ids.iter().zip(endpoints).zip(rows)
             {
                 let pending = (queued.is_some() || queued_older.is_some()).then(|| "pending".to_string());
