@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:e:<event id>` | STRING | the event record ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
+//! | `<prefix>:{s<n>}:e:<event ulid>` | STRING | the event record (its id without `evt_`: the key then fits a smaller allocation) ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
 //! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
 //! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |

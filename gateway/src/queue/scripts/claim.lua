@@ -33,7 +33,7 @@ local function from_record(id)
   local evid, k = event_of(id)
   local rec = events[evid]
   if rec == nil then
-    local s = redis.call('GET', p .. 'e:' .. evid)
+    local s = redis.call('GET', event_key(p, evid))
     rec = false
     if s then
       local ok, etype, endpoints, body = pcall(parse_event, s)

@@ -25,7 +25,7 @@ for _ = 1, tonumber(ARGV[3]) do
     if idem ~= '' then
       redis.call('SET', idem, ARGV[at + 5], 'PX', ARGV[at + 6])
     end
-    local ekey = p .. 'e:' .. evid
+    local ekey = event_key(p, evid)
     redis.call('SET', ekey, ARGV[at + 1])
     if n == 0 then
       redis.call('EXPIRE', ekey, retention)

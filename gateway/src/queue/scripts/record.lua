@@ -1,7 +1,7 @@
 -- Shared by every script (prepended to each when it is loaded, see `queue/redis/scripts.rs`): the
 -- clock, and the event record.
 --
--- The event record, `<shard prefix>e:<event id>`, is one string (one key: a pending delivery costs
+-- The event record, `<shard prefix>e:<event ulid>`, is one string (one key: a pending delivery costs
 -- its event's bytes, a queue entry and little else), lines like an HTTP message's head:
 --   <open><dead>       open deliveries (not acked, not buried) and dead ones, in hex, each as wide as
 --                      the delivery count needs, rewritten in place (SETRANGE) as they change
@@ -49,6 +49,13 @@ local function field(line)
     return cjson.decode('[' .. line .. ']')[1]
   end
   return line
+end
+
+-- The event record's key: `e:` and the event's bare ULID. With `sluice:{s<n>}:` that is 40 to 42
+-- characters, which Redis' allocator keeps in a 48-byte slot up to 999 shards; with `evt_` it would
+-- cross into the next size class from shard 10 on.
+local function event_key(p, evid)
+  return p .. 'e:' .. string.sub(evid, 5)
 end
 
 -- The record's type, its endpoints (by delivery number) and its body.

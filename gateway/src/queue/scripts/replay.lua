@@ -26,7 +26,7 @@ for i = 4, #ARGV do
         redis.call('PERSIST', evkey)
         redis.call('PERSIST', evkey .. ':b')
       else
-        local ekey = p .. 'e:' .. (event_of(id))
+        local ekey = event_key(p, (event_of(id)))
         local open, dead, w = event_counts(ekey)
         if open then
           set_event_counts(ekey, open + 1, math.max(dead - 1, 0), w)

@@ -49,7 +49,7 @@ local function close(id, older, buried)
     end
     return
   end
-  local ekey = p .. 'e:' .. (event_of(id))
+  local ekey = event_key(p, (event_of(id)))
   local open, dead, w = event_counts(ekey)
   if not open then
     return
