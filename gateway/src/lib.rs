@@ -12,6 +12,7 @@
 //! - [`plugin`]: stage 2, the Wasm engine and plugin chains.
 //! - [`queue`]: stage 3, the queue: Redis (sorted sets, Lua scripts) or embedded (redb), with leases.
 //! - [`delivery`]: stage 4, the worker: claim → signed POST → ack / retry / dead letter + alert.
+//! - [`history`]: finished deliveries moved to PostgreSQL (`[history]`), read back by the admin API.
 //! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
 //! - [`config`], [`route`], [`id`], [`telemetry`], [`redact`]: configuration, the route table, ids,
 //!   logging, and keeping credentials out of logs.
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod history;
 pub mod http;
 pub mod id;
 pub mod ingest;
@@ -73,6 +75,9 @@ pub enum StartError {
     /// The outbound HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The history store (PostgreSQL) could not be set up.
+    #[error("history: {0}")]
+    History(#[from] history::HistoryError),
 }
 
 /// A running gateway: HTTP server and delivery worker.
@@ -97,6 +102,7 @@ impl Gateway {
             );
         }
         let queue = Store::open(&config)?;
+        let history = config.history.as_ref().map(history::History::open).transpose()?;
         // Redis that does not answer yet is checked once it does (by a task started below).
         let mut check_later = None;
         match &queue {
@@ -128,7 +134,8 @@ impl Gateway {
         let worker = Worker::new(&config, queue.clone(), http, alerter.clone(), wake.clone(), metrics.clone());
         let state = Arc::new(AppState {
             ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
-            queue,
+            queue: queue.clone(),
+            history: history.clone(),
             admin_token: config.admin.token.clone(),
             plugins: plugins.clone(),
             endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
@@ -143,6 +150,10 @@ impl Gateway {
         let mut tasks = Vec::new();
         if let Some(redis) = check_later {
             tasks.push(tokio::spawn(check_when_reachable(redis, shutdown.clone(), watcher.clone())));
+        }
+        if let (Some(history), Some(settings)) = (history, &config.history) {
+            let writer = history::writer::run(queue, history, settings.clone(), watcher.clone());
+            tasks.push(tokio::spawn(writer));
         }
         if let Some(alerter) = &alerter {
             let watch =

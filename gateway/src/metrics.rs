@@ -258,6 +258,8 @@ pub struct QueueDepth {
     /// Memory the store uses: Redis `used_memory` (summed over a cluster's primaries), or the
     /// embedded store's file size; `None` when it cannot be read.
     pub store_bytes: Option<u64>,
+    /// With `[history]`: finished deliveries waiting to be written to PostgreSQL.
+    pub history_backlog: Option<u64>,
 }
 
 impl QueueDepth {
@@ -284,6 +286,15 @@ impl QueueDepth {
                 "Memory the queue's store uses: Redis used_memory (summed over a cluster's primaries), or the embedded store's file size.",
             );
             let _ = writeln!(out, "sluice_store_memory_bytes {bytes}");
+        }
+        if let Some(n) = self.history_backlog {
+            header(
+                out,
+                "sluice_history_backlog",
+                "gauge",
+                "Finished deliveries waiting in the queue's store to be written to PostgreSQL ([history]).",
+            );
+            let _ = writeln!(out, "sluice_history_backlog {n}");
         }
     }
 }

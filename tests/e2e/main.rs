@@ -1,4 +1,4 @@
-//! End-to-end tests: real redis-server, real receivers on loopback, real plugins built from source
+//! End-to-end tests: real redis-server, real PostgreSQL (history), real receivers on loopback, real plugins built from source
 //! in `plugins/`, real gateways (in-process, and the `sluice` binary itself).
 
 mod auth;
@@ -10,12 +10,14 @@ mod cluster;
 mod delivery;
 mod embedded;
 mod harness;
+mod history;
 mod hostile;
 mod memory;
 mod observability;
 mod openapi;
 mod plugin_host;
 mod plugins;
+mod postgres;
 mod protection;
 mod queue_conformance;
 mod scale;

@@ -8,6 +8,7 @@ pub mod throttle;
 use serde_json::{json, Value};
 
 use crate::delivery::alert::{Alerter, EndpointAlert};
+use crate::history::{History, HistoryError};
 use crate::id;
 use crate::queue::{Queue, QueueError, Store};
 
@@ -29,6 +30,9 @@ pub enum AdminError {
     /// The queue could not answer (503 / 500).
     #[error("the queue could not answer: {0}")]
     Queue(#[from] QueueError),
+    /// History (PostgreSQL) could not answer (503).
+    #[error("history could not answer: {0}")]
+    History(#[from] HistoryError),
 }
 
 /// Checks an `Authorization` header against the configured token, in constant time.
@@ -43,19 +47,39 @@ pub fn authorize(configured: Option<&str>, header: Option<&str>) -> Result<(), A
     }
 }
 
-/// `GET /v1/deliveries/{id}`: state and every attempt.
-pub async fn delivery(queue: &Store, text: &str) -> Result<Value, AdminError> {
+/// `GET /v1/deliveries/{id}`: state and every attempt, from the queue, else from history.
+pub async fn delivery(queue: &Store, history: Option<&History>, text: &str) -> Result<Value, AdminError> {
     let not_found = || AdminError::NotFound(format!("delivery `{}`", text.chars().take(64).collect::<String>()));
     let delivery = id::parse_delivery(text).ok_or_else(not_found)?;
-    let view = queue.delivery(delivery).await?.ok_or_else(not_found)?;
+    let view = match (queue.delivery(delivery).await?, history) {
+        (Some(view), _) => view,
+        (None, Some(history)) => history.delivery(delivery).await?.ok_or_else(not_found)?,
+        (None, None) => return Err(not_found()),
+    };
     Ok(serde_json::to_value(view).unwrap_or_default())
 }
 
-/// `GET /v1/events/{id}`: the event (payload as JSON when it is JSON) and its deliveries.
-pub async fn event(queue: &Store, text: &str) -> Result<Value, AdminError> {
+/// `GET /v1/events/{id}`: the event (payload as JSON when it is JSON) and its deliveries, from the
+/// queue, else from history; deliveries the queue no longer holds take their state from history.
+pub async fn event(queue: &Store, history: Option<&History>, text: &str) -> Result<Value, AdminError> {
     let not_found = || AdminError::NotFound(format!("event `{}`", text.chars().take(64).collect::<String>()));
     let event = id::parse_event(text).ok_or_else(not_found)?;
-    let view = queue.event(event).await?.ok_or_else(not_found)?;
+    let view = match (queue.event(event).await?, history) {
+        (Some(mut view), Some(history)) => {
+            if view.deliveries.iter().any(|d| d.state.as_deref() == Some("expired")) {
+                let kept = history.states_of(event).await?;
+                for d in view.deliveries.iter_mut().filter(|d| d.state.as_deref() == Some("expired")) {
+                    if let Some(row) = kept.iter().find(|k| k.id == d.id) {
+                        d.state = row.state.clone();
+                    }
+                }
+            }
+            view
+        }
+        (Some(view), None) => view,
+        (None, Some(history)) => history.event(event).await?.ok_or_else(not_found)?,
+        (None, None) => return Err(not_found()),
+    };
     let payload = serde_json::from_slice::<Value>(&view.payload)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&view.payload).into_owned()));
     Ok(json!({

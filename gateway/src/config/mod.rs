@@ -7,9 +7,11 @@
 //!
 //! - [`process`]: the process-wide sections (`[server]`, `[redis]`, `[queue]`, `[admin]`, `[retry]`,
 //!   `[alerts]`, `[security]`, `[wasm]`).
+//! - [`history`]: `[history]`, finished deliveries in PostgreSQL.
 //! - [`pipeline`]: what events flow through (`[[sources]]`, `[[endpoints]]`, `[[routes]]`, `[[plugins]]`).
 //! - `validate` (private): [`Config::validate`], every semantic check.
 
+mod history;
 mod pipeline;
 mod process;
 mod validate;
@@ -21,6 +23,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use history::HistoryConfig;
 pub use pipeline::{EndpointConfig, PluginConfig, RouteConfig, SignatureScheme, SourceConfig};
 pub use process::{
     AdminConfig, AlertsConfig, Backend, QueueConfig, RedisConfig, RetryConfig, SecurityConfig, ServerConfig, WasmConfig,
@@ -48,6 +51,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Queue and worker tuning.
     pub queue: QueueConfig,
+    /// Finished deliveries in PostgreSQL (optional): see [`HistoryConfig`].
+    pub history: Option<HistoryConfig>,
     /// The admin API.
     pub admin: AdminConfig,
     /// The default retry schedule of every endpoint.

@@ -82,6 +82,9 @@ impl Config {
                 }
             }
         }
+        if let Some(history) = &self.history {
+            problems.extend(history.problems(self.backend() == Backend::Redis));
+        }
         if self.queue.shards == 0 || self.queue.shards > 1024 {
             problems.push("queue.shards: must be between 1 and 1024".to_string());
         }

@@ -27,6 +27,9 @@ pub struct AppState {
     pub ingest: Ingest,
     /// The queue, for admin lookups.
     pub queue: Store,
+    /// Delivery history in PostgreSQL (`[history]`), where admin lookups go for what the queue
+    /// no longer holds.
+    pub history: Option<crate::history::History>,
     /// The admin bearer token.
     pub admin_token: Option<String>,
     /// The plugins, for their metrics.
@@ -135,8 +138,12 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
     let known = |name: &str| state.endpoints.iter().any(|e| e == name);
     match template {
         "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, value, request).await,
-        "/v1/events/{key}" => admin_call(state, &request, peer, admin::event(&state.queue, value)).await,
-        "/v1/deliveries/{id}" => admin_call(state, &request, peer, admin::delivery(&state.queue, value)).await,
+        "/v1/events/{key}" => {
+            admin_call(state, &request, peer, admin::event(&state.queue, state.history.as_ref(), value)).await
+        }
+        "/v1/deliveries/{id}" => {
+            admin_call(state, &request, peer, admin::delivery(&state.queue, state.history.as_ref(), value)).await
+        }
         "/v1/deliveries/{id}/replay" => admin_call(state, &request, peer, admin::replay_one(&state.queue, value)).await,
         "/v1/dead-letters" => {
             let query = request.uri().query().unwrap_or_default().to_string();
@@ -168,10 +175,17 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `GET /readyz`: 200 when the queue answers (plugins are loaded before the server starts, and a
-/// failed reload keeps the running version), else 503 with the reason.
+/// failed reload keeps the running version), else 503 with the reason. With `[history]` failing to
+/// write, still 200 (events are taken and delivered) but `degraded`, with the reason.
 async fn readyz(state: &AppState) -> Reply {
     match tokio::time::timeout(PROBE_TIMEOUT, state.queue.ping()).await {
-        Ok(Ok(())) => json_reply(StatusCode::OK, json!({"status": "ready", "store": "ok", "plugins": "loaded"})),
+        Ok(Ok(())) => match state.history.as_ref().and_then(|h| h.degraded()) {
+            Some(reason) => json_reply(
+                StatusCode::OK,
+                json!({"status": "degraded", "store": "ok", "plugins": "loaded", "history": reason}),
+            ),
+            None => json_reply(StatusCode::OK, json!({"status": "ready", "store": "ok", "plugins": "loaded"})),
+        },
         Ok(Err(e)) => {
             state.metrics.store_error("admin");
             json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "store": e.to_string()}))
@@ -190,6 +204,9 @@ async fn metrics(state: &AppState) -> Reply {
     state.metrics.render(&mut text);
     state.plugins.render_metrics(&mut text);
     crate::metrics::render_admin_auth(state.admin_throttle.totals(), &mut text);
+    if let Some(history) = &state.history {
+        history.render_metrics(&mut text);
+    }
     match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&state.endpoints)).await {
         Ok(Ok(depth)) => depth.render(&mut text),
         _ => state.metrics.store_error("admin"),
@@ -342,6 +359,10 @@ async fn admin_call(
             let status =
                 if e.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
             error_reply(status, "queue_unavailable", "the queue could not answer")
+        }
+        Err(AdminError::History(e)) => {
+            tracing::error!(error = %e, "Admin lookup in history (PostgreSQL) failed.");
+            error_reply(StatusCode::SERVICE_UNAVAILABLE, "history_unavailable", "history (PostgreSQL) could not answer")
         }
     }
 }

@@ -320,6 +320,15 @@ pub struct EventView {
     pub deliveries: Vec<DeliverySummary>,
 }
 
+/// A finished delivery as history keeps it: its view (state, attempts) and its event's.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The delivery, with every attempt.
+    pub delivery: DeliveryView,
+    /// Its event; `None` when the event is gone from the store.
+    pub event: Option<EventView>,
+}
+
 /// A dead-lettered delivery, as the admin API lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -443,6 +452,28 @@ pub trait Queue: Send + Sync {
         &self,
         endpoints: &[String],
     ) -> impl Future<Output = Result<crate::metrics::QueueDepth, QueueError>> + Send;
+
+    /// Finished deliveries (succeeded or dead) of `shard` not yet written to history, oldest
+    /// first, at most `limit`, each with its attempt log and its event. Only a backend that keeps
+    /// that index (Redis with `[history]`) has any; the others keep their own history.
+    fn finished(&self, shard: u32, limit: usize) -> impl Future<Output = Result<Vec<Finished>, QueueError>> + Send {
+        let _ = (shard, limit);
+        async { Ok(Vec::new()) }
+    }
+
+    /// Marks finished deliveries of `shard` as held by history: they leave the index, and a
+    /// succeeded one (with its event, once none of the event's deliveries is open or dead) expires
+    /// after `keep`. A delivery that changed since it was read (replayed) is left for the next
+    /// round. Returns how many were marked.
+    fn mark_exported(
+        &self,
+        shard: u32,
+        done: &[&Finished],
+        keep: Duration,
+    ) -> impl Future<Output = Result<u64, QueueError>> + Send {
+        let _ = (shard, done, keep);
+        async { Ok(0) }
+    }
 
     /// Claims an idempotency key for `event` (made with [`Self::idempotency_shard`]), marking it
     /// pending. `Ok(None)`: claimed, go ahead. `Ok(Some(answer))`: seen before, with the answer

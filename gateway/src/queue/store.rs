@@ -8,7 +8,7 @@ use ulid::Ulid;
 
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliveryView, EmbeddedQueue, EndpointState, EventView,
-    NewDelivery, NewEvent, Queue, QueueError, RedisQueue, Settle,
+    Finished, NewDelivery, NewEvent, Queue, QueueError, RedisQueue, Settle,
 };
 use crate::config::{Backend, Config};
 
@@ -25,7 +25,9 @@ impl Store {
     /// Opens the backend `config` names. Must be called inside a Tokio runtime.
     pub fn open(config: &Config) -> Result<Self, QueueError> {
         Ok(match config.backend() {
-            Backend::Redis => Store::Redis(RedisQueue::open(&config.redis_settings(), &config.queue)?),
+            Backend::Redis => {
+                Store::Redis(RedisQueue::open(&config.redis_settings(), &config.queue, config.history.is_some())?)
+            }
             Backend::Embedded => Store::Embedded(EmbeddedQueue::open(&config.queue.path(), &config.queue)?),
         })
     }
@@ -129,6 +131,14 @@ impl Queue for Store {
 
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         each!(self, q => q.depth(endpoints))
+    }
+
+    async fn finished(&self, shard: u32, limit: usize) -> Result<Vec<Finished>, QueueError> {
+        each!(self, q => q.finished(shard, limit))
+    }
+
+    async fn mark_exported(&self, shard: u32, done: &[&Finished], keep: Duration) -> Result<u64, QueueError> {
+        each!(self, q => q.mark_exported(shard, done, keep))
     }
 
     async fn claim_idempotency(&self, source: &str, key: &str, event: Ulid) -> Result<Option<String>, QueueError> {

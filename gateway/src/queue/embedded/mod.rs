@@ -415,6 +415,7 @@ impl Queue for EmbeddedQueue {
                 scheduled: total - due_now,
                 dead: txn.open_table(DEAD)?.len()?,
                 store_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
+                history_backlog: None,
                 paused: endpoints.into_iter().map(|e| Ok((e.clone(), count_paused(&paused, &e)?))).collect::<Result<
                     _,
                     QueueError,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ulid::Ulid;
 
-use super::{RedisQueue, QUEUE};
+use super::{RedisQueue, DONE, QUEUE};
 use crate::id;
 use crate::queue::{DeadCursor, DeadLetter, QueueError};
 
@@ -108,7 +108,11 @@ impl RedisQueue {
         }
         let prefix = self.core.shard_prefix(shard);
         let mut call = self.core.replay.key(format!("{prefix}{QUEUE}"));
-        call.key(format!("{prefix}dead")).arg(&prefix).arg(spacing.as_millis() as u64).arg(offset);
+        call.key(format!("{prefix}dead"))
+            .key(format!("{prefix}{DONE}"))
+            .arg(&prefix)
+            .arg(spacing.as_millis() as u64)
+            .arg(offset);
         for id in ids {
             call.arg(id);
         }

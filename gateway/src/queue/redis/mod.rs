@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
+//! | `<prefix>:{s<n>}:done` | ZSET | with `[history]`: finished delivery id → time finished, ms, until PostgreSQL holds it ([`export`]) |
 //! | `<prefix>:{s<n>}:e:<event ulid>` | STRING | the event record (its id without `evt_`: the key then fits a smaller allocation) ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
 //! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
@@ -34,12 +35,13 @@
 //! # Files
 //! This module opens the queue and runs claims and endpoint state; [`record`] writes and reads the
 //! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
-//! replays dead letters; [`view`] reads deliveries and events for the admin API; [`idempotency`]
+//! replays dead letters; [`export`] hands finished deliveries to history; [`view`] reads deliveries and events for the admin API; [`idempotency`]
 //! keeps idempotency keys.
 
 mod batch;
 mod conn;
 mod dead;
+mod export;
 mod idempotency;
 mod record;
 mod view;
@@ -75,10 +77,13 @@ const REPLAY: &str = script!("replay.lua");
 const RESUME: &str = script!("resume.lua");
 const DISABLE: &str = include_str!("../scripts/disable.lua");
 const RELEASE: &str = include_str!("../scripts/release.lua");
+const EXPORTED: &str = script!("exported.lua");
 /// The shard's ZSET of deliveries by next attempt (or lease expiry).
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
 const OLDER_QUEUE: &str = "due";
+/// The shard's ZSET of finished deliveries not yet in history (`[history]` only).
+const DONE: &str = "done";
 
 /// Most paused deliveries one resume call moves (the script runs until none is left).
 const RESUME_CHUNK: usize = 1000;
@@ -103,6 +108,8 @@ struct Core {
     conn: Conn,
     /// Replicas each enqueue and settlement waits for (`redis.replicas_ack`), and how long.
     replicas: Option<(u32, Duration)>,
+    /// Whether settlements index finished deliveries for history (`[history]`).
+    history: bool,
     prefix: String,
     shards: u32,
     retention_secs: u64,
@@ -114,16 +121,19 @@ struct Core {
     resume: Script,
     disable: Script,
     release: Script,
+    exported: Script,
 }
 
 impl RedisQueue {
     /// Opens the queue. The connection is made lazily and re-made after failures, so a gateway can
-    /// start (and answer 503) while Redis is away.
-    pub fn open(redis: &RedisConfig, queue: &QueueConfig) -> Result<Self, QueueError> {
+    /// start (and answer 503) while Redis is away. With `history`, settlements index finished
+    /// deliveries for the history writer.
+    pub fn open(redis: &RedisConfig, queue: &QueueConfig, history: bool) -> Result<Self, QueueError> {
         let conn = Conn::open(redis)?;
         let core = Arc::new(Core {
             conn,
             replicas: (redis.replicas_ack > 0).then_some((redis.replicas_ack, redis.replicas_timeout)),
+            history,
             prefix: redis.prefix.clone(),
             shards: queue.shards,
             retention_secs: queue.retention.as_secs().max(1),
@@ -135,6 +145,7 @@ impl RedisQueue {
             resume: Script::new(RESUME),
             disable: Script::new(DISABLE),
             release: Script::new(RELEASE),
+            exported: Script::new(EXPORTED),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -351,6 +362,7 @@ impl Queue for RedisQueue {
         let mut depth = crate::metrics::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
             store_bytes: conn.used_memory().await.ok(),
+            history_backlog: if self.core.history { self.history_backlog().await.ok() } else { None },
             ..Default::default()
         };
         for shard in counts {
@@ -362,6 +374,14 @@ impl Queue for RedisQueue {
             }
         }
         Ok(depth)
+    }
+
+    async fn finished(&self, shard: u32, limit: usize) -> Result<Vec<super::Finished>, QueueError> {
+        self.finished_in(shard, limit).await
+    }
+
+    async fn mark_exported(&self, shard: u32, done: &[&super::Finished], keep: Duration) -> Result<u64, QueueError> {
+        self.exported_in(shard, done, keep).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -384,6 +404,7 @@ impl Queue for RedisQueue {
             .key(format!("{prefix}{QUEUE}"))
             .key(format!("{prefix}dead"))
             .key(format!("{prefix}{OLDER_QUEUE}"))
+            .key(format!("{prefix}{DONE}"))
             .arg(&prefix)
             .arg(limit.min(MAX_CLAIM))
             .arg(lease.as_millis() as u64)

@@ -11,7 +11,7 @@
 -- themselves, this drops their index entries (and removes records buried by a version that did not
 -- let them expire).
 -- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's `due`
--- ZSET of older versions.
+-- ZSET of older versions, KEYS[4] = the shard's `done` ZSET (a trimmed dead letter leaves it).
 -- ARGV: shard key prefix, limit, lease ms, token prefix (unique per worker and call), dead-letter
 --       retention ms, retention s.
 -- Returns { {id, token, endpoint, attempt, event id, type, payload, headers, lapsed}..., wait ms,
@@ -154,6 +154,7 @@ for _, id in ipairs(old) do
     end
   end
   redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[4], id)
 end
 local wait = -1
 for _, key in ipairs({ KEYS[1], KEYS[3] }) do

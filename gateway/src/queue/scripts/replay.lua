@@ -2,7 +2,8 @@
 -- ARGV[2] ms apart (a replay of many must not flood the endpoint). The attempt log keeps the old
 -- attempts and gains a `replayed` record. A replayed delivery is open again (no longer expiring),
 -- and so is its event.
--- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET.
+-- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's `done`
+-- ZSET (a replayed delivery is not finished any more; it is indexed again when it is).
 -- ARGV: shard key prefix, spacing ms, spacings already used (the first is due that many from now),
 --       then delivery ids.
 -- Returns the ids replayed (ids that were not dead are skipped).
@@ -42,6 +43,7 @@ for i = 4, #ARGV do
     redis.call('HSET', dkey, 'status', 'pending', 'attempts', 0, 'lapsed', 0, 'lease', '', 'last_error', '',
       'updated', now)
     redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
     redis.call('ZADD', KEYS[1], now + (offset + #replayed) * step, id)
     replayed[#replayed + 1] = id
   end

@@ -2,8 +2,10 @@
 -- its current lease: a worker whose lease ran out and was taken over must not overwrite the new
 -- holder's work.
 -- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
--- disabled endpoints (name -> reason).
--- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, number of settlements S;
+-- disabled endpoints (name -> reason), KEYS[4] = the shard's `done` ZSET (finished deliveries not
+-- yet in history, by time finished; kept only with `[history]`).
+-- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, '1' to index finished
+--       deliveries for history ('0' without), number of settlements S;
 --       then per settlement: delivery
 --       id, lease token, attempt record JSON ('' when no attempt was made), action ('ack' | 'retry' |
 --       'bury' | 'defer' | 'pause'), retry delay ms, last error ('' for none).
@@ -23,8 +25,9 @@ local now = now_ms()
 local p = ARGV[1]
 local retention = tonumber(ARGV[2])
 local dead_retention = tonumber(ARGV[3])
+local history = ARGV[4] == '1'
 local results = {}
-local at = 5
+local at = 6
 
 -- How long an event is kept once none of its deliveries is open.
 local function event_ttl(dead)
@@ -64,7 +67,7 @@ local function close(id, older, buried)
   end
 end
 
-for i = 1, tonumber(ARGV[4]) do
+for i = 1, tonumber(ARGV[5]) do
   local id, token, record, action = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
   at = at + 6
@@ -102,6 +105,9 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('EXPIRE', dkey, dead_retention)
       redis.call('EXPIRE', logkey, dead_retention)
       close(id, d[2], true)
+      if history then
+        redis.call('ZADD', KEYS[4], now, id)
+      end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
@@ -110,6 +116,9 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('EXPIRE', dkey, retention)
       redis.call('EXPIRE', logkey, retention)
       close(id, d[2], false)
+      if history then
+        redis.call('ZADD', KEYS[4], now, id)
+      end
     end
   end
 end

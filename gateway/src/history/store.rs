@@ -1,0 +1,190 @@
+//! Rows of history: a batch of finished deliveries (and their events) upserted in one transaction,
+//! and lookups by id for the admin API. Every lookup names its day partition: a delivery's
+//! `created_at` and its event's `received_at` are the time in their ULID.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+use ulid::Ulid;
+
+use super::schema::{self, day_of};
+use super::{History, HistoryError};
+use crate::id;
+use crate::queue::{DeliverySummary, DeliveryView, EventView, Finished};
+
+const UPSERT_EVENTS: &str = "INSERT INTO sluice_events (id, received_at, source, type, headers, payload) \
+     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[]) \
+     ON CONFLICT (received_at, id) DO NOTHING";
+
+const UPSERT_DELIVERIES: &str = "INSERT INTO sluice_deliveries (id, created_at, event_id, endpoint, state, \
+     attempts_made, lapsed_leases, finished_at, last_error, attempts) \
+     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+     $7::int4[], $8::timestamptz[], $9::text[], $10::jsonb[]) \
+     ON CONFLICT (created_at, id) DO UPDATE SET event_id = EXCLUDED.event_id, endpoint = EXCLUDED.endpoint, \
+     state = EXCLUDED.state, attempts_made = EXCLUDED.attempts_made, lapsed_leases = EXCLUDED.lapsed_leases, \
+     finished_at = EXCLUDED.finished_at, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts";
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl History {
+    /// Upserts a batch of finished deliveries and their events in one transaction (keyed by id:
+    /// writing a batch again changes nothing but what changed since).
+    pub async fn write(&self, batch: &[Finished]) -> Result<(), HistoryError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_batch(batch).await;
+        self.set_degraded(result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    async fn write_batch(&self, batch: &[Finished]) -> Result<(), HistoryError> {
+        self.ensure_migrated().await?;
+        let mut client = self.inner.pool.get().await?;
+        let days: BTreeSet<i64> = batch.iter().map(|f| day_of(created_ms(&f.delivery))).collect();
+        let missing: Vec<i64> = {
+            let known = self.inner.partitions.lock().map_err(|_| HistoryError::Corrupt("partition cache".into()))?;
+            days.into_iter().filter(|day| !known.contains(day)).collect()
+        };
+        schema::ensure_partitions(&mut client, &missing).await?;
+        if let Ok(mut known) = self.inner.partitions.lock() {
+            known.extend(missing);
+        }
+
+        let mut seen = HashSet::new();
+        let events: Vec<&EventView> =
+            batch.iter().filter_map(|f| f.event.as_ref()).filter(|e| seen.insert(e.id.clone())).collect();
+        let tx = client.transaction().await?;
+        if !events.is_empty() {
+            let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+            let times: Vec<SystemTime> = events.iter().map(|e| time(e.received_at.unwrap_or(0))).collect();
+            let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+            let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+            let headers: Vec<Value> = events.iter().map(|e| serde_json::json!(e.headers)).collect();
+            let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_ref()).collect();
+            tx.execute(UPSERT_EVENTS, &[&ids, &times, &sources, &types, &headers, &payloads]).await?;
+        }
+        let d: Vec<&DeliveryView> = batch.iter().map(|f| &f.delivery).collect();
+        let ids: Vec<&str> = d.iter().map(|d| d.id.as_str()).collect();
+        let created: Vec<SystemTime> = d.iter().map(|d| time(created_ms(d))).collect();
+        let events: Vec<&str> = d.iter().map(|d| d.event_id.as_str()).collect();
+        let endpoints: Vec<&str> = d.iter().map(|d| d.endpoint.as_str()).collect();
+        let states: Vec<&str> = d.iter().map(|d| d.state.as_str()).collect();
+        let attempts_made: Vec<i32> = d.iter().map(|d| d.attempts_made as i32).collect();
+        let lapsed: Vec<i32> = d.iter().map(|d| d.lapsed_leases as i32).collect();
+        let finished: Vec<Option<SystemTime>> = d.iter().map(|d| d.updated_at.map(time)).collect();
+        let errors: Vec<Option<&str>> = d.iter().map(|d| d.last_error.as_deref()).collect();
+        let attempts: Vec<Value> = d.iter().map(|d| Value::Array(d.attempts.clone())).collect();
+        tx.execute(
+            UPSERT_DELIVERIES,
+            &[&ids, &created, &events, &endpoints, &states, &attempts_made, &lapsed, &finished, &errors, &attempts],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A finished delivery from history.
+    pub async fn delivery(&self, delivery: Ulid) -> Result<Option<DeliveryView>, HistoryError> {
+        self.ensure_migrated().await?;
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT event_id, endpoint, state, attempts_made, lapsed_leases, finished_at, last_error, attempts \
+                 FROM sluice_deliveries WHERE created_at = $1 AND id = $2",
+                &[&time(delivery.timestamp_ms()), &id::format_delivery(delivery)],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let attempts = match row.get::<_, Value>(7) {
+            Value::Array(attempts) => attempts,
+            other => return Err(HistoryError::Corrupt(format!("attempts of {delivery} are not a list: {other}"))),
+        };
+        Ok(Some(DeliveryView {
+            id: id::format_delivery(delivery),
+            event_id: row.get(0),
+            endpoint: row.get(1),
+            state: row.get(2),
+            attempts_made: row.get::<_, i32>(3).max(0) as u32,
+            lapsed_leases: row.get::<_, i32>(4).max(0) as u32,
+            created_at: Some(delivery.timestamp_ms()),
+            updated_at: row.get::<_, Option<SystemTime>>(5).map(millis),
+            next_attempt_at: None,
+            last_error: row.get(6),
+            attempts,
+        }))
+    }
+
+    /// An event from history, with the states of its deliveries that history holds.
+    pub async fn event(&self, event: Ulid) -> Result<Option<EventView>, HistoryError> {
+        self.ensure_migrated().await?;
+        let client = self.inner.pool.get().await?;
+        let at = time(event.timestamp_ms());
+        let name = id::format_event(event);
+        let Some(row) = client
+            .query_opt(
+                "SELECT source, type, headers, payload FROM sluice_events WHERE received_at = $1 AND id = $2",
+                &[&at, &name],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let headers: Vec<(String, String)> =
+            serde_json::from_value(row.get(2)).map_err(|e| HistoryError::Corrupt(format!("headers of {name}: {e}")))?;
+        Ok(Some(EventView {
+            id: name,
+            source: row.get(0),
+            event_type: row.get(1),
+            received_at: Some(event.timestamp_ms()),
+            headers,
+            payload: Bytes::from(row.get::<_, Vec<u8>>(3)),
+            deliveries: self.states_of(event).await?,
+        }))
+    }
+
+    /// The deliveries of `event` that history holds, by id, with their states.
+    pub async fn states_of(&self, event: Ulid) -> Result<Vec<DeliverySummary>, HistoryError> {
+        self.ensure_migrated().await?;
+        let client = self.inner.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, endpoint, state FROM sluice_deliveries WHERE created_at = $1 AND event_id = $2 ORDER BY id",
+                &[&time(event.timestamp_ms()), &id::format_event(event)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeliverySummary { id: row.get(0), endpoint: row.get(1), state: Some(row.get(2)) })
+            .collect())
+    }
+
+    /// Drops the day partitions older than `history.retention`; returns how many tables went.
+    pub async fn drop_expired(&self) -> Result<u64, HistoryError> {
+        self.ensure_migrated().await?;
+        let mut client = self.inner.pool.get().await?;
+        let today = day_of(millis(SystemTime::now()));
+        let keep_days = (self.inner.retention.as_secs() / 86_400) as i64;
+        let dropped = schema::drop_older_than(&mut client, today, keep_days).await?;
+        if dropped > 0 {
+            // Rows of a dropped day that come again (a replayed delivery) make it anew.
+            if let Ok(mut known) = self.inner.partitions.lock() {
+                known.clear();
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// When a delivery was created: the time in its id.
+fn created_ms(delivery: &DeliveryView) -> u64 {
+    delivery.created_at.unwrap_or(0)
+}

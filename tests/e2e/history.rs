@@ -1,0 +1,272 @@
+//! History in PostgreSQL (`[history]`), against a real `postgres` of the test's own
+//! ([`crate::postgres`]) and a real Redis: finished deliveries are written there, leave Redis after
+//! `keep_in_redis`, and are still served by the admin API; PostgreSQL going away stops nothing and
+//! loses nothing; old day partitions are dropped whole.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::postgres::PostgresServer;
+
+fn history_toml(pg: &PostgresServer, keep: &str) -> String {
+    format!("\n[history]\npostgres_url = \"{}\"\nkeep_in_redis = \"{keep}\"\n", pg.url())
+}
+
+fn config(redis: &RedisServer, pg: &PostgresServer, receiver: &Receiver, keep: &str) -> String {
+    base_toml(redis)
+        + &history_toml(pg, keep)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n"
+}
+
+async fn metrics(gateway: std::net::SocketAddr) -> String {
+    client().get(format!("http://{gateway}/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the gateway's `metric` reaches `want`.
+async fn wait_for_metric(gateway: std::net::SocketAddr, metric: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = metric_value(&metrics(gateway).await, metric);
+        if got == Some(want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metric} is {got:?}, never {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(pg: &PostgresServer, sql: &str) -> i64 {
+    pg.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn finished_deliveries_move_to_postgres_and_are_served_from_it_once_they_leave_redis() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let gateway = start_gateway(&config(&redis, &pg, &receiver, "1s")).await;
+    let mut accepted = Vec::new();
+    for i in 0..20 {
+        let (status, body) =
+            post_event(gateway.addr(), "shop", &format!(r#"{{"event":"order_created","order_id":{i}}}"#)).await;
+        assert_eq!(status, 202, "{body}");
+        accepted.push(body);
+    }
+    for _ in 0..20 {
+        receiver.next().await;
+    }
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 20).await;
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries WHERE state = 'succeeded'").await, 20);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 20);
+
+    // After keep_in_redis the delivery and its event are gone from Redis...
+    let event = accepted[0]["id"].as_str().unwrap().to_string();
+    let delivery = accepted[0]["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left: usize = redis::cmd("EXISTS")
+            .arg(format!("sluice:{{s0}}:d:{delivery}"))
+            .arg(format!("sluice:{{s0}}:d:{delivery}:log"))
+            .arg(format!("sluice:{{s0}}:e:{}", event.trim_start_matches("evt_")))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} of the delivery's keys are still in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and the admin API serves both from PostgreSQL, as they were.
+    let (status, shown) = admin_get(gateway.addr(), &format!("/v1/deliveries/{delivery}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!((shown["state"].as_str(), shown["endpoint"].as_str()), (Some("succeeded"), Some("orders")));
+    assert_eq!((shown["attempts_made"].as_u64(), shown["attempts"][0]["status"].as_u64()), (Some(1), Some(200)));
+    let (status, shown) = admin_get(gateway.addr(), &format!("/v1/events/{event}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["payload"]["order_id"], 0);
+    assert_eq!(shown["source"], "shop");
+    assert_eq!(shown["deliveries"][0]["state"], "succeeded", "{shown}");
+    assert!(shown["headers"].as_array().unwrap().iter().any(|h| h[0] == "content-type"), "{shown}");
+    assert_eq!(metric_value(&metrics(gateway.addr()).await, "sluice_history_backlog"), Some(0));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_written_to_history_and_stays_in_redis_to_be_listed_and_replayed() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.answer_always(Answer::Status(500));
+    let gateway = start_gateway(&config(&redis, &pg, &receiver, "1s")).await;
+    let (status, body) = post_event(gateway.addr(), "shop", r#"{"event":"order_created"}"#).await;
+    assert_eq!(status, 202);
+    let delivery = body["deliveries"][0]["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        receiver.next().await;
+    }
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 1).await;
+    let row = pg
+        .client()
+        .await
+        .query_one("SELECT state, attempts_made, jsonb_array_length(attempts) FROM sluice_deliveries", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, i32>(2)), ("dead".to_string(), 3, 3));
+    // Well past keep_in_redis, it is still a dead letter in Redis: listed and replayable.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, listed) = admin_get(gateway.addr(), "/v1/dead-letters").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["dead_letters"][0]["id"], delivery.as_str(), "{listed}");
+    receiver.answer_always(Answer::Status(200));
+    let (status, _) = admin_post(gateway.addr(), &format!("/v1/deliveries/{delivery}/replay")).await;
+    assert_eq!(status, 200);
+    receiver.next().await;
+    // Replayed and delivered: history is written again, now succeeded.
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 2).await;
+    let state: String = pg.client().await.query_one("SELECT state FROM sluice_deliveries", &[]).await.unwrap().get(0);
+    assert_eq!(state, "succeeded");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn postgres_going_away_under_load_stops_no_delivery_and_loses_nothing_from_history() {
+    let Some(mut pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let gateway = start_gateway(&config(&redis, &pg, &receiver, "15m")).await;
+    let addr = gateway.addr();
+    let post = |from: usize, to: usize| async move {
+        let posts = (from..to).map(|i| async move {
+            let (status, body) = post_event(addr, "shop", &format!(r#"{{"event":"order_created","n":{i}}}"#)).await;
+            assert_eq!(status, 202, "{body}");
+        });
+        futures_util::future::join_all(posts).await;
+    };
+    post(0, 100).await;
+    // PostgreSQL dies (SIGKILL) with writes in flight; events keep coming and being delivered.
+    pg.stop();
+    post(100, 300).await;
+    for _ in 0..300 {
+        receiver.next().await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, ready) = get_json(addr, "/readyz").await;
+        if ready["status"] == "degraded" {
+            assert_eq!(status, 200, "events are still taken: {ready}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never said degraded: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = metrics(addr).await;
+    assert!(metric_value(&text, "sluice_history_backlog").unwrap() > 0, "finished records wait in Redis");
+    assert_eq!(metric_value(&text, "sluice_history_up"), Some(0));
+
+    // Back (recovering from its WAL): the backlog drains, every delivery once in history.
+    pg.spawn().await;
+    post(300, 350).await;
+    for _ in 0..50 {
+        receiver.next().await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(addr).await;
+        if metric_value(&text, "sluice_history_backlog") == Some(0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the history backlog never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pg, "SELECT count(DISTINCT id) FROM sluice_deliveries").await, 350);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 350, "one row per delivery");
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 350);
+    let (_, ready) = get_json(addr, "/readyz").await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    gateway.shutdown().await;
+}
+
+async fn get_json(gateway: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let response = client().get(format!("http://{gateway}{path}")).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
+}
+
+fn finished(days_ago: u64) -> sluice::queue::Finished {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let at = now - days_ago * 86_400_000;
+    let event = ulid::Ulid(ulid::Ulid::from_parts(at, rand_bits()).0 & !0xFFFF);
+    let delivery = sluice::id::delivery_of(event, 1);
+    sluice::queue::Finished {
+        delivery: sluice::queue::DeliveryView {
+            id: sluice::id::format_delivery(delivery),
+            event_id: sluice::id::format_event(event),
+            endpoint: "orders".into(),
+            state: "succeeded".into(),
+            attempts_made: 1,
+            lapsed_leases: 0,
+            created_at: Some(at),
+            updated_at: Some(at + 5),
+            next_attempt_at: None,
+            last_error: None,
+            attempts: vec![serde_json::json!({"attempt": 1, "status": 200})],
+        },
+        event: Some(sluice::queue::EventView {
+            id: sluice::id::format_event(event),
+            source: "shop".into(),
+            event_type: "order_created".into(),
+            received_at: Some(at),
+            headers: vec![("x-tenant".into(), "acme".into())],
+            payload: bytes::Bytes::from_static(b"{\"a\":1}"),
+            deliveries: Vec::new(),
+        }),
+    }
+}
+
+fn rand_bits() -> u128 {
+    ulid::Ulid::new().random()
+}
+
+#[tokio::test]
+async fn day_partitions_older_than_the_retention_are_dropped_whole_and_a_batch_written_twice_is_one_row_each() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let config = sluice::config::HistoryConfig { postgres_url: pg.url(), ..Default::default() };
+    let history = sluice::history::History::open(&config).unwrap();
+    let batch = [finished(40), finished(29), finished(0)];
+    history.write(&batch).await.unwrap();
+    // A writer killed before marking its batch writes it again: the upsert absorbs it.
+    history.write(&batch).await.unwrap();
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 3);
+    let partitions = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'sluice_deliveries_p%'";
+    assert_eq!(count(&pg, partitions).await, 3);
+    let old = history.delivery(sluice::id::parse_delivery(&batch[0].delivery.id).unwrap()).await.unwrap();
+    assert_eq!(old.expect("found by id in its day's partition").attempts[0]["status"], 200);
+
+    // Default retention 30 days: the 40-day-old partition (of both tables) goes, rows and all.
+    assert_eq!(history.drop_expired().await.unwrap(), 2);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 2);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 2);
+    assert_eq!(count(&pg, partitions).await, 2);
+    assert!(history.delivery(sluice::id::parse_delivery(&batch[0].delivery.id).unwrap()).await.unwrap().is_none());
+    assert!(history.delivery(sluice::id::parse_delivery(&batch[1].delivery.id).unwrap()).await.unwrap().is_some());
+}
+
+#[test]
+fn a_history_section_is_checked_with_the_rest_of_the_config() {
+    let problems = |toml: &str| match sluice::config::from_toml(toml).unwrap().validate() {
+        Err(sluice::config::ConfigError::Invalid(problems)) => problems.join("\n"),
+        other => panic!("expected problems, got {other:?}"),
+    };
+    let embedded = problems("[history]\npostgres_url = \"postgres://u:secret@127.0.0.1:1/db\"\n");
+    assert!(embedded.contains("history: needs the redis backend"), "{embedded}");
+    let bad = problems(
+        "[redis]\nurl = \"redis://127.0.0.1:1\"\n[history]\npostgres_url = \"mysql://u:hunter2@h/db\"\nkeep_in_redis = \"0s\"\n",
+    );
+    assert!(bad.contains("history.postgres_url: ") && !bad.contains("hunter2"), "{bad}");
+    assert!(bad.contains("history.keep_in_redis: must be at least 1s"), "{bad}");
+}
