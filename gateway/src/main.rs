@@ -65,6 +65,27 @@ enum AdminCommand {
         /// Delivery id (`dlv_…`).
         id: String,
     },
+    /// Search finished deliveries in history (needs `[history]`), newest first.
+    Deliveries {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only those in this state (`succeeded` or `dead`).
+        #[arg(long)]
+        state: Option<String>,
+        /// Created at or after this time (ms since the epoch).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Created before this time (ms since the epoch).
+        #[arg(long)]
+        until: Option<u64>,
+        /// The `next_before_id` of the previous page.
+        #[arg(long)]
+        before_id: Option<String>,
+        /// Page size (at most 500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// List dead letters, newest first.
     DeadLetters {
         /// Only this endpoint's.
@@ -218,6 +239,15 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
     let answer = match &command {
         AdminCommand::Event { id } => call(url, token, Method::GET, &["v1", "events", id], &[]).await,
         AdminCommand::Delivery { id } => call(url, token, Method::GET, &["v1", "deliveries", id], &[]).await,
+        AdminCommand::Deliveries { endpoint, state, since, until, before_id, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(endpoint.iter().map(|e| ("endpoint", e.clone())));
+            query.extend(state.iter().map(|s| ("state", s.clone())));
+            query.extend(since.iter().map(|t| ("since", t.to_string())));
+            query.extend(until.iter().map(|t| ("until", t.to_string())));
+            query.extend(before_id.iter().map(|b| ("before_id", b.clone())));
+            call(url, token, Method::GET, &["v1", "deliveries"], &query).await
+        }
         AdminCommand::DeadLetters { endpoint, limit, before, before_id } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(endpoint.iter().map(|e| ("endpoint", e.clone())));

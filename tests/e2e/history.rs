@@ -197,17 +197,23 @@ async fn get_json(gateway: std::net::SocketAddr, path: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(Value::Null))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 fn finished(days_ago: u64) -> sluice::queue::Finished {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let at = now - days_ago * 86_400_000;
+    finished_at(now_ms() - days_ago * 86_400_000, "orders", "succeeded")
+}
+
+fn finished_at(at: u64, endpoint: &str, state: &str) -> sluice::queue::Finished {
     let event = ulid::Ulid(ulid::Ulid::from_parts(at, rand_bits()).0 & !0xFFFF);
     let delivery = sluice::id::delivery_of(event, 1);
     sluice::queue::Finished {
         delivery: sluice::queue::DeliveryView {
             id: sluice::id::format_delivery(delivery),
             event_id: sluice::id::format_event(event),
-            endpoint: "orders".into(),
-            state: "succeeded".into(),
+            endpoint: endpoint.into(),
+            state: state.into(),
             attempts_made: 1,
             lapsed_leases: 0,
             created_at: Some(at),
@@ -269,4 +275,72 @@ fn a_history_section_is_checked_with_the_rest_of_the_config() {
     );
     assert!(bad.contains("history.postgres_url: ") && !bad.contains("hunter2"), "{bad}");
     assert!(bad.contains("history.keep_in_redis: must be at least 1s"), "{bad}");
+}
+
+#[tokio::test]
+async fn finished_deliveries_are_searched_by_endpoint_state_and_time_a_page_at_a_time() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let gateway = start_gateway(&config(&redis, &pg, &receiver, "15m")).await;
+    let history =
+        sluice::history::History::open(&sluice::config::HistoryConfig { postgres_url: pg.url(), ..Default::default() })
+            .unwrap();
+    // Ten deliveries a minute apart (two days back, so two partitions): orders, audit in turn;
+    // every third one dead.
+    let start = now_ms() - 2 * 86_400_000;
+    let rows: Vec<_> = (0..10u64)
+        .map(|i| {
+            let endpoint = if i % 2 == 0 { "orders" } else { "audit" };
+            finished_at(
+                start + i * 60_000 + i * 86_400_000 / 5,
+                endpoint,
+                if i % 3 == 0 { "dead" } else { "succeeded" },
+            )
+        })
+        .collect();
+    history.write(&rows).await.unwrap();
+    let ids = |page: &Value| -> Vec<String> {
+        page["deliveries"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    };
+    let newest_first: Vec<String> = rows.iter().rev().map(|f| f.delivery.id.clone()).collect();
+
+    // Paged: 4 + 4 + 2, newest first, nothing skipped or repeated.
+    let mut seen = Vec::new();
+    let mut path = "/v1/deliveries?limit=4".to_string();
+    loop {
+        let (status, page) = admin_get(gateway.addr(), &path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(ids(&page));
+        match page["next_before_id"].as_str() {
+            Some(next) => path = format!("/v1/deliveries?limit=4&before_id={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?endpoint=audit&state=dead").await;
+    let want: Vec<String> = newest_first
+        .iter()
+        .filter(|id| {
+            rows.iter().any(|f| &f.delivery.id == *id && f.delivery.endpoint == "audit" && f.delivery.state == "dead")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(ids(&page), want, "{page}");
+    assert_eq!(page["deliveries"][0]["state"], "dead");
+    let (since, until) = (rows[3].delivery.created_at.unwrap(), rows[6].delivery.created_at.unwrap());
+    let (_, page) = admin_get(gateway.addr(), &format!("/v1/deliveries?since={since}&until={until}")).await;
+    assert_eq!(ids(&page), newest_first[4..7].to_vec(), "created in [since, until)");
+
+    let (status, answer) = admin_get(gateway.addr(), "/v1/deliveries?state=pending").await;
+    assert_eq!(status, 400, "{answer}");
+    gateway.shutdown().await;
+
+    // Without [history], the search says what it needs.
+    let plain = start_gateway(&(base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), ""))).await;
+    let (status, answer) = admin_get(plain.addr(), "/v1/deliveries").await;
+    assert_eq!(status, 400);
+    assert!(answer["error"]["message"].as_str().unwrap().contains("[history]"), "{answer}");
+    plain.shutdown().await;
 }

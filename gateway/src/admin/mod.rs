@@ -3,6 +3,7 @@
 //! one address are throttled ([`throttle`]).
 
 pub mod client;
+pub mod search;
 pub mod throttle;
 
 use serde_json::{json, Value};

@@ -12,8 +12,10 @@
 //!
 //! - [`schema`]: versioned migrations (embedded SQL) and the day partitions.
 //! - [`store`]: writes and reads of rows.
+//! - [`query`]: the search by endpoint, state and time range (`GET /v1/deliveries`).
 //! - [`writer`]: the background task that moves finished deliveries here.
 
+pub mod query;
 pub mod schema;
 pub mod store;
 pub mod writer;

@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     // an event id for GET.
     ("POST", "/v1/events/{key}"),
     ("GET", "/v1/events/{key}"),
+    ("GET", "/v1/deliveries"),
     ("GET", "/v1/deliveries/{id}"),
     ("POST", "/v1/deliveries/{id}/replay"),
     ("GET", "/v1/dead-letters"),
@@ -143,6 +144,10 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         }
         "/v1/deliveries/{id}" => {
             admin_call(state, &request, peer, admin::delivery(&state.queue, state.history.as_ref(), value)).await
+        }
+        "/v1/deliveries" => {
+            let query = request.uri().query().unwrap_or_default().to_string();
+            admin_call(state, &request, peer, admin::search::deliveries(state.history.as_ref(), &query)).await
         }
         "/v1/deliveries/{id}/replay" => admin_call(state, &request, peer, admin::replay_one(&state.queue, value)).await,
         "/v1/dead-letters" => {

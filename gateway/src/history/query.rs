@@ -1,0 +1,98 @@
+//! Searching history: finished deliveries by endpoint, state and time range, newest first, a page
+//! at a time. The cursor is a delivery id alone: its ULID carries its `created_at`, so
+//! `(created_at, id) < (time of the id, id)` resumes exactly where the last page ended, and the
+//! time range prunes day partitions. Served by the index on (endpoint, state, created_at, id) when
+//! an endpoint is given, by each partition's primary key otherwise.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use ulid::Ulid;
+
+use super::{History, HistoryError};
+use crate::id;
+
+/// What to look for; every field narrows the search.
+#[derive(Debug, Default, Clone)]
+pub struct Search {
+    /// Only deliveries to this endpoint.
+    pub endpoint: Option<String>,
+    /// Only deliveries in this state (`succeeded`, `dead`).
+    pub state: Option<String>,
+    /// Created at or after this time, ms since the epoch.
+    pub since: Option<u64>,
+    /// Created before this time, ms since the epoch.
+    pub until: Option<u64>,
+    /// Older than this delivery (the `next_before_id` of the previous page).
+    pub before: Option<Ulid>,
+    /// Most rows.
+    pub limit: usize,
+}
+
+/// One delivery in a page of search results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    /// Delivery id.
+    pub id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `succeeded` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts_made: u32,
+    /// When it was created, ms since the epoch.
+    pub created_at: u64,
+    /// When it finished, ms since the epoch.
+    pub finished_at: Option<u64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl History {
+    /// Finished deliveries matching `search`, newest first.
+    pub async fn search(&self, search: &Search) -> Result<Vec<Found>, HistoryError> {
+        self.ensure_migrated().await?;
+        let client = self.inner.pool.get().await?;
+        let since = time(search.since.unwrap_or(0));
+        let until = time(search.until.unwrap_or(u64::MAX >> 20));
+        let (before_at, before_id) = match search.before {
+            Some(id) => (Some(time(id.timestamp_ms())), Some(id::format_delivery(id))),
+            None => (None, None),
+        };
+        let limit = search.limit as i64;
+        let rows = client
+            .query(
+                "SELECT id, event_id, endpoint, state, attempts_made, created_at, finished_at, last_error \
+                 FROM sluice_deliveries \
+                 WHERE ($1::text IS NULL OR endpoint = $1) AND ($2::text IS NULL OR state = $2) \
+                 AND created_at >= $3 AND created_at < $4 \
+                 AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $7",
+                &[&search.endpoint, &search.state, &since, &until, &before_at, &before_id, &limit],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Found {
+                id: row.get(0),
+                event_id: row.get(1),
+                endpoint: row.get(2),
+                state: row.get(3),
+                attempts_made: row.get::<_, i32>(4).max(0) as u32,
+                created_at: millis(row.get(5)),
+                finished_at: row.get::<_, Option<SystemTime>>(6).map(millis),
+                last_error: row.get(7),
+            })
+            .collect())
+    }
+}
