@@ -15,11 +15,14 @@
 //! 6. plugin calls: µs per call of each example plugin (warm and fresh instances), p50/p99.
 //!
 //! With `--scale`, only the scaling curve instead ([`scale`]): events/s delivered by 1, 2 and 3
-//! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas.
+//! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas. With
+//! `--history`, only the cost of `[history]` ([`history`]): events/s with and without it, the
+//! history writer's rows/s, Redis memory after the drain.
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory]` (`--memory`: only the memory phase)
+//! [--backend redis|embedded] [--scale] [--memory] [--history]` (`--memory`: only the memory phase)
 
+mod history;
 mod memory;
 mod plugin_calls;
 mod scale;
@@ -52,6 +55,7 @@ struct Options {
     embedded: bool,
     scale: bool,
     memory: bool,
+    history: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -63,6 +67,7 @@ fn options() -> anyhow::Result<Options> {
         embedded: false,
         scale: false,
         memory: false,
+        history: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,6 +77,7 @@ fn options() -> anyhow::Result<Options> {
             "--no-plugin" => options.plugin = false,
             "--scale" => options.scale = true,
             "--memory" => options.memory = true,
+            "--history" => options.history = true,
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -436,6 +442,9 @@ fn main() -> anyhow::Result<()> {
     }
     if options.memory {
         return runtime.block_on(memory::per_delivery());
+    }
+    if options.history {
+        return runtime.block_on(history::cost(options.events, options.producers));
     }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {

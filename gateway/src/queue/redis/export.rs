@@ -1,6 +1,7 @@
 //! Finished deliveries on their way to history (`[history]`): the `done` index of each shard (ids
 //! by time finished, written by the settle script), read in batches with each delivery's record
-//! and its event, and marked once PostgreSQL holds them (`scripts/exported.lua`).
+//! and its event, and marked once PostgreSQL holds them (`scripts/exported.lua`). One gateway at a
+//! time reads a shard (a lease, `scripts/writer.lua`): the others skip it until the lease runs out.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,11 +10,26 @@ use super::{RedisQueue, DONE};
 use crate::id;
 use crate::queue::{DeliveryView, EventView, Finished, QueueError};
 
+/// How long a shard stays with the gateway that last wrote it: past this without a round, another
+/// gateway's writer takes it over.
+const WRITER_LEASE: Duration = Duration::from_secs(30);
+
 impl RedisQueue {
     /// See [`crate::queue::Queue::finished`].
     pub(super) async fn finished_in(&self, shard: u32, limit: usize) -> Result<Vec<Finished>, QueueError> {
         let prefix = self.core.shard_prefix(shard);
         let mut conn = self.core.conn.clone();
+        let held: i64 = self
+            .core
+            .writer
+            .key(format!("{prefix}{DONE}:writer"))
+            .arg(&self.core.writer_id)
+            .arg(WRITER_LEASE.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        if held == 0 {
+            return Ok(Vec::new());
+        }
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(format!("{prefix}{DONE}"))
             .arg(0)

@@ -11,6 +11,7 @@
 //! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
 //! | `<prefix>:{s<n>}:done` | ZSET | with `[history]`: finished delivery id → time finished, ms, until PostgreSQL holds it ([`export`]) |
+//! | `<prefix>:{s<n>}:done:writer` | STRING | with `[history]`: the gateway whose history writer holds the shard, with a TTL |
 //! | `<prefix>:{s<n>}:e:<event ulid>` | STRING | the event record (its id without `evt_`: the key then fits a smaller allocation) ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
 //! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
@@ -78,6 +79,7 @@ const RESUME: &str = script!("resume.lua");
 const DISABLE: &str = include_str!("../scripts/disable.lua");
 const RELEASE: &str = include_str!("../scripts/release.lua");
 const EXPORTED: &str = script!("exported.lua");
+const WRITER: &str = include_str!("../scripts/writer.lua");
 /// The shard's ZSET of deliveries by next attempt (or lease expiry).
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
@@ -110,6 +112,8 @@ struct Core {
     replicas: Option<(u32, Duration)>,
     /// Whether settlements index finished deliveries for history (`[history]`).
     history: bool,
+    /// This queue's id as a history writer (see [`export`]).
+    writer_id: String,
     prefix: String,
     shards: u32,
     retention_secs: u64,
@@ -122,6 +126,7 @@ struct Core {
     disable: Script,
     release: Script,
     exported: Script,
+    writer: Script,
 }
 
 impl RedisQueue {
@@ -134,6 +139,7 @@ impl RedisQueue {
             conn,
             replicas: (redis.replicas_ack > 0).then_some((redis.replicas_ack, redis.replicas_timeout)),
             history,
+            writer_id: Ulid::new().to_string(),
             prefix: redis.prefix.clone(),
             shards: queue.shards,
             retention_secs: queue.retention.as_secs().max(1),
@@ -146,6 +152,7 @@ impl RedisQueue {
             disable: Script::new(DISABLE),
             release: Script::new(RELEASE),
             exported: Script::new(EXPORTED),
+            writer: Script::new(WRITER),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
