@@ -20,6 +20,10 @@ use crate::queue::{Finished, Queue, Store};
 
 /// Pause when no shard had anything to write.
 const IDLE: Duration = Duration::from_millis(500);
+/// Pause after a round whose batches were not full: finished deliveries gather meanwhile, so the
+/// next round writes more rows per transaction and script call (cheaper per row, and less CPU
+/// taken from delivery under load) at the cost of history lagging by about this much.
+const GATHER: Duration = Duration::from_millis(250);
 /// Longest pause after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Least time between two WARN lines about failing writes.
@@ -38,11 +42,14 @@ pub async fn run(queue: Store, history: History, config: HistoryConfig, mut shut
         if *shutdown.borrow() {
             return;
         }
-        let mut moved = 0;
+        let (mut moved, mut full) = (0, false);
         let mut failure = None;
         for i in 0..shards {
             match export_shard(&queue, &history, (first + i) % shards, &config).await {
-                Ok(n) => moved += n,
+                Ok(n) => {
+                    moved += n;
+                    full |= n >= config.batch;
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -83,8 +90,10 @@ pub async fn run(queue: Store, history: History, config: HistoryConfig, mut shut
                 backoff = Duration::ZERO;
                 if moved == 0 {
                     IDLE
-                } else {
+                } else if full {
                     Duration::ZERO
+                } else {
+                    GATHER
                 }
             }
         };

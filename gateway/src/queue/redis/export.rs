@@ -3,12 +3,19 @@
 //! and its event, and marked once PostgreSQL holds them (`scripts/exported.lua`). One gateway at a
 //! time reads a shard (a lease, `scripts/writer.lua`): the others skip it until the lease runs out.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{RedisQueue, DONE};
+use bytes::Bytes;
+
+use super::view::attempts_of;
+use super::{record, RedisQueue, DONE};
 use crate::id;
 use crate::queue::{DeliveryView, EventView, Finished, QueueError};
+
+/// One finished delivery as `scripts/finished.lua` returns it: id, endpoint (none: its hash is
+/// gone), status, attempts, updated, last error, lapsed leases, attempt log, this version's event
+/// record, the event id an older version's hash names.
+type Row = (String, Option<String>, String, String, String, String, String, String, Option<Vec<u8>>, Option<String>);
 
 /// How long a shard stays with the gateway that last wrote it: past this without a round, another
 /// gateway's writer takes it over.
@@ -30,52 +37,66 @@ impl RedisQueue {
         if held == 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}{DONE}"))
-            .arg(0)
-            .arg(limit.max(1) - 1)
-            .query_async(&mut conn)
+        let rows: Vec<Row> = self
+            .core
+            .finished
+            .key(format!("{prefix}{DONE}"))
+            .arg(&prefix)
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
             .await?;
-        // Read concurrently: the multiplexed connection pipelines the reads.
-        let deliveries = futures_util::future::join_all(ids.into_iter().map(|text| self.read_finished(text))).await;
-        let mut events: HashMap<ulid::Ulid, Option<EventView>> = HashMap::new();
-        let mut finished = Vec::with_capacity(deliveries.len());
+        let mut finished = Vec::with_capacity(rows.len());
         let mut gone = Vec::new();
-        for result in deliveries {
-            let (text, view) = result?;
-            let text = &text;
-            let Some(view) = view else {
+        for (text, endpoint, state, attempts_made, updated, last_error, lapsed, log, record, older) in rows {
+            let (Some(delivery), Some(endpoint)) = (id::parse_delivery(&text), endpoint) else {
                 // Expired before PostgreSQL took it (history was away for `queue.retention`), or
                 // not a delivery id: it can never be written.
                 tracing::error!(delivery_id = %text,
                     "A finished delivery expired from Redis before history held it; it is missing from history.");
-                gone.push(text.clone());
+                gone.push(text);
                 continue;
             };
-            if view.state != "succeeded" && view.state != "dead" {
+            if state != "succeeded" && state != "dead" {
                 // Replayed meanwhile: the replay takes it out of the index.
                 continue;
             }
-            let event = id::parse_delivery(text).map(id::event_of).unwrap_or_default();
-            let event = match events.entry(event) {
-                std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
-                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(self.view_event(event).await?).clone(),
+            let event = id::event_of(delivery);
+            let event_view = match (record, older) {
+                (Some(record), _) => {
+                    let record = record::decode(&record)?;
+                    Some(EventView {
+                        id: id::format_event(event),
+                        source: record.source,
+                        event_type: record.event_type,
+                        received_at: Some(event.timestamp_ms()),
+                        headers: record.headers,
+                        payload: Bytes::from(record.body),
+                        deliveries: Vec::new(),
+                    })
+                }
+                // An older version's event hash: read as the admin API reads it.
+                (None, Some(_)) => self.view_event(event).await?,
+                (None, None) => None,
             };
-            finished.push(Finished { delivery: view, event });
+            let view = DeliveryView {
+                id: text,
+                event_id: id::format_event(event),
+                endpoint,
+                state,
+                attempts_made: attempts_made.parse().unwrap_or(0),
+                lapsed_leases: lapsed.parse().unwrap_or(0),
+                created_at: Some(delivery.timestamp_ms()),
+                updated_at: updated.parse().ok(),
+                next_attempt_at: None,
+                last_error: Some(last_error).filter(|e| !e.is_empty()),
+                attempts: attempts_of(&log)?,
+            };
+            finished.push(Finished { delivery: view, event: event_view });
         }
         if !gone.is_empty() {
             let _: () = redis::cmd("ZREM").arg(format!("{prefix}{DONE}")).arg(&gone).query_async(&mut conn).await?;
         }
         Ok(finished)
-    }
-
-    /// A finished delivery's record, by its id as the index holds it.
-    async fn read_finished(&self, text: String) -> Result<(String, Option<DeliveryView>), QueueError> {
-        let view = match id::parse_delivery(&text) {
-            Some(delivery) => self.view_delivery(delivery).await?,
-            None => None,
-        };
-        Ok((text, view))
     }
 
     /// See [`crate::queue::Queue::mark_exported`].

@@ -80,6 +80,7 @@ const DISABLE: &str = include_str!("../scripts/disable.lua");
 const RELEASE: &str = include_str!("../scripts/release.lua");
 const EXPORTED: &str = script!("exported.lua");
 const WRITER: &str = include_str!("../scripts/writer.lua");
+const FINISHED: &str = script!("finished.lua");
 /// The shard's ZSET of deliveries by next attempt (or lease expiry).
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
@@ -127,6 +128,7 @@ struct Core {
     release: Script,
     exported: Script,
     writer: Script,
+    finished: Script,
 }
 
 impl RedisQueue {
@@ -153,6 +155,7 @@ impl RedisQueue {
             release: Script::new(RELEASE),
             exported: Script::new(EXPORTED),
             writer: Script::new(WRITER),
+            finished: Script::new(FINISHED),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {

@@ -56,14 +56,7 @@ impl RedisQueue {
             }
         };
         // The log string, after what an older version kept in the hash's `log` field.
-        let attempts = log
-            .as_deref()
-            .unwrap_or_default()
-            .lines()
-            .chain(log_string.as_deref().unwrap_or_default().lines())
-            .filter(|line| !line.is_empty())
-            .map(serde_json::from_str)
-            .collect::<Result<Vec<serde_json::Value>, _>>()?;
+        let attempts = attempts_of(&format!("{}\n{}", log.unwrap_or_default(), log_string.unwrap_or_default()))?;
 
         Ok(Some(DeliveryView {
             id: name,
@@ -129,6 +122,11 @@ impl RedisQueue {
             deliveries,
         }))
     }
+}
+
+/// The attempt records of an attempt log (one JSON record per line).
+pub(super) fn attempts_of(log: &str) -> Result<Vec<serde_json::Value>, QueueError> {
+    Ok(log.lines().filter(|line| !line.is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
 /// The event record of `event`, if stored.
