@@ -4,11 +4,12 @@
 //! time range prunes day partitions. Served by the index on (endpoint, state, created_at, id) when
 //! an endpoint is given, by each partition's primary key otherwise.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use ulid::Ulid;
 
+use super::store::{millis, time};
 use super::{History, HistoryError};
 use crate::id;
 
@@ -48,14 +49,6 @@ pub struct Found {
     pub finished_at: Option<u64>,
     /// The last attempt's error.
     pub last_error: Option<String>,
-}
-
-fn time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl History {

@@ -26,11 +26,13 @@ const UPSERT_DELIVERIES: &str = "INSERT INTO sluice_deliveries (id, created_at, 
      state = EXCLUDED.state, attempts_made = EXCLUDED.attempts_made, lapsed_leases = EXCLUDED.lapsed_leases, \
      finished_at = EXCLUDED.finished_at, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts";
 
-fn time(ms: u64) -> SystemTime {
+/// A time in ms since the epoch, as PostgreSQL's `timestamptz` takes it.
+pub(super) fn time(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-fn millis(time: SystemTime) -> u64 {
+/// A `timestamptz` read back, in ms since the epoch.
+pub(super) fn millis(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
