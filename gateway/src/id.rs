@@ -90,6 +90,12 @@ pub fn parse_delivery(text: &str) -> Option<Ulid> {
     (id.0 & LOW_MASK != 0).then_some(id)
 }
 
+/// Parses `dlv_<ulid>` as a position in a listing of deliveries (a page's cursor): any ULID marks
+/// a place in id order, even one no delivery has (its low 16 bits zero).
+pub fn parse_delivery_cursor(text: &str) -> Option<Ulid> {
+    Ulid::from_string(text.strip_prefix(DELIVERY_PREFIX)?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +150,10 @@ mod tests {
         assert_eq!(parse_event(&format_delivery(delivery)), None);
         assert_eq!(parse_delivery(&format_event(event)), None);
         assert_eq!(parse_delivery("dlv_nonsense"), None);
+        // A cursor is any ULID: a position, not necessarily a delivery.
+        assert_eq!(parse_delivery_cursor("dlv_00000000000000000000000000"), Some(Ulid(0)));
+        assert_eq!(parse_delivery_cursor(&format_delivery(delivery)), Some(delivery));
+        assert_eq!(parse_delivery_cursor("dlv_nonsense"), None);
+        assert_eq!(parse_delivery_cursor("evt_00000000000000000000000000"), None);
     }
 }

@@ -109,7 +109,7 @@ pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminErro
             }
             "before_id" => {
                 before_id = Some(
-                    id::parse_delivery(&value)
+                    id::parse_delivery_cursor(&value)
                         .ok_or_else(|| AdminError::BadRequest(format!("bad `before_id`: {value}")))?,
                 )
             }

@@ -25,7 +25,9 @@ pub async fn deliveries(history: Option<&History>, query: &str) -> Result<Value,
             "state" => return Err(bad("state", &format!("{value} (one of {})", STATES.join(", ")))),
             "since" => search.since = Some(value.parse().map_err(|_| bad("since", &value))?),
             "until" => search.until = Some(value.parse().map_err(|_| bad("until", &value))?),
-            "before_id" => search.before = Some(id::parse_delivery(&value).ok_or_else(|| bad("before_id", &value))?),
+            "before_id" => {
+                search.before = Some(id::parse_delivery_cursor(&value).ok_or_else(|| bad("before_id", &value))?)
+            }
             "limit" => {
                 search.limit = value
                     .parse()
