@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::History;
 use crate::config::HistoryConfig;
-use crate::queue::{Finished, Queue, Store};
+use crate::queue::{Queue, Store};
 
 /// Pause when no shard had anything to write.
 const IDLE: Duration = Duration::from_millis(500);
@@ -114,8 +114,7 @@ async fn export_shard(queue: &Store, history: &History, shard: u32, config: &His
         return Ok(0);
     }
     history.write(&batch).await.map_err(|e| e.to_string())?;
-    let written: Vec<&Finished> = batch.iter().collect();
-    queue.mark_exported(shard, &written, config.keep_in_redis).await.map_err(|e| format!("marking exported: {e}"))?;
+    queue.mark_exported(shard, &batch, config.keep_in_redis).await.map_err(|e| format!("marking exported: {e}"))?;
     history.inner.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
     Ok(batch.len())
 }

@@ -468,7 +468,7 @@ pub trait Queue: Send + Sync {
     fn mark_exported(
         &self,
         shard: u32,
-        done: &[&Finished],
+        done: &[Finished],
         keep: Duration,
     ) -> impl Future<Output = Result<u64, QueueError>> + Send {
         let _ = (shard, done, keep);

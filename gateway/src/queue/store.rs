@@ -137,7 +137,7 @@ impl Queue for Store {
         each!(self, q => q.finished(shard, limit))
     }
 
-    async fn mark_exported(&self, shard: u32, done: &[&Finished], keep: Duration) -> Result<u64, QueueError> {
+    async fn mark_exported(&self, shard: u32, done: &[Finished], keep: Duration) -> Result<u64, QueueError> {
         each!(self, q => q.mark_exported(shard, done, keep))
     }
 

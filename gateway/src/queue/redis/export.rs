@@ -100,7 +100,7 @@ impl RedisQueue {
     }
 
     /// See [`crate::queue::Queue::mark_exported`].
-    pub(super) async fn exported_in(&self, shard: u32, done: &[&Finished], keep: Duration) -> Result<u64, QueueError> {
+    pub(super) async fn exported_in(&self, shard: u32, done: &[Finished], keep: Duration) -> Result<u64, QueueError> {
         if done.is_empty() {
             return Ok(0);
         }

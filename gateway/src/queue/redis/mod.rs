@@ -357,7 +357,7 @@ impl Queue for RedisQueue {
         self.finished_in(shard, limit).await
     }
 
-    async fn mark_exported(&self, shard: u32, done: &[&super::Finished], keep: Duration) -> Result<u64, QueueError> {
+    async fn mark_exported(&self, shard: u32, done: &[super::Finished], keep: Duration) -> Result<u64, QueueError> {
         self.exported_in(shard, done, keep).await
     }
 
