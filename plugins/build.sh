@@ -37,8 +37,10 @@ build_rust() {
     echo "build.sh: SKIPPED Rust plugins: no wasm32-wasip2 target (rustup) and no Debian rustc-web" >&2
     return 0
   fi
+  # Cargo builds where CARGO_TARGET_DIR says when it is set (CI keeps a shared cache there).
+  local out=${CARGO_TARGET_DIR:-target}
   for guest in "${rust_guests[@]}"; do
-    cp "target/wasm32-wasip2/release/${guest//-/_}.wasm" "dist/$guest.wasm"
+    cp "$out/wasm32-wasip2/release/${guest//-/_}.wasm" "dist/$guest.wasm"
   done
 }
 

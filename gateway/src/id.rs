@@ -30,6 +30,11 @@ pub fn event_of(delivery: Ulid) -> Ulid {
     Ulid(delivery.0 & !LOW_MASK)
 }
 
+/// A delivery's number in its event (1-based; 0 for an event id).
+pub fn number_of(delivery: Ulid) -> usize {
+    (delivery.0 & LOW_MASK) as usize
+}
+
 /// A fresh event id in `shard` of `shards`: an event stored under an idempotency key goes to the
 /// key's shard, so one script (one Redis Cluster slot) checks the key and stores the event. Only
 /// the id's low random bits change; its time, and so its order, stay as generated.

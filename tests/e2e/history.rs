@@ -231,6 +231,7 @@ fn finished_at(at: u64, endpoint: &str, state: &str) -> sluice::queue::Finished 
             payload: bytes::Bytes::from_static(b"{\"a\":1}"),
             deliveries: Vec::new(),
         }),
+        own: Default::default(),
     }
 }
 
@@ -343,4 +344,183 @@ async fn finished_deliveries_are_searched_by_endpoint_state_and_time_a_page_at_a
     assert_eq!(status, 400);
     assert!(answer["error"]["message"].as_str().unwrap().contains("[history]"), "{answer}");
     plain.shutdown().await;
+}
+
+/// Waits until Redis holds none of `keys`.
+async fn wait_gone_from_redis(redis: &RedisServer, keys: &[String]) {
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left: usize = redis::cmd("EXISTS").arg(keys).query_async(&mut conn).await.unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} of {keys:?} are still in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn dead_ids(page: &Value) -> Vec<String> {
+    page["dead_letters"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_dead_letter_only_history_holds_is_listed_and_replayed_with_its_event_its_own_body_and_its_attempts() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let Some(transform) = plugin_file("rust-transform") else { return };
+    let redis = RedisServer::start().await;
+    let (mut orders, mut audit) = (Receiver::start().await, Receiver::start().await);
+    orders.answer_always(Answer::Status(500));
+    // Redis keeps finished records for a second only: the dead letter soon lives in PostgreSQL alone.
+    let toml = base_toml(&redis)
+        + "\n[queue]\nretention = \"1s\"\ndead_retention = \"1s\"\n"
+        + &history_toml(&pg, "1s")
+        + &endpoint_toml("orders", &orders.url(), "")
+        + &endpoint_toml("audit", &audit.url(), "")
+        + &format!(
+            "\n[[plugins]]\nname = \"v2\"\npath = \"{}\"\nconfig = {{ set = {{ version = 2 }}, remove = [\"secret\"], headers = {{ x-transformed = \"yes\" }} }}\n",
+            transform.display()
+        )
+        + "\n[[routes]]\nsource = \"shop\"\nplugins = [\"v2\"]\nendpoints = [\"orders\", \"audit\"]\n";
+    let gateway = start_gateway(&toml).await;
+    let (status, accepted) =
+        post_event(gateway.addr(), "shop", r#"{"event":"order_created","order_id":7,"secret":"x"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    let event = accepted["id"].as_str().unwrap().to_string();
+    let dead = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["deliveries"][0]["endpoint"], "orders");
+    audit.next().await;
+    for _ in 0..3 {
+        orders.next().await;
+    }
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 2).await;
+    wait_gone_from_redis(
+        &redis,
+        &[
+            format!("sluice:{{s0}}:d:{dead}"),
+            format!("sluice:{{s0}}:d:{dead}:log"),
+            format!("sluice:{{s0}}:e:{}", event.trim_start_matches("evt_")),
+        ],
+    )
+    .await;
+
+    // Listed, and shown, from history.
+    let (status, listed) = admin_get(gateway.addr(), "/v1/dead-letters").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(dead_ids(&listed), std::slice::from_ref(&dead), "{listed}");
+    assert_eq!(listed["dead_letters"][0]["attempts"], 3);
+    assert_eq!(listed["dead_letters"][0]["endpoint"], "orders");
+
+    // Replayed: back in the queue with its event, sent with the plugin's body and headers again.
+    orders.answer_always(Answer::Status(200));
+    let (status, replayed) = admin_post(gateway.addr(), &format!("/v1/deliveries/{dead}/replay")).await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["replayed"][0], dead.as_str());
+    let got = orders.next().await;
+    assert_eq!((got.json()["version"].as_u64(), got.json()["order_id"].as_u64()), (Some(2), Some(7)));
+    assert!(got.json().get("secret").is_none(), "{}", got.json());
+    assert_eq!(got.header("x-transformed"), "yes");
+    assert!(signature_valid(&got));
+    let shown = wait_for_state(gateway.addr(), &dead, "succeeded").await;
+    let outcomes: Vec<&str> =
+        shown["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["http_error", "http_error", "http_error", "replayed", "success"], "{shown}");
+    // The event is whole again: its record names both deliveries.
+    let (status, shown) = admin_get(gateway.addr(), &format!("/v1/events/{event}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["payload"]["secret"], "x", "the stored event keeps what the producer sent");
+
+    // No longer a dead letter anywhere (history says so once it holds the new outcome).
+    let (_, listed) = admin_get(gateway.addr(), "/v1/dead-letters").await;
+    assert!(dead_ids(&listed).is_empty(), "{listed}");
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 3).await;
+    let row = pg
+        .client()
+        .await
+        .query_one("SELECT state, jsonb_array_length(attempts) FROM sluice_deliveries WHERE id = $1", &[&dead])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("succeeded".to_string(), 5));
+    let (status, _) = admin_post(gateway.addr(), &format!("/v1/deliveries/{dead}/replay")).await;
+    assert_eq!(status, 409, "only dead letters are replayed");
+    let unknown = sluice::id::format_delivery(sluice::id::delivery_of(sluice::id::new_event(), 1));
+    let (status, _) = admin_post(gateway.addr(), &format!("/v1/deliveries/{unknown}/replay")).await;
+    assert_eq!(status, 404);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_letters_of_redis_and_of_history_are_paged_as_one_list_and_replayed_all_at_once() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let mut orders = Receiver::start().await;
+    orders.answer_always(Answer::Status(500));
+    let audit = Receiver::start().await;
+    let toml = config(&redis, &pg, &orders, "15m") + &endpoint_toml("audit", &audit.url(), "");
+    let gateway = start_gateway(&toml).await;
+    // Three dead letters in Redis (and, once written, in history too: each must be listed once).
+    for i in 0..3 {
+        let (status, _) = post_event(gateway.addr(), "shop", &format!(r#"{{"n":{i}}}"#)).await;
+        assert_eq!(status, 202);
+    }
+    for _ in 0..9 {
+        orders.next().await;
+    }
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 3).await;
+    // Four that only history holds, older and newer than those, and one of another endpoint.
+    let history =
+        sluice::history::History::open(&sluice::config::HistoryConfig { postgres_url: pg.url(), ..Default::default() })
+            .unwrap();
+    let now = now_ms();
+    let only_in_history: Vec<_> = [now - 60_000, now - 30_000, now + 30_000, now + 60_000]
+        .into_iter()
+        .map(|at| finished_at(at, "orders", "dead"))
+        .collect();
+    history.write(&only_in_history).await.unwrap();
+    history.write(&[finished_at(now - 45_000, "audit", "dead")]).await.unwrap();
+
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut path = "/v1/dead-letters?endpoint=orders&limit=2".to_string();
+    loop {
+        let (status, page) = admin_get(gateway.addr(), &path).await;
+        assert_eq!(status, 200, "{page}");
+        for d in page["dead_letters"].as_array().unwrap() {
+            seen.push((d["dead_at"].as_u64().unwrap(), d["id"].as_str().unwrap().to_string()));
+        }
+        match (page["next_before"].as_u64(), page["next_before_id"].as_str()) {
+            (Some(at), Some(id)) => {
+                path = format!("/v1/dead-letters?endpoint=orders&limit=2&before={at}&before_id={id}")
+            }
+            _ => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    sorted.dedup();
+    assert_eq!(seen, sorted, "newest first, each once");
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    for f in &only_in_history {
+        assert!(seen.iter().any(|(_, id)| *id == f.delivery.id), "{} not listed", f.delivery.id);
+    }
+    let (_, all) = admin_get(gateway.addr(), "/v1/dead-letters").await;
+    assert_eq!(dead_ids(&all).len(), 8, "{all}");
+
+    // Replay all of the endpoint: those in Redis and those only history holds.
+    orders.answer_always(Answer::Status(200));
+    let (status, answer) = admin_post(gateway.addr(), "/v1/endpoints/orders/replay-dead").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["replayed"], 7, "{answer}");
+    let (_, left) = admin_get(gateway.addr(), "/v1/dead-letters?endpoint=orders").await;
+    assert!(dead_ids(&left).is_empty(), "Redis holds them all again: {left}");
+    let mut bodies = Vec::new();
+    for _ in 0..7 {
+        bodies.push(orders.next().await.json());
+    }
+    assert_eq!(bodies.iter().filter(|b| b["a"] == 1).count(), 4, "history's events were stored again: {bodies:?}");
+    for f in &only_in_history {
+        wait_for_state(gateway.addr(), &f.delivery.id, "succeeded").await;
+    }
+    let (_, all) = admin_get(gateway.addr(), "/v1/dead-letters").await;
+    assert_eq!(dead_ids(&all).len(), 1, "only audit's is left: {all}");
+    gateway.shutdown().await;
 }

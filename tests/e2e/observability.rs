@@ -28,7 +28,7 @@ fn promtool(text: &str) -> Option<(bool, String)> {
     {
         Ok(child) => child,
         Err(_) => {
-            eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+            skip("promtool not installed (apt-get install prometheus)");
             return None;
         }
     };

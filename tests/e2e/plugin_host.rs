@@ -30,7 +30,7 @@ fn every_language(dist: &Path) -> Option<String> {
     for (name, file, config) in plugins {
         let path = dist.join(format!("{file}.wasm"));
         if !path.exists() {
-            eprintln!("SKIPPED: {file} was not built (its toolchain is missing; see plugins/build.sh output)");
+            skip(&format!("{file} was not built (its toolchain is missing; see plugins/build.sh output)"));
             return None;
         }
         toml += &format!(

@@ -48,7 +48,7 @@ impl PostgresServer {
     /// A fresh server, or `None` (with the reason printed) where PostgreSQL is not installed.
     pub async fn start() -> Option<Self> {
         let Some(bin) = bin_dir() else {
-            println!("SKIPPED: PostgreSQL is not installed (apt-get install postgresql)");
+            crate::harness::skip("PostgreSQL is not installed (apt-get install postgresql)");
             return None;
         };
         let dir = Scratch::new("postgres");

@@ -3,8 +3,11 @@
 //! one address are throttled ([`throttle`]).
 
 pub mod client;
+pub mod dead;
 pub mod search;
 pub mod throttle;
+
+pub use dead::{dead_letters, replay_endpoint, replay_one};
 
 use serde_json::{json, Value};
 
@@ -94,78 +97,10 @@ pub async fn event(queue: &Store, history: Option<&History>, text: &str) -> Resu
     }))
 }
 
-/// Longest page of dead letters.
+/// Longest page of a listing (dead letters, the search).
 const MAX_PAGE: usize = 500;
 
-/// `GET /v1/dead-letters?endpoint=&before=&limit=`: newest first; `next_before` pages on.
-pub async fn dead_letters(queue: &Store, query: &str) -> Result<Value, AdminError> {
-    let (mut endpoint, mut before, mut before_id, mut limit) = (None, None, None, 50);
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            // An empty `endpoint=` means no filter.
-            "endpoint" => endpoint = Some(value.into_owned()).filter(|e| !e.is_empty()),
-            "before" => {
-                before = Some(value.parse().map_err(|_| AdminError::BadRequest(format!("bad `before`: {value}")))?)
-            }
-            "before_id" => {
-                before_id = Some(
-                    id::parse_delivery_cursor(&value)
-                        .ok_or_else(|| AdminError::BadRequest(format!("bad `before_id`: {value}")))?,
-                )
-            }
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_PAGE).contains(l))
-                    .ok_or_else(|| AdminError::BadRequest(format!("`limit` must be between 1 and {MAX_PAGE}")))?
-            }
-            other => return Err(AdminError::BadRequest(format!("unknown query parameter `{other}`"))),
-        }
-    }
-    if before_id.is_some() && before.is_none() {
-        return Err(AdminError::BadRequest("`before_id` goes with `before`".to_string()));
-    }
-    let cursor = before.map(|at| crate::queue::DeadCursor { at, id: before_id });
-    let page = queue.dead_letters(endpoint.as_deref(), cursor, limit).await?;
-    // The next page starts after the last of this one: its time and id (one settle batch buries
-    // many deliveries in the same millisecond, so the time alone would skip some).
-    let last = (page.len() == limit).then(|| page.last()).flatten();
-    Ok(json!({
-        "dead_letters": page,
-        "next_before": last.map(|d| d.dead_at),
-        "next_before_id": last.map(|d| d.id.clone()),
-    }))
-}
-
-/// `POST /v1/deliveries/{id}/replay`: one dead letter back in the queue, with a fresh schedule.
-pub async fn replay_one(queue: &Store, text: &str) -> Result<Value, AdminError> {
-    let not_found = || AdminError::NotFound(format!("delivery `{}`", text.chars().take(64).collect::<String>()));
-    let delivery = id::parse_delivery(text).ok_or_else(not_found)?;
-    queue.delivery(delivery).await?.ok_or_else(not_found)?;
-    let replayed = queue.replay(&[delivery], std::time::Duration::ZERO).await?;
-    if replayed.is_empty() {
-        return Err(AdminError::NotDead(text.to_string()));
-    }
-    Ok(json!({ "replayed": replayed }))
-}
-
-/// `POST /v1/endpoints/{name}/replay-dead`: every dead letter of an endpoint (however many, in
-/// bounded steps) back in the queue, spaced by `spacing` so the endpoint is not flooded.
-pub async fn replay_endpoint(
-    queue: &Store,
-    endpoint: &str,
-    known: bool,
-    spacing: std::time::Duration,
-) -> Result<Value, AdminError> {
-    if !known {
-        return Err(unknown_endpoint(endpoint));
-    }
-    let replayed = queue.replay_endpoint(endpoint, spacing).await?;
-    Ok(json!({ "endpoint": endpoint, "replayed": replayed }))
-}
-
-fn unknown_endpoint(name: &str) -> AdminError {
+pub(crate) fn unknown_endpoint(name: &str) -> AdminError {
     AdminError::NotFound(format!("endpoint `{}`", name.chars().take(64).collect::<String>()))
 }
 

@@ -12,9 +12,11 @@
 //!
 //! - [`schema`]: versioned migrations (embedded SQL) and the day partitions.
 //! - [`store`]: writes and reads of rows.
+//! - [`dead`]: dead letters in history, listed and read for a restore into the queue.
 //! - [`query`]: the search by endpoint, state and time range (`GET /v1/deliveries`).
 //! - [`writer`]: the background task that moves finished deliveries here.
 
+pub mod dead;
 pub mod query;
 pub mod schema;
 pub mod store;

@@ -19,12 +19,13 @@ const UPSERT_EVENTS: &str = "INSERT INTO sluice_events (id, received_at, source,
      ON CONFLICT (received_at, id) DO NOTHING";
 
 const UPSERT_DELIVERIES: &str = "INSERT INTO sluice_deliveries (id, created_at, event_id, endpoint, state, \
-     attempts_made, lapsed_leases, finished_at, last_error, attempts) \
+     attempts_made, lapsed_leases, finished_at, last_error, attempts, own_headers, own_payload) \
      SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-     $7::int4[], $8::timestamptz[], $9::text[], $10::jsonb[]) \
+     $7::int4[], $8::timestamptz[], $9::text[], $10::jsonb[], $11::text[], $12::bytea[]) \
      ON CONFLICT (created_at, id) DO UPDATE SET event_id = EXCLUDED.event_id, endpoint = EXCLUDED.endpoint, \
      state = EXCLUDED.state, attempts_made = EXCLUDED.attempts_made, lapsed_leases = EXCLUDED.lapsed_leases, \
-     finished_at = EXCLUDED.finished_at, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts";
+     finished_at = EXCLUDED.finished_at, last_error = EXCLUDED.last_error, attempts = EXCLUDED.attempts, \
+     own_headers = EXCLUDED.own_headers, own_payload = EXCLUDED.own_payload";
 
 /// A time in ms since the epoch, as PostgreSQL's `timestamptz` takes it.
 pub(super) fn time(ms: u64) -> SystemTime {
@@ -85,9 +86,24 @@ impl History {
         let finished: Vec<Option<SystemTime>> = d.iter().map(|d| d.updated_at.map(time)).collect();
         let errors: Vec<Option<&str>> = d.iter().map(|d| d.last_error.as_deref()).collect();
         let attempts: Vec<Value> = d.iter().map(|d| Value::Array(d.attempts.clone())).collect();
+        let own_headers: Vec<Option<&str>> = batch.iter().map(|f| f.own.headers.as_deref()).collect();
+        let own_payloads: Vec<Option<&[u8]>> = batch.iter().map(|f| f.own.payload.as_deref()).collect();
         tx.execute(
             UPSERT_DELIVERIES,
-            &[&ids, &created, &events, &endpoints, &states, &attempts_made, &lapsed, &finished, &errors, &attempts],
+            &[
+                &ids,
+                &created,
+                &events,
+                &endpoints,
+                &states,
+                &attempts_made,
+                &lapsed,
+                &finished,
+                &errors,
+                &attempts,
+                &own_headers,
+                &own_payloads,
+            ],
         )
         .await?;
         tx.commit().await?;

@@ -149,14 +149,17 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
             let query = request.uri().query().unwrap_or_default().to_string();
             admin_call(state, &request, peer, admin::search::deliveries(state.history.as_ref(), &query)).await
         }
-        "/v1/deliveries/{id}/replay" => admin_call(state, &request, peer, admin::replay_one(&state.queue, value)).await,
+        "/v1/deliveries/{id}/replay" => {
+            admin_call(state, &request, peer, admin::replay_one(&state.queue, state.history.as_ref(), value)).await
+        }
         "/v1/dead-letters" => {
             let query = request.uri().query().unwrap_or_default().to_string();
-            admin_call(state, &request, peer, admin::dead_letters(&state.queue, &query)).await
+            admin_call(state, &request, peer, admin::dead_letters(&state.queue, state.history.as_ref(), &query)).await
         }
         "/v1/endpoints" => admin_call(state, &request, peer, admin::endpoints(&state.queue, &state.endpoints)).await,
         "/v1/endpoints/{name}/replay-dead" => {
-            let call = admin::replay_endpoint(&state.queue, value, known(value), state.replay_spacing);
+            let call =
+                admin::replay_endpoint(&state.queue, state.history.as_ref(), value, known(value), state.replay_spacing);
             admin_call(state, &request, peer, call).await
         }
         "/v1/endpoints/{name}/enable" => {

@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod redis;
 pub mod store;
 pub mod store_file;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use ulid::Ulid;
 pub use self::embedded::EmbeddedQueue;
 pub use self::redis::RedisQueue;
 pub use self::store::Store;
+pub use self::views::{DeadCursor, DeadLetter, DeliverySummary, DeliveryView, EventView, Finished, Own, Restore};
 
 /// How an idempotency key's value starts while its first request is still being processed (the
 /// full mark, [`idempotency_pending`], names the event that request will store).
@@ -262,99 +264,6 @@ pub struct AttemptRecord {
     pub response: Option<String>,
 }
 
-/// A delivery id with its endpoint and (in views) its state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliverySummary {
-    /// Delivery id.
-    pub id: String,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// `pending`, `succeeded`, `dead` (or `expired`); absent where not looked up.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub state: Option<String>,
-}
-
-/// A delivery as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryView {
-    /// Delivery id.
-    pub id: String,
-    /// Event id.
-    pub event_id: String,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// `pending`, `paused` (its endpoint is disabled), `succeeded` or `dead`.
-    pub state: String,
-    /// Attempts recorded so far (a claim counts none).
-    pub attempts_made: u32,
-    /// Times a lease on it ran out before it was settled.
-    pub lapsed_leases: u32,
-    /// When it was enqueued, ms since the epoch.
-    pub created_at: Option<u64>,
-    /// When it was last settled, ms since the epoch.
-    pub updated_at: Option<u64>,
-    /// When a worker may next touch it (next attempt or lease expiry), ms since the epoch.
-    pub next_attempt_at: Option<u64>,
-    /// The last attempt's error.
-    pub last_error: Option<String>,
-    /// Every attempt, oldest first.
-    pub attempts: Vec<serde_json::Value>,
-}
-
-/// An event as the admin API shows it.
-#[derive(Debug, Clone)]
-pub struct EventView {
-    /// Event id.
-    pub id: String,
-    /// Source name.
-    pub source: String,
-    /// Event type.
-    pub event_type: String,
-    /// When it was stored, ms since the epoch.
-    pub received_at: Option<u64>,
-    /// Ingest headers kept with the event.
-    pub headers: Vec<(String, String)>,
-    /// Body as received.
-    pub payload: Bytes,
-    /// Its deliveries with their states.
-    pub deliveries: Vec<DeliverySummary>,
-}
-
-/// A finished delivery as history keeps it: its view (state, attempts) and its event's.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    /// The delivery, with every attempt.
-    pub delivery: DeliveryView,
-    /// Its event; `None` when the event is gone from the store.
-    pub event: Option<EventView>,
-}
-
-/// A dead-lettered delivery, as the admin API lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    /// Delivery id.
-    pub id: String,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// When it was dead-lettered, ms since the epoch.
-    pub dead_at: u64,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last attempt's error.
-    pub last_error: Option<String>,
-}
-
-/// Where a page of dead letters starts (newest first): before burial time `at`, and among those
-/// buried in that same millisecond — one settle batch buries many at once — before delivery `id`.
-/// Without `id`, everything buried at `at` is left out too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeadCursor {
-    /// Burial time, ms since the epoch.
-    pub at: u64,
-    /// The last delivery of the previous page.
-    pub id: Option<Ulid>,
-}
-
 /// The contract of a queue backend. Both backends keep the same semantics, checked by one
 /// conformance suite: deliveries ordered by next-attempt time, claimed under a lease, settled only
 /// by the lease holder, dead letters, an attempt log, parked deliveries of disabled endpoints,
@@ -473,6 +382,31 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<u64, QueueError>> + Send {
         let _ = (shard, done, keep);
         async { Ok(0) }
+    }
+
+    /// Which of `deliveries` the store holds a record of, in any state, in order. History asks,
+    /// so that a dead letter it keeps counts as dead only while the store has not taken it back
+    /// (replayed it, or restored it).
+    fn holds(&self, deliveries: &[Ulid]) -> impl Future<Output = Result<Vec<bool>, QueueError>> + Send {
+        async move {
+            let mut held = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                held.push(self.delivery(*delivery).await?.is_some());
+            }
+            Ok(held)
+        }
+    }
+
+    /// Brings a dead letter that only history holds back into the queue, due after `delay`, its
+    /// attempt log kept and a `replayed` record added, as [`Self::replay`] does; stores its event
+    /// again when the store no longer has it. `Ok(false)`, changing nothing, when the store holds
+    /// the delivery (replay it instead). Only a backend that hands its history to PostgreSQL
+    /// (Redis with `[history]`) needs this; the others keep their dead letters themselves.
+    fn restore(&self, restore: &Restore, delay: Duration) -> impl Future<Output = Result<bool, QueueError>> + Send {
+        let _ = (restore, delay);
+        async {
+            Err(QueueError::Corrupt("this backend keeps its own dead letters; it restores none from history".into()))
+        }
     }
 
     /// Claims an idempotency key for `event` (made with [`Self::idempotency_shard`]), marking it

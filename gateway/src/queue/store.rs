@@ -8,7 +8,7 @@ use ulid::Ulid;
 
 use super::{
     AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliveryView, EmbeddedQueue, EndpointState, EventView,
-    Finished, NewDelivery, NewEvent, Queue, QueueError, RedisQueue, Settle,
+    Finished, NewDelivery, NewEvent, Queue, QueueError, RedisQueue, Restore, Settle,
 };
 use crate::config::{Backend, Config};
 
@@ -131,6 +131,14 @@ impl Queue for Store {
 
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         each!(self, q => q.depth(endpoints))
+    }
+
+    async fn holds(&self, deliveries: &[Ulid]) -> Result<Vec<bool>, QueueError> {
+        each!(self, q => q.holds(deliveries))
+    }
+
+    async fn restore(&self, restore: &Restore, delay: Duration) -> Result<bool, QueueError> {
+        each!(self, q => q.restore(restore, delay))
     }
 
     async fn finished(&self, shard: u32, limit: usize) -> Result<Vec<Finished>, QueueError> {

@@ -10,12 +10,25 @@ use bytes::Bytes;
 use super::view::attempts_of;
 use super::{record, RedisQueue, DONE};
 use crate::id;
-use crate::queue::{DeliveryView, EventView, Finished, QueueError};
+use crate::queue::{DeliveryView, EventView, Finished, Own, QueueError};
 
 /// One finished delivery as `scripts/finished.lua` returns it: id, endpoint (none: its hash is
 /// gone), status, attempts, updated, last error, lapsed leases, attempt log, this version's event
-/// record, the event id an older version's hash names.
-type Row = (String, Option<String>, String, String, String, String, String, String, Option<Vec<u8>>, Option<String>);
+/// record, the event id an older version's hash names, its own headers and payload.
+type Row = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+);
 
 /// How long a shard stays with the gateway that last wrote it: past this without a round, another
 /// gateway's writer takes it over.
@@ -47,7 +60,9 @@ impl RedisQueue {
             .await?;
         let mut finished = Vec::with_capacity(rows.len());
         let mut gone = Vec::new();
-        for (text, endpoint, state, attempts_made, updated, last_error, lapsed, log, record, older) in rows {
+        for (text, endpoint, state, attempts_made, updated, last_error, lapsed, log, record, older, headers, payload) in
+            rows
+        {
             let (Some(delivery), Some(endpoint)) = (id::parse_delivery(&text), endpoint) else {
                 // Expired before PostgreSQL took it (history was away for `queue.retention`), or
                 // not a delivery id: it can never be written.
@@ -91,7 +106,11 @@ impl RedisQueue {
                 last_error: Some(last_error).filter(|e| !e.is_empty()),
                 attempts: attempts_of(&log)?,
             };
-            finished.push(Finished { delivery: view, event: event_view });
+            finished.push(Finished {
+                delivery: view,
+                event: event_view,
+                own: Own { headers, payload: payload.map(Bytes::from) },
+            });
         }
         if !gone.is_empty() {
             let _: () = redis::cmd("ZREM").arg(format!("{prefix}{DONE}")).arg(&gone).query_async(&mut conn).await?;

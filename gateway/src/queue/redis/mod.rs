@@ -37,7 +37,8 @@
 //! This module opens the queue and runs claims and endpoint state; [`checks`] runs the start-up
 //! checks of the data's layout and the server's settings; [`record`] writes and reads the
 //! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
-//! replays dead letters; [`export`] hands finished deliveries to history; [`view`] reads deliveries and events for the admin API; [`idempotency`]
+//! replays dead letters; [`export`] hands finished deliveries to history; [`restore`] brings dead
+//! letters back from it; [`view`] reads deliveries and events for the admin API; [`idempotency`]
 //! keeps idempotency keys.
 
 mod batch;
@@ -47,6 +48,7 @@ mod dead;
 mod export;
 mod idempotency;
 mod record;
+mod restore;
 mod view;
 
 use std::sync::Arc;
@@ -83,6 +85,7 @@ const RELEASE: &str = include_str!("../scripts/release.lua");
 const EXPORTED: &str = script!("exported.lua");
 const WRITER: &str = include_str!("../scripts/writer.lua");
 const FINISHED: &str = script!("finished.lua");
+const RESTORE: &str = script!("restore.lua");
 /// The shard's ZSET of deliveries by next attempt (or lease expiry).
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
@@ -131,6 +134,7 @@ struct Core {
     exported: Script,
     writer: Script,
     finished: Script,
+    restore: Script,
 }
 
 impl RedisQueue {
@@ -158,6 +162,7 @@ impl RedisQueue {
             exported: Script::new(EXPORTED),
             writer: Script::new(WRITER),
             finished: Script::new(FINISHED),
+            restore: Script::new(RESTORE),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -359,6 +364,14 @@ impl Queue for RedisQueue {
 
     async fn mark_exported(&self, shard: u32, done: &[super::Finished], keep: Duration) -> Result<u64, QueueError> {
         self.exported_in(shard, done, keep).await
+    }
+
+    async fn holds(&self, deliveries: &[Ulid]) -> Result<Vec<bool>, QueueError> {
+        self.holds_in(deliveries).await
+    }
+
+    async fn restore(&self, restore: &super::Restore, delay: Duration) -> Result<bool, QueueError> {
+        self.restore_one(restore, delay).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

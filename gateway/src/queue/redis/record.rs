@@ -46,8 +46,21 @@ pub(super) fn encode(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Result<Vec<u8>, QueueError> {
+    encode_counted((endpoints.len() as u32, 0), source, event_type, endpoints, headers, body)
+}
+
+/// The record of an event with `open` deliveries open and `dead` dead (counts as wide as the
+/// delivery count needs, whatever they are now, so the scripts can rewrite them in place).
+pub(super) fn encode_counted(
+    (open, dead): (u32, u32),
+    source: &str,
+    event_type: &str,
+    endpoints: &[&str],
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<u8>, QueueError> {
     let width = format!("{:x}", endpoints.len()).len();
-    let mut head = format!("{:0width$x}{:0width$x}\n", endpoints.len(), 0);
+    let mut head = format!("{open:0width$x}{dead:0width$x}\n");
     for text in [source, event_type].into_iter().chain(endpoints.iter().copied()) {
         head.push_str(&field(text)?);
         head.push('\n');
@@ -166,6 +179,14 @@ mod tests {
         record[..6].copy_from_slice(b"12b001");
         let read = decode(&record).unwrap();
         assert_eq!((read.open, read.dead, read.endpoints.len()), (299, 1, 300));
+    }
+
+    #[test]
+    fn a_record_written_with_counts_keeps_the_width_of_its_delivery_count() {
+        let record = encode_counted((1, 0), "s", "t", &["a", "", "b"], &[], b"{}").unwrap();
+        assert!(record.starts_with(b"10\n"), "{}", String::from_utf8_lossy(&record));
+        let read = decode(&encode_counted((1, 2), "s", "t", &["e"; 16], &[], b"{}").unwrap()).unwrap();
+        assert_eq!((read.open, read.dead, read.endpoints.len()), (1, 2, 16));
     }
 
     #[test]

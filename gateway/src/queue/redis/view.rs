@@ -50,7 +50,7 @@ impl RedisQueue {
             None => {
                 let event = id::event_of(delivery);
                 let Some(record) = read_record(&mut conn, &prefix, event).await? else { return Ok(None) };
-                let k = (delivery.0 - event.0) as usize;
+                let k = id::number_of(delivery);
                 let Some(endpoint) = record.endpoints.get(k.wrapping_sub(1)) else { return Ok(None) };
                 endpoint.clone()
             }

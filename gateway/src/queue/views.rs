@@ -1,0 +1,129 @@
+//! What the admin API and history see of the queue: deliveries and events as views, dead letters
+//! and their cursor, finished deliveries on their way to history, and a dead letter coming back
+//! from it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// A delivery id with its endpoint and (in views) its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    /// Delivery id.
+    pub id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `pending`, `succeeded`, `dead` (or `expired`); absent where not looked up.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+}
+
+/// A delivery as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// Delivery id.
+    pub id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `pending`, `paused` (its endpoint is disabled), `succeeded` or `dead`.
+    pub state: String,
+    /// Attempts recorded so far (a claim counts none).
+    pub attempts_made: u32,
+    /// Times a lease on it ran out before it was settled.
+    pub lapsed_leases: u32,
+    /// When it was enqueued, ms since the epoch.
+    pub created_at: Option<u64>,
+    /// When it was last settled, ms since the epoch.
+    pub updated_at: Option<u64>,
+    /// When a worker may next touch it (next attempt or lease expiry), ms since the epoch.
+    pub next_attempt_at: Option<u64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<serde_json::Value>,
+}
+
+/// An event as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct EventView {
+    /// Event id.
+    pub id: String,
+    /// Source name.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// When it was stored, ms since the epoch.
+    pub received_at: Option<u64>,
+    /// Ingest headers kept with the event.
+    pub headers: Vec<(String, String)>,
+    /// Body as received.
+    pub payload: Bytes,
+    /// Its deliveries with their states.
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+/// A finished delivery as history keeps it: its view (state, attempts) and its event's.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The delivery, with every attempt.
+    pub delivery: DeliveryView,
+    /// Its event; `None` when the event is gone from the store.
+    pub event: Option<EventView>,
+    /// What a plugin gave this delivery of its own, when it did: what it sends in place of the
+    /// event's body and beside its headers.
+    pub own: Own,
+}
+
+/// A delivery's own headers and body (a plugin's output for its route), when they differ from its
+/// event's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Own {
+    /// Extra headers to send, as the queue keeps them (a JSON list of `[name, value]` pairs).
+    pub headers: Option<String>,
+    /// The body to send instead of the event's.
+    pub payload: Option<Bytes>,
+}
+
+/// A dead letter that only history still holds, on its way back into the queue: its event and the
+/// endpoints of all the event's deliveries (by number), so the queue can store the event again
+/// when it is gone.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    /// The dead delivery, with its attempt log.
+    pub delivery: DeliveryView,
+    /// What it sends of its own.
+    pub own: Own,
+    /// Its event (its `deliveries` unused).
+    pub event: EventView,
+    /// The endpoint of each of the event's deliveries, by number (delivery k at k - 1); empty where
+    /// history holds no row for it.
+    pub endpoints: Vec<String>,
+}
+
+/// A dead-lettered delivery, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Delivery id.
+    pub id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// When it was dead-lettered, ms since the epoch.
+    pub dead_at: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// Where a page of dead letters starts (newest first): before burial time `at`, and among those
+/// buried in that same millisecond — one settle batch buries many at once — before delivery `id`.
+/// Without `id`, everything buried at `at` is left out too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadCursor {
+    /// Burial time, ms since the epoch.
+    pub at: u64,
+    /// The last delivery of the previous page.
+    pub id: Option<Ulid>,
+}
