@@ -232,6 +232,7 @@ fn finished_at(at: u64, endpoint: &str, state: &str) -> sluice::queue::Finished 
             deliveries: Vec::new(),
         }),
         own: Default::default(),
+        entry: None,
     }
 }
 
@@ -371,9 +372,9 @@ async fn a_dead_letter_only_history_holds_is_listed_and_replayed_with_its_event_
     let redis = RedisServer::start().await;
     let (mut orders, mut audit) = (Receiver::start().await, Receiver::start().await);
     orders.answer_always(Answer::Status(500));
-    // Redis keeps finished records for a second only: the dead letter soon lives in PostgreSQL alone.
+    // Redis keeps the dead letter for a second, its event for three: it soon lives in PostgreSQL alone.
     let toml = base_toml(&redis)
-        + "\n[queue]\nretention = \"1s\"\ndead_retention = \"1s\"\n"
+        + "\n[queue]\nretention = \"3s\"\ndead_retention = \"1s\"\n"
         + &history_toml(&pg, "1s")
         + &endpoint_toml("orders", &orders.url(), "")
         + &endpoint_toml("audit", &audit.url(), "")

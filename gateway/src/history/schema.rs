@@ -9,8 +9,11 @@ use super::HistoryError;
 
 /// Every migration, in order; a migration's version is its place in this list (1-based). Never
 /// edit one that has shipped: add the next.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_history.sql"), include_str!("migrations/0002_dead_letters.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_history.sql"),
+    include_str!("migrations/0002_dead_letters.sql"),
+    include_str!("migrations/0003_drop_event_index.sql"),
+];
 
 /// The partitioned tables, each with one partition per day.
 pub const TABLES: [&str; 2] = ["sluice_events", "sluice_deliveries"];

@@ -169,14 +169,21 @@ impl History {
         }))
     }
 
-    /// The deliveries of `event` that history holds, by id, with their states.
+    /// The deliveries of `event` that history holds, by id, with their states. Their ids are the
+    /// event's with a delivery number in the low 16 bits, and their time is the event's: one range
+    /// of the primary key.
     pub async fn states_of(&self, event: Ulid) -> Result<Vec<DeliverySummary>, HistoryError> {
         self.ensure_migrated().await?;
         let client = self.inner.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, endpoint, state FROM sluice_deliveries WHERE created_at = $1 AND event_id = $2 ORDER BY id",
-                &[&time(event.timestamp_ms()), &id::format_event(event)],
+                "SELECT id, endpoint, state FROM sluice_deliveries \
+                 WHERE created_at = $1 AND id BETWEEN $2 AND $3 ORDER BY id",
+                &[
+                    &time(event.timestamp_ms()),
+                    &id::format_delivery(Ulid(event.0 | 1)),
+                    &id::format_delivery(Ulid(event.0 | 0xFFFF)),
+                ],
             )
             .await?;
         Ok(rows

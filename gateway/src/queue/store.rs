@@ -25,9 +25,11 @@ impl Store {
     /// Opens the backend `config` names. Must be called inside a Tokio runtime.
     pub fn open(config: &Config) -> Result<Self, QueueError> {
         Ok(match config.backend() {
-            Backend::Redis => {
-                Store::Redis(RedisQueue::open(&config.redis_settings(), &config.queue, config.history.is_some())?)
-            }
+            Backend::Redis => Store::Redis(RedisQueue::open(
+                &config.redis_settings(),
+                &config.queue,
+                config.history.as_ref().map(|h| h.keep_in_redis),
+            )?),
             Backend::Embedded => Store::Embedded(EmbeddedQueue::open(&config.queue.path(), &config.queue)?),
         })
     }

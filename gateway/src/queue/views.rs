@@ -74,6 +74,9 @@ pub struct Finished {
     /// What a plugin gave this delivery of its own, when it did: what it sends in place of the
     /// event's body and beside its headers.
     pub own: Own,
+    /// The backend's handle on this record until it is marked exported (Redis: its history
+    /// stream entry); `None` where the backend finds it by the delivery id.
+    pub entry: Option<String>,
 }
 
 /// A delivery's own headers and body (a plugin's output for its route), when they differ from its

@@ -1,8 +1,9 @@
 //! `--history`: the cost of `[history]`. On a PostgreSQL of its own (initdb in a scratch directory,
 //! as the `postgres` user when run as root) and a Redis of its own, the same load twice, without
-//! and with `[history]` (`keep_in_redis = "2s"`, so the drain is observable here): events/s
-//! delivered end to end, the history writer's rows/s (from the first POST until its backlog is
-//! empty), and Redis `used_memory` after the drain (with history: once `keep_in_redis` passed).
+//! and with `[history]` (`keep_in_redis = "2s"`, so the drain is observable here), in rounds:
+//! events/s delivered end to end, CPU per event of this process, of Redis and of PostgreSQL, the
+//! history writer's rows/s (from the first POST until its backlog is empty), and Redis
+//! `used_memory` after the drain (with history: once `keep_in_redis` passed).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -84,9 +85,44 @@ async fn start_postgres() -> anyhow::Result<Postgres> {
     bail!("postgres did not come up")
 }
 
+/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Past the command name (in parentheses, which may hold spaces): fields 3 onwards.
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0.0 };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// CPU seconds PostgreSQL has used: its postmaster and every process it started.
+fn postgres_cpu(postmaster: u32) -> f64 {
+    let parent = postmaster.to_string();
+    let mut total = cpu_of(&parent);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{name}/stat")) else { continue };
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1));
+        if ppid == Some(parent.as_str()) {
+            total += cpu_of(&name);
+        }
+    }
+    total
+}
+
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|n| n.trim().parse().ok()).context("used_memory")
+}
+
+/// CPU seconds Redis has used (user + system).
+async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
 }
 
 async fn metric(gateway: std::net::SocketAddr, name: &str) -> anyhow::Result<Option<u64>> {
@@ -95,20 +131,39 @@ async fn metric(gateway: std::net::SocketAddr, name: &str) -> anyhow::Result<Opt
     Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()))
 }
 
-/// One run of `events` events: (events/s delivered, Redis bytes after the drain, writer rows/s).
-async fn run(events: usize, producers: usize, history: Option<&str>) -> anyhow::Result<(f64, u64, Option<f64>)> {
+/// What one run measured.
+struct Run {
+    /// Events/s delivered end to end.
+    rate: f64,
+    /// Redis bytes after the drain.
+    redis_bytes: u64,
+    /// History writer rows/s (first POST until every delivery is in PostgreSQL).
+    rows: Option<f64>,
+    /// CPU µs per event of this process (producers, gateway, receiver).
+    gateway_cpu_us: f64,
+    /// CPU µs per event of Redis.
+    redis_cpu_us: f64,
+    /// CPU µs per event of PostgreSQL.
+    postgres_cpu_us: f64,
+}
+
+/// One run of `events` events, with `[history]` on the PostgreSQL at `history` (its postmaster's
+/// pid for the CPU count).
+async fn run(events: usize, producers: usize, history: Option<(&str, u32)>) -> anyhow::Result<Run> {
     let (_redis, url) = start_redis().await?;
     let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
     let count = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(AtomicUsize::new(usize::MAX));
     let done = Arc::new(Notify::new());
     let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
-    let history_toml =
-        history.map(|pg| format!("[history]\npostgres_url = \"{pg}\"\nkeep_in_redis = \"2s\"\n")).unwrap_or_default();
+    let history_toml = history
+        .map(|(pg, _)| format!("[history]\npostgres_url = \"{pg}\"\nkeep_in_redis = \"2s\"\n"))
+        .unwrap_or_default();
     let toml = base_toml(&format!("[redis]\nurl = \"{url}\"\n{history_toml}"), receiver)
         + "[[routes]]\nsource = \"bench\"\nendpoints = [\"receiver\"]\n";
     let gateway = sluice::Gateway::start(sluice::config::from_toml(&toml)?).await?;
     let before = used_memory(&mut conn).await?;
+    let cpu_before = (cpu_of("self"), redis_cpu(&mut conn).await?, history.map_or(0.0, |(_, pid)| postgres_cpu(pid)));
     target.store(events, Ordering::Relaxed);
     let started = Instant::now();
     produce(gateway.addr(), events, producers, None).await?;
@@ -131,27 +186,63 @@ async fn run(events: usize, producers: usize, history: Option<&str>) -> anyhow::
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let after = used_memory(&mut conn).await?;
+    let per_event = |seconds: f64| seconds * 1e6 / events as f64;
+    let gateway_cpu_us = per_event(cpu_of("self") - cpu_before.0);
+    let redis_cpu_us = per_event(redis_cpu(&mut conn).await? - cpu_before.1);
+    let postgres_cpu_us = per_event(history.map_or(0.0, |(_, pid)| postgres_cpu(pid)) - cpu_before.2);
     gateway.shutdown().await;
-    Ok((rate, after.saturating_sub(before), rows))
+    Ok(Run { rate, redis_bytes: after.saturating_sub(before), rows, gateway_cpu_us, redis_cpu_us, postgres_cpu_us })
 }
 
-/// Prints the figures of both runs.
+/// Rounds of the pair of runs: this VM's neighbours move single runs by ±15 %, so the ratios are
+/// the medians of the rounds', each round running both back to back.
+const ROUNDS: usize = 3;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints the figures of both runs, round by round, and the medians.
 pub async fn cost(events: usize, producers: usize) -> anyhow::Result<()> {
     let postgres = start_postgres().await?;
-    let (off, off_bytes, _) = run(events, producers, None).await?;
-    let (on, on_bytes, rows) = run(events, producers, Some(&postgres.url)).await?;
-    println!("history in PostgreSQL ({events} events, {producers} producers, no plugin, one Redis):");
-    println!(
-        "  without [history]  {off:>8.0} events/s delivered; Redis after the drain {:>6.1} MB",
-        off_bytes as f64 / 1e6
-    );
-    println!(
-        "  with [history]     {on:>8.0} events/s delivered ({:.2} of without); Redis after keep_in_redis {:>6.1} MB",
-        on / off,
-        on_bytes as f64 / 1e6
-    );
-    if let Some(rows) = rows {
-        println!("  history writer     {rows:>8.0} rows/s (first POST until every delivery is in PostgreSQL)");
+    let pg = (postgres.url.as_str(), postgres.child.id());
+    println!("history in PostgreSQL ({events} events, {producers} producers, no plugin, one Redis), {ROUNDS} rounds:");
+    let (mut rates, mut extra_gateway, mut extra_redis, mut pg_cpus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let off = run(events, producers, None).await?;
+        let on = run(events, producers, Some(pg)).await?;
+        rates.push(on.rate / off.rate);
+        extra_gateway.push(on.gateway_cpu_us - off.gateway_cpu_us);
+        extra_redis.push(on.redis_cpu_us - off.redis_cpu_us);
+        pg_cpus.push(on.postgres_cpu_us);
+        println!(
+            "  round {round}: without [history] {:>6.0} events/s; CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs; Redis after the drain {:>5.1} MB",
+            off.rate,
+            off.gateway_cpu_us,
+            off.redis_cpu_us,
+            off.redis_bytes as f64 / 1e6
+        );
+        println!(
+            "           with [history]    {:>6.0} events/s ({:.2} of without); CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs, PostgreSQL {:>3.0} µs; Redis after keep_in_redis {:>4.1} MB; writer {:>6.0} rows/s",
+            on.rate,
+            on.rate / off.rate,
+            on.gateway_cpu_us,
+            on.redis_cpu_us,
+            on.postgres_cpu_us,
+            on.redis_bytes as f64 / 1e6,
+            on.rows.unwrap_or(0.0),
+        );
     }
+    println!("  medians of the rounds, with [history]:");
+    println!("    events/s end to end (everything on the same cores): {:.2} of without", median(rates));
+    println!(
+        "    CPU per event it adds: gateway process {:+.0} µs, Redis {:+.0} µs, PostgreSQL {:.0} µs",
+        median(extra_gateway),
+        median(extra_redis),
+        median(pg_cpus)
+    );
+    println!("  (the gateway process also runs the producers and the receiver; writer rows/s: from the first");
+    println!("   POST until every delivery is in PostgreSQL)");
     Ok(())
 }

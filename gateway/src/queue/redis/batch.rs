@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::{record, Core, RedisQueue, Shared, DONE, QUEUE};
+use super::{record, Core, RedisQueue, Shared, HISTORY, QUEUE};
 use crate::id;
 use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, NewEvent, QueueError, Settle};
 
@@ -190,11 +190,11 @@ impl Core {
         let mut call = self.settle.key(format!("{prefix}{QUEUE}"));
         call.key(format!("{prefix}dead"))
             .key(format!("{prefix}off"))
-            .key(format!("{prefix}{DONE}"))
+            .key(format!("{prefix}{HISTORY}"))
             .arg(&prefix)
             .arg(self.retention_secs)
             .arg(self.dead_retention_secs)
-            .arg(if self.history { "1" } else { "0" })
+            .arg(self.history_keep_secs.unwrap_or(0))
             .arg(batch.len());
         for s in &batch {
             call.arg(&s.id).arg(&s.token).arg(&s.record).arg(s.action).arg(s.delay_ms).arg(&s.last_error);

@@ -1,38 +1,123 @@
-//! Finished deliveries on their way to history (`[history]`): the `done` index of each shard (ids
-//! by time finished, written by the settle script), read in batches with each delivery's record
-//! and its event, and marked once PostgreSQL holds them (`scripts/exported.lua`). One gateway at a
-//! time reads a shard (a lease, `scripts/writer.lua`): the others skip it until the lease runs out.
+//! Finished deliveries on their way to history (`[history]`): the settlement that finishes a
+//! delivery appends it, whole, to its shard's `history` stream (`scripts/settle.lua`); the writer
+//! reads a batch of entries in one call, and deletes them once PostgreSQL committed them. Reading
+//! and marking touch no per-delivery key, so history costs Redis one stream entry per delivery.
+//! One gateway at a time reads a shard (a lease, `scripts/writer.lua`): the others skip it until
+//! the lease runs out. The previous version's `done` index is drained first ([`super::done`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ulid::Ulid;
 
 use super::view::attempts_of;
-use super::{record, RedisQueue, DONE};
+use super::{record, RedisQueue, DONE, HISTORY};
 use crate::id;
 use crate::queue::{DeliveryView, EventView, Finished, Own, QueueError};
 
-/// One finished delivery as `scripts/finished.lua` returns it: id, endpoint (none: its hash is
-/// gone), status, attempts, updated, last error, lapsed leases, attempt log, this version's event
-/// record, the event id an older version's hash names, its own headers and payload.
-type Row = (
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<Vec<u8>>,
-    Option<String>,
-    Option<String>,
-    Option<Vec<u8>>,
-);
+/// Most deliveries one call reads or marks. Redis serves one call at a time, so a writer's batch
+/// (`history.batch`) is read and marked in calls this size: none holds up the hot path (enqueues,
+/// claims, settlements) for long.
+pub(super) const CHUNK: usize = 100;
 
 /// How long a shard stays with the gateway that last wrote it: past this without a round, another
 /// gateway's writer takes it over.
 const WRITER_LEASE: Duration = Duration::from_secs(30);
+
+/// What history keeps of a finished delivery, as Redis handed it over.
+pub(super) struct Parts {
+    pub delivery: Ulid,
+    pub endpoint: String,
+    pub state: String,
+    pub attempts: u32,
+    pub lapsed: u32,
+    pub updated: Option<u64>,
+    pub last_error: String,
+    /// The attempt log, one JSON record per line.
+    pub log: String,
+    /// This version's event record, when it was there.
+    pub record: Option<Vec<u8>>,
+    /// Whether the event is an older version's hash (read from Redis as the admin API reads it).
+    pub older: bool,
+    pub headers: Option<String>,
+    pub payload: Option<Bytes>,
+}
+
+/// A finished delivery for history from what Redis handed over; `entry`: its stream entry.
+pub(super) async fn finished_of(
+    queue: &RedisQueue,
+    parts: Parts,
+    entry: Option<String>,
+) -> Result<Finished, QueueError> {
+    let event = id::event_of(parts.delivery);
+    let event_view = match (parts.record, parts.older) {
+        (Some(record), _) => {
+            let record = record::decode(&record)?;
+            Some(EventView {
+                id: id::format_event(event),
+                source: record.source,
+                event_type: record.event_type,
+                received_at: Some(event.timestamp_ms()),
+                headers: record.headers,
+                payload: Bytes::from(record.body),
+                deliveries: Vec::new(),
+            })
+        }
+        (None, true) => queue.view_event(event).await?,
+        (None, false) => None,
+    };
+    Ok(Finished {
+        delivery: DeliveryView {
+            id: id::format_delivery(parts.delivery),
+            event_id: id::format_event(event),
+            endpoint: parts.endpoint,
+            state: parts.state,
+            attempts_made: parts.attempts,
+            lapsed_leases: parts.lapsed,
+            created_at: Some(parts.delivery.timestamp_ms()),
+            updated_at: parts.updated,
+            next_attempt_at: None,
+            last_error: Some(parts.last_error).filter(|e| !e.is_empty()),
+            attempts: attempts_of(&parts.log)?,
+        },
+        event: event_view,
+        own: Own { headers: parts.headers, payload: parts.payload },
+        entry,
+    })
+}
+
+/// An entry of the history stream, read: see `scripts/settle.lua` for its fields.
+fn parts_of(mut fields: HashMap<String, Vec<u8>>) -> Option<Parts> {
+    let mut text = |name: &str| fields.remove(name).and_then(|v| String::from_utf8(v).ok());
+    let delivery = id::parse_delivery(&text("d")?)?;
+    let endpoint = text("ep")?;
+    let meta = text("m")?;
+    let mut meta = meta.split(' ');
+    let (state, updated, attempts, lapsed) = (meta.next()?, meta.next()?, meta.next()?, meta.next()?);
+    let (state, updated, attempts, lapsed) =
+        (state.to_string(), updated.parse().ok(), attempts.parse().ok()?, lapsed.parse().unwrap_or(0));
+    let last_error = text("e").unwrap_or_default();
+    let log = text("l").unwrap_or_default();
+    let older = text("o").is_some();
+    let headers = text("h");
+    let record = fields.remove("r").filter(|r| !r.is_empty());
+    let payload = fields.remove("p").map(Bytes::from);
+    Some(Parts {
+        delivery,
+        endpoint,
+        state,
+        attempts,
+        lapsed,
+        updated,
+        last_error,
+        log,
+        record,
+        older,
+        headers,
+        payload,
+    })
+}
 
 impl RedisQueue {
     /// See [`crate::queue::Queue::finished`].
@@ -50,95 +135,77 @@ impl RedisQueue {
         if held == 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<Row> = self
-            .core
-            .finished
-            .key(format!("{prefix}{DONE}"))
-            .arg(&prefix)
-            .arg(limit.max(1))
-            .invoke_async(&mut conn)
-            .await?;
-        let mut finished = Vec::with_capacity(rows.len());
-        let mut gone = Vec::new();
-        for (text, endpoint, state, attempts_made, updated, last_error, lapsed, log, record, older, headers, payload) in
-            rows
-        {
-            let (Some(delivery), Some(endpoint)) = (id::parse_delivery(&text), endpoint) else {
-                // Expired before PostgreSQL took it (history was away for `queue.retention`), or
-                // not a delivery id: it can never be written.
-                tracing::error!(delivery_id = %text,
-                    "A finished delivery expired from Redis before history held it; it is missing from history.");
-                gone.push(text);
-                continue;
-            };
-            if state != "succeeded" && state != "dead" {
-                // Replayed meanwhile: the replay takes it out of the index.
-                continue;
-            }
-            let event = id::event_of(delivery);
-            let event_view = match (record, older) {
-                (Some(record), _) => {
-                    let record = record::decode(&record)?;
-                    Some(EventView {
-                        id: id::format_event(event),
-                        source: record.source,
-                        event_type: record.event_type,
-                        received_at: Some(event.timestamp_ms()),
-                        headers: record.headers,
-                        payload: Bytes::from(record.body),
-                        deliveries: Vec::new(),
-                    })
-                }
-                // An older version's event hash: read as the admin API reads it.
-                (None, Some(_)) => self.view_event(event).await?,
-                (None, None) => None,
-            };
-            let view = DeliveryView {
-                id: text,
-                event_id: id::format_event(event),
-                endpoint,
-                state,
-                attempts_made: attempts_made.parse().unwrap_or(0),
-                lapsed_leases: lapsed.parse().unwrap_or(0),
-                created_at: Some(delivery.timestamp_ms()),
-                updated_at: updated.parse().ok(),
-                next_attempt_at: None,
-                last_error: Some(last_error).filter(|e| !e.is_empty()),
-                attempts: attempts_of(&log)?,
-            };
-            finished.push(Finished {
-                delivery: view,
-                event: event_view,
-                own: Own { headers, payload: payload.map(Bytes::from) },
-            });
+        let limit = limit.max(1);
+        // What a gateway of the previous version indexed, first.
+        let older = self.finished_in_done(shard, limit).await?;
+        if !older.is_empty() {
+            return Ok(older);
         }
-        if !gone.is_empty() {
-            let _: () = redis::cmd("ZREM").arg(format!("{prefix}{DONE}")).arg(&gone).query_async(&mut conn).await?;
+        let stream = format!("{prefix}{HISTORY}");
+        let mut finished = Vec::new();
+        let mut after = "-".to_string();
+        while finished.len() < limit {
+            let want = (limit - finished.len()).min(CHUNK);
+            let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(want)
+                .query_async(&mut conn)
+                .await?;
+            let short = entries.len() < want;
+            let mut unreadable = Vec::new();
+            for (entry, fields) in entries {
+                after = format!("({entry}");
+                match parts_of(fields) {
+                    Some(parts) => finished.push(finished_of(self, parts, Some(entry)).await?),
+                    None => {
+                        tracing::error!(entry = %entry, "An unreadable history stream entry was dropped.");
+                        unreadable.push(entry);
+                    }
+                }
+            }
+            if !unreadable.is_empty() {
+                let _: () = redis::cmd("XDEL").arg(&stream).arg(&unreadable).query_async(&mut conn).await?;
+            }
+            if short {
+                break;
+            }
         }
         Ok(finished)
     }
 
-    /// See [`crate::queue::Queue::mark_exported`].
+    /// See [`crate::queue::Queue::mark_exported`]: stream entries are deleted; deliveries read from
+    /// the previous version's index are marked there.
     pub(super) async fn exported_in(&self, shard: u32, done: &[Finished], keep: Duration) -> Result<u64, QueueError> {
-        if done.is_empty() {
-            return Ok(0);
+        let entries: Vec<&str> = done.iter().filter_map(|f| f.entry.as_deref()).collect();
+        let older: Vec<&Finished> = done.iter().filter(|f| f.entry.is_none()).collect();
+        let mut marked = 0;
+        if !entries.is_empty() {
+            let stream = format!("{}{HISTORY}", self.core.shard_prefix(shard));
+            let mut conn = self.core.conn.clone();
+            for chunk in entries.chunks(1000) {
+                marked += redis::cmd("XDEL").arg(&stream).arg(chunk).query_async::<u64>(&mut conn).await?;
+            }
         }
-        let prefix = self.core.shard_prefix(shard);
-        let mut call = self.core.exported.key(format!("{prefix}{DONE}"));
-        call.arg(&prefix).arg(keep.as_secs().max(1));
-        for f in done {
-            call.arg(&f.delivery.id).arg(f.delivery.updated_at.map(|u| u.to_string()).unwrap_or_default());
+        if !older.is_empty() {
+            marked += self.exported_in_done(shard, &older, keep).await?;
         }
-        let mut conn = self.core.conn.clone();
-        Ok(call.invoke_async(&mut conn).await?)
+        Ok(marked)
     }
 
     /// Finished deliveries not yet in history, over every shard.
     pub(super) async fn history_backlog(&self) -> Result<u64, QueueError> {
         let counts = (0..self.core.shards).map(|shard| {
             let mut conn = self.core.conn.clone();
-            let key = format!("{}{DONE}", self.core.shard_prefix(shard));
-            async move { redis::cmd("ZCARD").arg(key).query_async::<u64>(&mut conn).await }
+            let prefix = self.core.shard_prefix(shard);
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("XLEN").arg(format!("{prefix}{HISTORY}")).cmd("ZCARD").arg(format!("{prefix}{DONE}"));
+                let (stream, older): (u64, u64) = pipe.query_async(&mut conn).await?;
+                Ok::<u64, redis::RedisError>(stream + older)
+            }
         });
         Ok(futures_util::future::try_join_all(counts).await?.into_iter().sum())
     }

@@ -10,7 +10,8 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:done` | ZSET | with `[history]`: finished delivery id → time finished, ms, until PostgreSQL holds it ([`export`]) |
+//! | `<prefix>:{s<n>}:history` | STREAM | with `[history]`: one entry per finished delivery (state, attempts, attempt log, own headers and body, its event's record), appended by the settlement that finished it and deleted once PostgreSQL committed it ([`export`]) |
+//! | `<prefix>:{s<n>}:done` | ZSET | the previous version's index of finished deliveries not yet in history (id → time finished); drained by this one's writer |
 //! | `<prefix>:{s<n>}:done:writer` | STRING | with `[history]`: the gateway whose history writer holds the shard, with a TTL |
 //! | `<prefix>:{s<n>}:e:<event ulid>` | STRING | the event record (its id without `evt_`: the key then fits a smaller allocation) ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
@@ -45,6 +46,7 @@ mod batch;
 mod checks;
 mod conn;
 mod dead;
+mod done;
 mod export;
 mod idempotency;
 mod record;
@@ -90,7 +92,10 @@ const RESTORE: &str = script!("restore.lua");
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
 const OLDER_QUEUE: &str = "due";
-/// The shard's ZSET of finished deliveries not yet in history (`[history]` only).
+/// The shard's STREAM of finished deliveries on their way to history (`[history]` only).
+const HISTORY: &str = "history";
+/// The ZSET of finished delivery ids the previous version indexed for history; drained by the
+/// writer of this one.
 const DONE: &str = "done";
 
 /// Most paused deliveries one resume call moves (the script runs until none is left).
@@ -116,8 +121,9 @@ struct Core {
     conn: Conn,
     /// Replicas each enqueue and settlement waits for (`redis.replicas_ack`), and how long.
     replicas: Option<(u32, Duration)>,
-    /// Whether settlements index finished deliveries for history (`[history]`).
-    history: bool,
+    /// With `[history]`: `keep_in_redis` in seconds. Settlements then append finished deliveries
+    /// to the shard's history stream, and a succeeded delivery's keys expire after this.
+    history_keep_secs: Option<u64>,
     /// This queue's id as a history writer (see [`export`]).
     writer_id: String,
     prefix: String,
@@ -139,14 +145,15 @@ struct Core {
 
 impl RedisQueue {
     /// Opens the queue. The connection is made lazily and re-made after failures, so a gateway can
-    /// start (and answer 503) while Redis is away. With `history`, settlements index finished
-    /// deliveries for the history writer.
-    pub fn open(redis: &RedisConfig, queue: &QueueConfig, history: bool) -> Result<Self, QueueError> {
+    /// start (and answer 503) while Redis is away. With `history` (`history.keep_in_redis`),
+    /// settlements hand finished deliveries to the history writer, and succeeded ones expire from
+    /// Redis after that long.
+    pub fn open(redis: &RedisConfig, queue: &QueueConfig, history: Option<Duration>) -> Result<Self, QueueError> {
         let conn = Conn::open(redis)?;
         let core = Arc::new(Core {
             conn,
             replicas: (redis.replicas_ack > 0).then_some((redis.replicas_ack, redis.replicas_timeout)),
-            history,
+            history_keep_secs: history.map(|keep| keep.as_secs().max(1)),
             writer_id: Ulid::new().to_string(),
             prefix: redis.prefix.clone(),
             shards: queue.shards,
@@ -344,7 +351,11 @@ impl Queue for RedisQueue {
         let mut depth = crate::metrics::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
             store_bytes: conn.used_memory().await.ok(),
-            history_backlog: if self.core.history { self.history_backlog().await.ok() } else { None },
+            history_backlog: if self.core.history_keep_secs.is_some() {
+                self.history_backlog().await.ok()
+            } else {
+                None
+            },
             ..Default::default()
         };
         for shard in counts {

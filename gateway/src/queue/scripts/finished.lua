@@ -1,14 +1,14 @@
--- Reads up to ARGV[2] finished deliveries of one shard not yet in history (oldest first), with all
--- that history keeps of them, in one round trip.
+-- Reads up to ARGV[2] finished deliveries of one shard not yet in history (oldest first, from the
+-- ARGV[3]th on), with all that history keeps of them, in one round trip.
 -- KEYS[1] = the shard's `done` ZSET.
--- ARGV: shard key prefix, limit.
+-- ARGV: shard key prefix, limit, offset.
 -- Returns per delivery { id, endpoint, status, attempts, updated, last_error, lapsed, log, event
 -- record (this version's, or false), event id named by an older version's delivery hash (or
 -- false), own headers (or false), own payload (or false) }; a delivery whose hash is gone has false
 -- for its endpoint.
 local p = ARGV[1]
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[2]) - 1)) do
   local dkey = p .. 'd:' .. id
   local d = redis.call('HMGET', dkey, 'endpoint', 'status', 'attempts', 'updated', 'last_error', 'lapsed', 'log',
     'event', 'headers', 'payload')

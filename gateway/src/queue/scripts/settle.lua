@@ -2,10 +2,10 @@
 -- its current lease: a worker whose lease ran out and was taken over must not overwrite the new
 -- holder's work.
 -- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
--- disabled endpoints (name -> reason), KEYS[4] = the shard's `done` ZSET (finished deliveries not
--- yet in history, by time finished; kept only with `[history]`).
--- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, '1' to index finished
---       deliveries for history ('0' without), number of settlements S;
+-- disabled endpoints (name -> reason), KEYS[4] = the shard's `history` STREAM (with `[history]`:
+-- finished deliveries on their way to PostgreSQL, each entry all that history keeps of one).
+-- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, `history.keep_in_redis`
+--       seconds ('0' without `[history]`), number of settlements S;
 --       then per settlement: delivery
 --       id, lease token, attempt record JSON ('' when no attempt was made), action ('ack' | 'retry' |
 --       'bury' | 'defer' | 'pause'), retry delay ms, last error ('' for none).
@@ -20,12 +20,25 @@
 -- A burial closes the delivery (`closed` = 1): it expires after the dead-letter retention, and its
 -- event counts it in `dead` instead of `open`. An event whose last open delivery closes is kept for
 -- the retention period, or the dead-letter retention when one of its deliveries is dead.
+-- With `[history]`, a delivery that finishes (acked or buried) is also appended to the shard's
+-- history stream, whole: state, attempts, its attempt log, its own headers and body, and its
+-- event's record. The history writer takes it from there to PostgreSQL and deletes the entry
+-- once PostgreSQL committed it, so the stream is what history is written from, and a succeeded
+-- delivery's keys (and its event's, once none of its deliveries is open or dead) are only the copy
+-- the admin API reads fast: they expire after `keep_in_redis` instead of `queue.retention`. Entries
+-- older than `queue.retention` and `queue.dead_retention` (PostgreSQL away that long) are trimmed:
+-- that bounds Redis' memory as the TTLs bound it without `[history]`.
 -- Returns one integer per settlement: 1 applied, 0 lease lost.
 local now = now_ms()
 local p = ARGV[1]
 local retention = tonumber(ARGV[2])
 local dead_retention = tonumber(ARGV[3])
-local history = ARGV[4] == '1'
+local keep = tonumber(ARGV[4])
+local history = keep > 0
+local now_s = tostring(now)
+-- Stream ids are `<ms>-<seq>`: trim what is older than Redis keeps finished records without
+-- `[history]` (PostgreSQL away that long).
+local min_id = tostring(now - math.max(retention, dead_retention) * 1000)
 local results = {}
 local at = 6
 
@@ -34,7 +47,47 @@ local function event_ttl(dead)
   if dead > 0 then
     return math.max(retention, dead_retention)
   end
+  if history then
+    return keep
+  end
   return retention
+end
+
+-- Appends a finished delivery to the history stream. `d`: its hash's fields as read (see below),
+-- `appended`: the log's length after this settlement's record (nil when none was added).
+local function to_history(id, d, state, record, appended, last_error)
+  local logkey = p .. 'd:' .. id .. ':log'
+  local log
+  if appended and appended == #record + 1 then
+    -- The log is just this attempt's record: no need to read it back.
+    log = record .. '\n'
+  else
+    log = redis.call('GET', logkey) or ''
+  end
+  if d[8] then
+    -- An older version kept the log in the hash.
+    log = d[8] .. '\n' .. log
+  end
+  local attempts = (tonumber(d[4]) or 0) + ((record ~= '') and 1 or 0)
+  local entry = { 'XADD', KEYS[4], 'MINID', '~', min_id, '*', 'd', id, 'ep', d[3] or '', 'm',
+    state .. ' ' .. now_s .. ' ' .. attempts .. ' ' .. (d[5] or '0'), 'e', last_error, 'l', log }
+  if d[2] then
+    -- An older version's event (a hash): the writer reads it from there.
+    entry[#entry + 1] = 'o'
+    entry[#entry + 1] = d[2]
+  else
+    entry[#entry + 1] = 'r'
+    entry[#entry + 1] = redis.call('GET', event_key(p, (event_of(id)))) or ''
+  end
+  if d[6] then
+    entry[#entry + 1] = 'h'
+    entry[#entry + 1] = d[6]
+  end
+  if d[7] then
+    entry[#entry + 1] = 'p'
+    entry[#entry + 1] = d[7]
+  end
+  redis.call(unpack(entry))
 end
 
 -- One delivery of the event closed (acked or buried): once none is open, the event expires.
@@ -72,33 +125,39 @@ for i = 1, tonumber(ARGV[5]) do
   local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
   at = at + 6
   local dkey = p .. 'd:' .. id
-  local d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint')
+  local d
+  if history then
+    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts', 'lapsed', 'headers', 'payload', 'log')
+  else
+    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint')
+  end
   if d[1] ~= token then
     results[i] = 0
   else
     results[i] = 1
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
+    local appended
     if record ~= '' then
       redis.call('HINCRBY', dkey, 'attempts', 1)
-      redis.call('APPEND', logkey, record .. '\n')
+      appended = redis.call('APPEND', logkey, record .. '\n')
     end
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[3]) then
       action = 'defer'
     end
     if action == 'retry' then
-      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error)
+      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'defer' then
       -- Not attempted: the last attempt's error still stands.
-      redis.call('HSET', dkey, 'lease', '', 'updated', now)
+      redis.call('HSET', dkey, 'lease', '', 'updated', now_s)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'pause' then
-      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'status', 'paused')
+      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'status', 'paused')
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', p .. 'paused:' .. d[3], now, id)
     elseif action == 'bury' then
-      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
+      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error,
         'status', 'dead', 'closed', 1)
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', KEYS[2], now, id)
@@ -106,18 +165,19 @@ for i = 1, tonumber(ARGV[5]) do
       redis.call('EXPIRE', logkey, dead_retention)
       close(id, d[2], true)
       if history then
-        redis.call('ZADD', KEYS[4], now, id)
+        to_history(id, d, 'dead', record, appended, last_error)
       end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
-      redis.call('HSET', dkey, 'lease', '', 'updated', now, 'last_error', last_error,
+      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error,
         'status', 'succeeded')
       redis.call('ZREM', KEYS[1], id)
-      redis.call('EXPIRE', dkey, retention)
-      redis.call('EXPIRE', logkey, retention)
+      local ttl = history and keep or retention
+      redis.call('EXPIRE', dkey, ttl)
+      redis.call('EXPIRE', logkey, ttl)
       close(id, d[2], false)
       if history then
-        redis.call('ZADD', KEYS[4], now, id)
+        to_history(id, d, 'succeeded', record, appended, last_error)
       end
     end
   end
