@@ -525,3 +525,80 @@ async fn dead_letters_of_redis_and_of_history_are_paged_as_one_list_and_replayed
     assert_eq!(dead_ids(&all).len(), 1, "only audit's is left: {all}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn finished_deliveries_the_previous_version_indexed_for_history_are_written_by_this_one() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    // A delivery the previous version finished and indexed in the shard's `done` set: its hash,
+    // its log string and its event's record are there, with the retention's TTL.
+    let event = sluice::id::new_event();
+    let delivery = sluice::id::format_delivery(sluice::id::delivery_of(event, 1));
+    let finished_at = now_ms();
+    let prefix = "sluice:{s0}:";
+    let mut conn = redis.connection().await;
+    let record = "00\nshop\norder_created\norders\n\ncontent-type:application/json\n\n{\"order_id\":41}";
+    let attempt = format!(
+        r#"{{"attempt":1,"at":{finished_at},"outcome":"success","status":200,"error":null,"latency_ms":1.5,"response":"ok"}}"#
+    );
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}e:{}", event))
+        .arg(record)
+        .arg("EX")
+        .arg(3600)
+        .cmd("HSET")
+        .arg(format!("{prefix}d:{delivery}"))
+        .arg(&[("endpoint", "orders"), ("status", "succeeded"), ("attempts", "1"), ("lease", "")])
+        .arg("updated")
+        .arg(finished_at)
+        .cmd("EXPIRE")
+        .arg(format!("{prefix}d:{delivery}"))
+        .arg(3600)
+        .cmd("SET")
+        .arg(format!("{prefix}d:{delivery}:log"))
+        .arg(format!("{attempt}\n"))
+        .arg("EX")
+        .arg(3600)
+        .cmd("ZADD")
+        .arg(format!("{prefix}done"))
+        .arg(finished_at)
+        .arg(&delivery)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // This version's writer drains it into PostgreSQL, empties the index and lets the keys go after
+    // keep_in_redis.
+    let gateway = start_gateway(&config(&redis, &pg, &receiver, "1s")).await;
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 1).await;
+    let row = pg
+        .client()
+        .await
+        .query_one(
+            "SELECT state, attempts_made, attempts->0->>'status' FROM sluice_deliveries WHERE id = $1",
+            &[&delivery],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, Option<String>>(2)),
+        ("succeeded".to_string(), 1, Some("200".to_string()))
+    );
+    let payload: Vec<u8> = pg
+        .client()
+        .await
+        .query_one("SELECT payload FROM sluice_events WHERE id = $1", &[&sluice::id::format_event(event)])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload, br#"{"order_id":41}"#);
+    let left: u64 = redis::cmd("ZCARD").arg(format!("{prefix}done")).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
+    wait_gone_from_redis(
+        &redis,
+        &[format!("{prefix}d:{delivery}"), format!("{prefix}d:{delivery}:log"), format!("{prefix}e:{}", event)],
+    )
+    .await;
+    gateway.shutdown().await;
+}
