@@ -166,6 +166,10 @@ async fn postgres_going_away_under_load_stops_no_delivery_and_loses_nothing_from
     }
     let text = metrics(addr).await;
     assert!(metric_value(&text, "sluice_history_backlog").unwrap() > 0, "finished records wait in Redis");
+    // Dead letters are still listed (Redis' alone), and the answer says history is missing.
+    let (status, listed) = admin_get(addr, "/v1/dead-letters").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed["history_unavailable"].as_str().is_some_and(|r| !r.is_empty()), "{listed}");
     assert_eq!(metric_value(&text, "sluice_history_up"), Some(0));
 
     // Back (recovering from its WAL): the backlog drains, every delivery once in history.

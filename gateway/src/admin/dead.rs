@@ -5,7 +5,8 @@
 //! ordered by (time buried, id), each dead letter once: a row of history counts only while Redis
 //! no longer holds that delivery (Redis lists its own dead letters, and one it replayed is not dead
 //! any more, whatever history still says). A replay of a dead letter only history holds restores it
-//! into the queue with its event.
+//! into the queue with its event. While PostgreSQL is away, listing and replaying all of an
+//! endpoint go on with Redis' dead letters alone, and the answer says so (`history_unavailable`).
 
 use std::time::Duration;
 
@@ -58,12 +59,27 @@ pub async fn dead_letters(queue: &Store, history: Option<&History>, query: &str)
         return Err(AdminError::BadRequest("`before_id` goes with `before`".to_string()));
     }
     let cursor = before.map(|at| DeadCursor { at, id: before_id });
-    let (page, next) = page(queue, history, endpoint.as_deref(), cursor, limit).await?;
-    Ok(json!({
+    let (page, next, unavailable) = match page(queue, history, endpoint.as_deref(), cursor, limit).await {
+        // PostgreSQL away: Redis' dead letters are still listed, and the answer says what is missing.
+        Err(AdminError::History(e)) => {
+            tracing::warn!(error = %e, "Dead letters listed from Redis alone: history did not answer.");
+            let (page, next) = page(queue, None, endpoint.as_deref(), cursor, limit).await?;
+            (page, next, Some(e.to_string()))
+        }
+        other => {
+            let (page, next) = other?;
+            (page, next, None)
+        }
+    };
+    let mut answer = json!({
         "dead_letters": page,
         "next_before": next.map(|n| n.at),
         "next_before_id": next.and_then(|n| n.id).map(id::format_delivery),
-    }))
+    });
+    if let Some(reason) = unavailable {
+        answer["history_unavailable"] = Value::String(reason);
+    }
+    Ok(answer)
 }
 
 /// A page of dead letters from Redis and, with `[history]`, from history, and the cursor of the
@@ -164,25 +180,45 @@ pub async fn replay_endpoint(
         return Err(unknown_endpoint(endpoint));
     }
     let mut replayed = queue.replay_endpoint(endpoint, spacing).await?;
+    let mut answer = json!({ "endpoint": endpoint });
     if let Some(history) = history {
-        let mut after = None;
-        loop {
-            let rows = history.dead_letters(Some(endpoint), after, MAX_PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            after = Some(DeadCursor { at: last.dead_at, id: id::parse_delivery(&last.id) });
-            let ids: Vec<Ulid> = rows.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
-            let held = queue.holds(&ids).await?;
-            for (delivery, _) in ids.into_iter().zip(held).filter(|(_, held)| !held) {
-                let Some(restore) = history.restorable(delivery).await? else { continue };
-                let delay = spacing.saturating_mul(u32::try_from(replayed).unwrap_or(u32::MAX));
-                if queue.restore(&restore, delay).await? {
-                    replayed += 1;
-                }
-            }
-            if rows.len() < MAX_PAGE {
-                break;
-            }
+        // PostgreSQL away: Redis' dead letters are replayed all the same; the answer says the rest
+        // waits (calling again later replays them, and skips what is back in the queue already).
+        if let Err(e) = restore_endpoint(queue, history, endpoint, spacing, &mut replayed).await {
+            let AdminError::History(e) = e else { return Err(e) };
+            tracing::warn!(error = %e, endpoint, "Dead letters replayed from Redis alone: history did not answer.");
+            answer["history_unavailable"] = Value::String(e.to_string());
         }
     }
-    Ok(json!({ "endpoint": endpoint, "replayed": replayed }))
+    answer["replayed"] = json!(replayed);
+    Ok(answer)
+}
+
+/// Restores every dead letter of `endpoint` that only history holds, spaced on from `replayed`
+/// (counted up as they go back).
+async fn restore_endpoint(
+    queue: &Store,
+    history: &History,
+    endpoint: &str,
+    spacing: Duration,
+    replayed: &mut u64,
+) -> Result<(), AdminError> {
+    let mut after = None;
+    loop {
+        let rows = history.dead_letters(Some(endpoint), after, MAX_PAGE).await?;
+        let Some(last) = rows.last() else { return Ok(()) };
+        after = Some(DeadCursor { at: last.dead_at, id: id::parse_delivery(&last.id) });
+        let ids: Vec<Ulid> = rows.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
+        let held = queue.holds(&ids).await?;
+        for (delivery, _) in ids.into_iter().zip(held).filter(|(_, held)| !held) {
+            let Some(restore) = history.restorable(delivery).await? else { continue };
+            let delay = spacing.saturating_mul(u32::try_from(*replayed).unwrap_or(u32::MAX));
+            if queue.restore(&restore, delay).await? {
+                *replayed += 1;
+            }
+        }
+        if rows.len() < MAX_PAGE {
+            return Ok(());
+        }
+    }
 }
