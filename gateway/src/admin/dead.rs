@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use ulid::Ulid;
 
 use super::{unknown_endpoint, AdminError, MAX_PAGE};
-use crate::history::History;
+use crate::history::{History, HistoryError};
 use crate::id;
 use crate::queue::{DeadCursor, DeadLetter, Queue, Store};
 
@@ -101,20 +101,11 @@ async fn page(
         loop {
             let rows = history.dead_letters(endpoint, after, limit).await?;
             let Some(last) = rows.last().cloned() else { break };
-            let ids: Vec<Ulid> = rows.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
-            if ids.len() != rows.len() {
-                return Err(AdminError::History(crate::history::HistoryError::Corrupt(
-                    "a dead letter in history has a malformed id".to_string(),
-                )));
-            }
-            let held = queue.holds(&ids).await?;
             let full = rows.len() == limit;
             scanned += rows.len();
-            for (row, held) in rows.into_iter().zip(held) {
-                if !held {
-                    kept += 1;
-                    merged.push(row);
-                }
+            for (row, _) in only_in_history(queue, rows).await? {
+                kept += 1;
+                merged.push(row);
             }
             // Exhausted; or every older row sorts after `limit` kept ones, or after the page's floor.
             if !full || kept >= limit || floor.as_ref().is_some_and(|f| place(&last) <= place(f)) {
@@ -208,17 +199,27 @@ async fn restore_endpoint(
         let rows = history.dead_letters(Some(endpoint), after, MAX_PAGE).await?;
         let Some(last) = rows.last() else { return Ok(()) };
         after = Some(DeadCursor { at: last.dead_at, id: id::parse_delivery(&last.id) });
-        let ids: Vec<Ulid> = rows.iter().filter_map(|d| id::parse_delivery(&d.id)).collect();
-        let held = queue.holds(&ids).await?;
-        for (delivery, _) in ids.into_iter().zip(held).filter(|(_, held)| !held) {
+        let full = rows.len() == MAX_PAGE;
+        for (_, delivery) in only_in_history(queue, rows).await? {
             let Some(restore) = history.restorable(delivery).await? else { continue };
             let delay = spacing.saturating_mul(u32::try_from(*replayed).unwrap_or(u32::MAX));
             if queue.restore(&restore, delay).await? {
                 *replayed += 1;
             }
         }
-        if rows.len() < MAX_PAGE {
+        if !full {
             return Ok(());
         }
     }
+}
+
+/// The rows of history whose delivery Redis no longer holds (each with its id), in order.
+async fn only_in_history(queue: &Store, rows: Vec<DeadLetter>) -> Result<Vec<(DeadLetter, Ulid)>, AdminError> {
+    let ids = rows
+        .iter()
+        .map(|d| id::parse_delivery(&d.id))
+        .collect::<Option<Vec<Ulid>>>()
+        .ok_or_else(|| HistoryError::Corrupt("a dead letter in history has a malformed id".to_string()))?;
+    let held = queue.holds(&ids).await?;
+    Ok(rows.into_iter().zip(ids).zip(held).filter(|(_, held)| !held).map(|(row, _)| row).collect())
 }
