@@ -1,14 +1,16 @@
 //! Delivery history in PostgreSQL (`[history]`): finished deliveries, with their attempt logs and
 //! their events, leave the queue's memory for tables on disk, partitioned by day.
 //!
-//! The flow: a settlement that finishes a delivery (ack or burial) also indexes it as finished in
-//! its shard; the [`writer`] reads a batch of those ([`crate::queue::Queue::finished`]), upserts
-//! them here in one transaction, and only then marks them exported
-//! ([`crate::queue::Queue::mark_exported`]), which lets a succeeded delivery leave Redis after
-//! `history.keep_in_redis`. A gateway killed between the two writes the batch again: the upserts
-//! are keyed by id, so a row is written twice at worst, never lost, never doubled. While
-//! PostgreSQL is away, deliveries go on and finished records wait in Redis (for `queue.retention`
-//! at most, their TTL there); the writer retries and `/readyz` says `degraded`.
+//! The flow: a settlement that finishes a delivery (ack or burial) also hands it, whole, to its
+//! shard's history stream in Redis; the [`writer`] reads a batch of those
+//! ([`crate::queue::Queue::finished`]), upserts them here in one transaction, and only then marks
+//! them exported ([`crate::queue::Queue::mark_exported`]: the entries go). A succeeded delivery's
+//! own keys in Redis are only the copy the admin API reads fast, and expire
+//! `history.keep_in_redis` after it finished. A gateway killed between the two steps writes the
+//! batch again: the upserts are keyed by id, so a row is written twice at worst, never lost, never
+//! doubled. While PostgreSQL is away, deliveries go on and finished ones wait in the stream (for
+//! the longer of `queue.retention` and `queue.dead_retention` at most); the writer retries and
+//! `/readyz` says `degraded`.
 //!
 //! - [`schema`]: versioned migrations (embedded SQL) and the day partitions.
 //! - [`store`]: writes and reads of rows.

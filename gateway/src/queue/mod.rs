@@ -363,17 +363,17 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<crate::metrics::QueueDepth, QueueError>> + Send;
 
     /// Finished deliveries (succeeded or dead) of `shard` not yet written to history, oldest
-    /// first, at most `limit`, each with its attempt log and its event. Only a backend that keeps
-    /// that index (Redis with `[history]`) has any; the others keep their own history.
+    /// first, at most `limit`, each with its attempt log and its event. Only a backend that hands
+    /// its history on (Redis with `[history]`) has any; the others keep their own history.
     fn finished(&self, shard: u32, limit: usize) -> impl Future<Output = Result<Vec<Finished>, QueueError>> + Send {
         let _ = (shard, limit);
         async { Ok(Vec::new()) }
     }
 
-    /// Marks finished deliveries of `shard` as held by history: they leave the index, and a
-    /// succeeded one (with its event, once none of the event's deliveries is open or dead) expires
-    /// after `keep`. A delivery that changed since it was read (replayed) is left for the next
-    /// round. Returns how many were marked.
+    /// Marks finished deliveries of `shard` as held by history, so they are not handed over again
+    /// (Redis: their stream entries go; those of the previous version's index leave it, and a
+    /// succeeded one, with its event once none of the event's deliveries is open or dead, expires
+    /// after `keep`, unless it changed since it was read). Returns how many were marked.
     fn mark_exported(
         &self,
         shard: u32,
