@@ -5,13 +5,12 @@
 
 use std::time::SystemTime;
 
-use serde_json::Value;
 use ulid::Ulid;
 
-use super::store::{millis, time};
+use super::store::{delivery_view, millis, time, VIEW_COLUMNS};
 use super::{History, HistoryError};
 use crate::id;
-use crate::queue::{DeadCursor, DeadLetter, DeliveryView, Own, Restore};
+use crate::queue::{DeadCursor, DeadLetter, Own, Restore};
 
 impl History {
     /// Dead letters history holds, newest first, that come after `before` in that order,
@@ -59,9 +58,10 @@ impl History {
         let name = id::format_delivery(delivery);
         let Some(row) = client
             .query_opt(
-                "SELECT event_id, endpoint, attempts_made, lapsed_leases, finished_at, last_error, attempts, \
-                 own_headers, own_payload FROM sluice_deliveries \
-                 WHERE created_at = $1 AND id = $2 AND state = 'dead'",
+                &format!(
+                    "SELECT {VIEW_COLUMNS}, own_headers, own_payload FROM sluice_deliveries \
+                     WHERE created_at = $1 AND id = $2 AND state = 'dead'"
+                ),
                 &[&time(delivery.timestamp_ms()), &name],
             )
             .await?
@@ -69,10 +69,7 @@ impl History {
             return Ok(None);
         };
         drop(client);
-        let attempts = match row.get::<_, Value>(6) {
-            Value::Array(attempts) => attempts,
-            other => return Err(HistoryError::Corrupt(format!("attempts of {name} are not a list: {other}"))),
-        };
+        let view = delivery_view(delivery, &row)?;
         let event = id::event_of(delivery);
         let event_view = self
             .event(event)
@@ -87,20 +84,11 @@ impl History {
             endpoints[k - 1] = summary.endpoint.clone();
         }
         Ok(Some(Restore {
-            delivery: DeliveryView {
-                id: name,
-                event_id: row.get(0),
-                endpoint: row.get(1),
-                state: "dead".to_string(),
-                attempts_made: row.get::<_, i32>(2).max(0) as u32,
-                lapsed_leases: row.get::<_, i32>(3).max(0) as u32,
-                created_at: Some(delivery.timestamp_ms()),
-                updated_at: row.get::<_, Option<SystemTime>>(4).map(millis),
-                next_attempt_at: None,
-                last_error: row.get(5),
-                attempts,
+            delivery: view,
+            own: Own {
+                headers: row.try_get("own_headers")?,
+                payload: row.try_get::<_, Option<Vec<u8>>>("own_payload")?.map(Into::into),
             },
-            own: Own { headers: row.get(7), payload: row.get::<_, Option<Vec<u8>>>(8).map(Into::into) },
             event: event_view,
             endpoints,
         }))

@@ -116,29 +116,11 @@ impl History {
         let client = self.inner.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT event_id, endpoint, state, attempts_made, lapsed_leases, finished_at, last_error, attempts \
-                 FROM sluice_deliveries WHERE created_at = $1 AND id = $2",
+                &format!("SELECT {VIEW_COLUMNS} FROM sluice_deliveries WHERE created_at = $1 AND id = $2"),
                 &[&time(delivery.timestamp_ms()), &id::format_delivery(delivery)],
             )
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let attempts = match row.get::<_, Value>(7) {
-            Value::Array(attempts) => attempts,
-            other => return Err(HistoryError::Corrupt(format!("attempts of {delivery} are not a list: {other}"))),
-        };
-        Ok(Some(DeliveryView {
-            id: id::format_delivery(delivery),
-            event_id: row.get(0),
-            endpoint: row.get(1),
-            state: row.get(2),
-            attempts_made: row.get::<_, i32>(3).max(0) as u32,
-            lapsed_leases: row.get::<_, i32>(4).max(0) as u32,
-            created_at: Some(delivery.timestamp_ms()),
-            updated_at: row.get::<_, Option<SystemTime>>(5).map(millis),
-            next_attempt_at: None,
-            last_error: row.get(6),
-            attempts,
-        }))
+        row.map(|row| delivery_view(delivery, &row)).transpose()
     }
 
     /// An event from history, with the states of its deliveries that history holds.
@@ -207,6 +189,31 @@ impl History {
         }
         Ok(dropped)
     }
+}
+
+/// The columns [`delivery_view`] reads.
+pub(super) const VIEW_COLUMNS: &str =
+    "event_id, endpoint, state, attempts_made, lapsed_leases, finished_at, last_error, attempts";
+
+/// A delivery as the admin API shows it, from a row holding [`VIEW_COLUMNS`].
+pub(super) fn delivery_view(delivery: Ulid, row: &tokio_postgres::Row) -> Result<DeliveryView, HistoryError> {
+    let attempts = match row.try_get::<_, Value>("attempts")? {
+        Value::Array(attempts) => attempts,
+        other => return Err(HistoryError::Corrupt(format!("attempts of {delivery} are not a list: {other}"))),
+    };
+    Ok(DeliveryView {
+        id: id::format_delivery(delivery),
+        event_id: row.try_get("event_id")?,
+        endpoint: row.try_get("endpoint")?,
+        state: row.try_get("state")?,
+        attempts_made: row.try_get::<_, i32>("attempts_made")?.max(0) as u32,
+        lapsed_leases: row.try_get::<_, i32>("lapsed_leases")?.max(0) as u32,
+        created_at: Some(delivery.timestamp_ms()),
+        updated_at: row.try_get::<_, Option<SystemTime>>("finished_at")?.map(millis),
+        next_attempt_at: None,
+        last_error: row.try_get("last_error")?,
+        attempts,
+    })
 }
 
 /// When a delivery was created: the time in its id.
