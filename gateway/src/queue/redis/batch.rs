@@ -237,7 +237,7 @@ fn scatter<T: Clone>(
 }
 
 /// Indices of `shards` grouped by shard.
-fn by_shard(shards: impl Iterator<Item = u32>) -> Vec<(u32, Vec<usize>)> {
+pub(super) fn by_shard(shards: impl Iterator<Item = u32>) -> Vec<(u32, Vec<usize>)> {
     let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, shard) in shards.enumerate() {
         groups.entry(shard).or_default().push(i);

@@ -2,11 +2,11 @@
 //! restoring one it no longer does (`scripts/restore.lua`): the delivery pending again, with its
 //! attempt log and own headers and body, and its event record stored again when it is gone.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ulid::Ulid;
 
+use super::batch::by_shard;
 use super::{record, RedisQueue, QUEUE};
 use crate::id;
 use crate::queue::{QueueError, Restore};
@@ -15,13 +15,10 @@ impl RedisQueue {
     /// See [`crate::queue::Queue::holds`]: a delivery Redis holds has a hash (made by its first
     /// claim, by a replay or by a restore); one that never had one was never dead.
     pub(super) async fn holds_in(&self, deliveries: &[Ulid]) -> Result<Vec<bool>, QueueError> {
-        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (at, delivery) in deliveries.iter().enumerate() {
-            by_shard.entry(id::shard_of(*delivery, self.core.shards)).or_default().push(at);
-        }
+        let groups = by_shard(deliveries.iter().map(|d| id::shard_of(*d, self.core.shards)));
         let mut held = vec![false; deliveries.len()];
         let mut conn = self.core.conn.clone();
-        for (shard, places) in by_shard {
+        for (shard, places) in groups {
             let prefix = self.core.shard_prefix(shard);
             let mut pipe = redis::pipe();
             for &at in &places {

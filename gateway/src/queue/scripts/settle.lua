@@ -54,9 +54,9 @@ local function event_ttl(dead)
 end
 
 -- Appends a finished delivery to the history stream. `d`: its hash's fields as read (see below),
--- `appended`: the log's length after this settlement's record (nil when none was added).
-local function to_history(id, d, state, record, appended, last_error)
-  local logkey = p .. 'd:' .. id .. ':log'
+-- `logkey`: its attempt log's key, `appended`: the log's length after this settlement's record (nil
+-- when none was added).
+local function to_history(id, d, logkey, state, record, appended, last_error)
   local log
   if appended and appended == #record + 1 then
     -- The log is just this attempt's record: no need to read it back.
@@ -165,7 +165,7 @@ for i = 1, tonumber(ARGV[5]) do
       redis.call('EXPIRE', logkey, dead_retention)
       close(id, d[2], true)
       if history then
-        to_history(id, d, 'dead', record, appended, last_error)
+        to_history(id, d, logkey, 'dead', record, appended, last_error)
       end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
@@ -177,7 +177,7 @@ for i = 1, tonumber(ARGV[5]) do
       redis.call('EXPIRE', logkey, ttl)
       close(id, d[2], false)
       if history then
-        to_history(id, d, 'succeeded', record, appended, last_error)
+        to_history(id, d, logkey, 'succeeded', record, appended, last_error)
       end
     end
   end
