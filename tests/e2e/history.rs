@@ -113,7 +113,7 @@ async fn a_dead_letter_is_written_to_history_and_stays_in_redis_to_be_listed_and
     let row = pg
         .client()
         .await
-        .query_one("SELECT state, attempts_made, jsonb_array_length(attempts) FROM sluice_deliveries", &[])
+        .query_one("SELECT state, attempts_made, json_array_length(attempts) FROM sluice_deliveries", &[])
         .await
         .unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, i32>(2)), ("dead".to_string(), 3, 3));
@@ -213,18 +213,17 @@ fn finished_at(at: u64, endpoint: &str, state: &str) -> sluice::queue::Finished 
     let event = ulid::Ulid(ulid::Ulid::from_parts(at, rand_bits()).0 & !0xFFFF);
     let delivery = sluice::id::delivery_of(event, 1);
     sluice::queue::Finished {
-        delivery: sluice::queue::DeliveryView {
+        delivery: sluice::queue::FinishedDelivery {
             id: sluice::id::format_delivery(delivery),
             event_id: sluice::id::format_event(event),
             endpoint: endpoint.into(),
             state: state.into(),
             attempts_made: 1,
             lapsed_leases: 0,
-            created_at: Some(at),
-            updated_at: Some(at + 5),
-            next_attempt_at: None,
+            created_at: at,
+            finished_at: Some(at + 5),
             last_error: None,
-            attempts: vec![serde_json::json!({"attempt": 1, "status": 200})],
+            attempts: sluice::queue::AttemptList::of(&[serde_json::json!({"attempt": 1, "status": 200})]),
         },
         event: Some(sluice::queue::EventView {
             id: sluice::id::format_event(event),
@@ -266,6 +265,34 @@ async fn day_partitions_older_than_the_retention_are_dropped_whole_and_a_batch_w
     assert_eq!(count(&pg, partitions).await, 2);
     assert!(history.delivery(sluice::id::parse_delivery(&batch[0].delivery.id).unwrap()).await.unwrap().is_none());
     assert!(history.delivery(sluice::id::parse_delivery(&batch[1].delivery.id).unwrap()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_delivery_twice_in_one_batch_or_already_in_history_keeps_its_latest_record() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let config = sluice::config::HistoryConfig { postgres_url: pg.url(), ..Default::default() };
+    let history = sluice::history::History::open(&config).unwrap();
+    let first = finished(0);
+    history.write(std::slice::from_ref(&first)).await.unwrap();
+    // Replayed and finished again, twice, before the writer came round: both records in one batch,
+    // the newest last, and the row of its first finish already in history.
+    let mut dead = first.clone();
+    (dead.delivery.state, dead.delivery.attempts_made) = ("dead".into(), 2);
+    let mut again = first.clone();
+    again.delivery.attempts_made = 3;
+    again.delivery.attempts = sluice::queue::AttemptList::of(&[
+        serde_json::json!({"attempt": 1, "status": 200}),
+        serde_json::json!({"attempt": 2, "status": 500}),
+        serde_json::json!({"attempt": 3, "status": 204}),
+    ]);
+    history.write(&[dead, again]).await.unwrap();
+    let id = sluice::id::parse_delivery(&first.delivery.id).unwrap();
+    let row = history.delivery(id).await.unwrap().expect("in history");
+    assert_eq!((row.state.as_str(), row.attempts_made), ("succeeded", 3));
+    assert_eq!(row.attempts.len(), 3);
+    assert_eq!(row.attempts[2]["status"], 204);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 1);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 1);
 }
 
 #[test]
@@ -335,7 +362,7 @@ async fn finished_deliveries_are_searched_by_endpoint_state_and_time_a_page_at_a
         .collect();
     assert_eq!(ids(&page), want, "{page}");
     assert_eq!(page["deliveries"][0]["state"], "dead");
-    let (since, until) = (rows[3].delivery.created_at.unwrap(), rows[6].delivery.created_at.unwrap());
+    let (since, until) = (rows[3].delivery.created_at, rows[6].delivery.created_at);
     let (_, page) = admin_get(gateway.addr(), &format!("/v1/deliveries?since={since}&until={until}")).await;
     assert_eq!(ids(&page), newest_first[4..7].to_vec(), "created in [since, until)");
 
@@ -442,7 +469,7 @@ async fn a_dead_letter_only_history_holds_is_listed_and_replayed_with_its_event_
     let row = pg
         .client()
         .await
-        .query_one("SELECT state, jsonb_array_length(attempts) FROM sluice_deliveries WHERE id = $1", &[&dead])
+        .query_one("SELECT state, json_array_length(attempts) FROM sluice_deliveries WHERE id = $1", &[&dead])
         .await
         .unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("succeeded".to_string(), 5));
@@ -572,10 +599,50 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
         .query_async(&mut conn)
         .await
         .unwrap();
-    // This version's writer drains it into PostgreSQL, empties the index and lets the keys go after
-    // keep_in_redis.
+    // And one the version before this one handed over in its history stream, one field a part
+    // (this version packs the parts into one field).
+    let streamed_event = sluice::id::new_event();
+    let streamed = sluice::id::format_delivery(sluice::id::delivery_of(streamed_event, 1));
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}history"))
+        .arg("*")
+        .arg(&[
+            ("d", streamed.as_str()),
+            ("ep", "orders"),
+            ("m", &format!("dead {finished_at} 2 1")),
+            ("e", "HTTP 500"),
+            ("l", &format!("{attempt}\n{attempt}\n")),
+            ("r", record),
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // This version's writer drains both into PostgreSQL, empties the index and lets the keys go
+    // after keep_in_redis.
     let gateway = start_gateway(&config(&redis, &pg, &receiver, "1s")).await;
-    wait_for_metric(gateway.addr(), "sluice_history_written_total", 1).await;
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 2).await;
+    let row = pg
+        .client()
+        .await
+        .query_one(
+            "SELECT state, attempts_made, lapsed_leases, last_error, json_array_length(attempts) \
+             FROM sluice_deliveries WHERE id = $1",
+            &[&streamed],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, i32>(2),
+            row.get::<_, String>(3),
+            row.get::<_, i32>(4)
+        ),
+        ("dead".to_string(), 2, 1, "HTTP 500".to_string(), 2)
+    );
+    let streamed_left: u64 = redis::cmd("XLEN").arg(format!("{prefix}history")).query_async(&mut conn).await.unwrap();
+    assert_eq!(streamed_left, 0);
     let row = pg
         .client()
         .await

@@ -31,7 +31,10 @@ use ulid::Ulid;
 pub use self::embedded::EmbeddedQueue;
 pub use self::redis::RedisQueue;
 pub use self::store::Store;
-pub use self::views::{DeadCursor, DeadLetter, DeliverySummary, DeliveryView, EventView, Finished, Own, Restore};
+pub use self::views::{
+    AttemptList, DeadCursor, DeadLetter, DeliverySummary, DeliveryView, EventView, Finished, FinishedDelivery, Own,
+    Restore,
+};
 
 /// How an idempotency key's value starts while its first request is still being processed (the
 /// full mark, [`idempotency_pending`], names the event that request will store).
@@ -373,7 +376,9 @@ pub trait Queue: Send + Sync {
     /// Marks finished deliveries of `shard` as held by history, so they are not handed over again
     /// (Redis: their stream entries go; those of the previous version's index leave it, and a
     /// succeeded one, with its event once none of the event's deliveries is open or dead, expires
-    /// after `keep`, unless it changed since it was read). Returns how many were marked.
+    /// after `keep`, unless it changed since it was read). `done` is a batch [`Queue::finished`]
+    /// returned, whole: Redis drops the stream's head up to its last entry. Returns how many were
+    /// marked.
     fn mark_exported(
         &self,
         shard: u32,

@@ -64,11 +64,11 @@ pub struct EventView {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-/// A finished delivery as history keeps it: its view (state, attempts) and its event's.
+/// A finished delivery as history keeps it: its row (state, attempts) and its event's.
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// The delivery, with every attempt.
-    pub delivery: DeliveryView,
+    pub delivery: FinishedDelivery,
     /// Its event; `None` when the event is gone from the store.
     pub event: Option<EventView>,
     /// What a plugin gave this delivery of its own, when it did: what it sends in place of the
@@ -77,6 +77,66 @@ pub struct Finished {
     /// The backend's handle on this record until it is marked exported (Redis: its history
     /// stream entry); `None` where the backend finds it by the delivery id.
     pub entry: Option<String>,
+}
+
+/// A finished delivery as history stores it: [`DeliveryView`]'s fields that a finished delivery
+/// has, with its attempts kept as the JSON text the queue handed over (history stores that text as
+/// it is: parsing it only to write it again would cost the writer most of its time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedDelivery {
+    /// Delivery id.
+    pub id: String,
+    /// Event id.
+    pub event_id: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// `succeeded` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts_made: u32,
+    /// Times a lease on it ran out before it was settled.
+    pub lapsed_leases: u32,
+    /// When it was enqueued (the time in its id), ms since the epoch.
+    pub created_at: u64,
+    /// When it finished, ms since the epoch.
+    pub finished_at: Option<u64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// Every attempt, oldest first: a JSON list of the records [`DeliveryView::attempts`] shows.
+    pub attempts: AttemptList,
+}
+
+/// A delivery's attempt records as one JSON list, in text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptList(String);
+
+impl AttemptList {
+    /// The list of a log of one JSON record per line (as the queue keeps attempts), checking that
+    /// each line is JSON.
+    pub fn from_lines(log: &str) -> Result<Self, serde_json::Error> {
+        let mut list = String::with_capacity(log.len() + 2);
+        list.push('[');
+        for line in log.lines().filter(|line| !line.trim().is_empty()) {
+            // Validates without building the value.
+            serde_json::from_str::<serde::de::IgnoredAny>(line)?;
+            if list.len() > 1 {
+                list.push(',');
+            }
+            list.push_str(line);
+        }
+        list.push(']');
+        Ok(Self(list))
+    }
+
+    /// The list of these records.
+    pub fn of(records: &[serde_json::Value]) -> Self {
+        Self(serde_json::Value::from(records).to_string())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A delivery's own headers and body (a plugin's output for its route), when they differ from its
@@ -129,4 +189,18 @@ pub struct DeadCursor {
     pub at: u64,
     /// The last delivery of the previous page.
     pub id: Option<Ulid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptList;
+
+    #[test]
+    fn an_attempt_log_becomes_one_json_list_and_a_broken_line_is_an_error() {
+        let list = AttemptList::from_lines("{\"attempt\":1}\n\n{\"attempt\":2,\"error\":\"a\\nb\"}\n").unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(list.as_str()).unwrap();
+        assert_eq!(parsed, serde_json::json!([{"attempt": 1}, {"attempt": 2, "error": "a\nb"}]));
+        assert_eq!(AttemptList::from_lines("").unwrap().as_str(), "[]");
+        assert!(AttemptList::from_lines("{\"attempt\":1}\n{\"attempt\":").is_err());
+    }
 }

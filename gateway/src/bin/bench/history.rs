@@ -1,9 +1,9 @@
 //! `--history`: the cost of `[history]`. On a PostgreSQL of its own (initdb in a scratch directory,
-//! as the `postgres` user when run as root) and a Redis of its own, the same load twice, without
-//! and with `[history]` (`keep_in_redis = "2s"`, so the drain is observable here), in rounds:
-//! events/s delivered end to end, CPU per event of this process, of Redis and of PostgreSQL, the
-//! history writer's rows/s (from the first POST until its backlog is empty), and Redis
-//! `used_memory` after the drain (with history: once `keep_in_redis` passed).
+//! as the `postgres` user when run as root) and a Redis of its own, the same load without
+//! `[history]`, with it as configured by default, and with `keep_in_redis = "2s"` (so the drain is
+//! observable here), in rounds: events/s delivered end to end, CPU per event of this process, of
+//! Redis and of PostgreSQL, the history writer's rows/s (from the first POST until its backlog is
+//! empty), and Redis `used_memory` after the drain.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,9 +147,16 @@ struct Run {
     postgres_cpu_us: f64,
 }
 
-/// One run of `events` events, with `[history]` on the PostgreSQL at `history` (its postmaster's
-/// pid for the CPU count).
-async fn run(events: usize, producers: usize, history: Option<(&str, u32)>) -> anyhow::Result<Run> {
+/// `[history]` in a run: the PostgreSQL (url, postmaster's pid for the CPU count) and
+/// `keep_in_redis`.
+#[derive(Clone, Copy)]
+struct WithHistory<'a> {
+    postgres: (&'a str, u32),
+    keep_in_redis: &'a str,
+}
+
+/// One run of `events` events, with or without `[history]`.
+async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) -> anyhow::Result<Run> {
     let (_redis, url) = start_redis().await?;
     let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
     let count = Arc::new(AtomicUsize::new(0));
@@ -157,20 +164,21 @@ async fn run(events: usize, producers: usize, history: Option<(&str, u32)>) -> a
     let done = Arc::new(Notify::new());
     let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
     let history_toml = history
-        .map(|(pg, _)| format!("[history]\npostgres_url = \"{pg}\"\nkeep_in_redis = \"2s\"\n"))
+        .map(|h| format!("[history]\npostgres_url = \"{}\"\nkeep_in_redis = \"{}\"\n", h.postgres.0, h.keep_in_redis))
         .unwrap_or_default();
     let toml = base_toml(&format!("[redis]\nurl = \"{url}\"\n{history_toml}"), receiver)
         + "[[routes]]\nsource = \"bench\"\nendpoints = [\"receiver\"]\n";
     let gateway = sluice::Gateway::start(sluice::config::from_toml(&toml)?).await?;
+    let postgres_pid = history.map(|h| h.postgres.1);
     let before = used_memory(&mut conn).await?;
-    let cpu_before = (cpu_of("self"), redis_cpu(&mut conn).await?, history.map_or(0.0, |(_, pid)| postgres_cpu(pid)));
+    let cpu_before = (cpu_of("self"), redis_cpu(&mut conn).await?, postgres_pid.map_or(0.0, postgres_cpu));
     target.store(events, Ordering::Relaxed);
     let started = Instant::now();
     produce(gateway.addr(), events, producers, None).await?;
     tokio::time::timeout(Duration::from_secs(120), done.notified()).await.context("deliveries did not all arrive")?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     let mut rows = None;
-    if history.is_some() {
+    if let Some(history) = history {
         let deadline = Instant::now() + Duration::from_secs(120);
         while metric(gateway.addr(), "sluice_history_written_total").await? < Some(events as u64) {
             if Instant::now() > deadline {
@@ -179,8 +187,11 @@ async fn run(events: usize, producers: usize, history: Option<(&str, u32)>) -> a
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         rows = Some(events as f64 / started.elapsed().as_secs_f64());
-        // keep_in_redis (2 s), and Redis' expiry cycle to reclaim the keys.
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        let keep = humantime::parse_duration(history.keep_in_redis)?;
+        if keep < Duration::from_secs(10) {
+            // keep_in_redis, and Redis' expiry cycle to reclaim the keys.
+            tokio::time::sleep(keep + Duration::from_secs(2)).await;
+        }
     } else {
         // The last acks follow the last deliveries by a settle batch.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,58 +200,76 @@ async fn run(events: usize, producers: usize, history: Option<(&str, u32)>) -> a
     let per_event = |seconds: f64| seconds * 1e6 / events as f64;
     let gateway_cpu_us = per_event(cpu_of("self") - cpu_before.0);
     let redis_cpu_us = per_event(redis_cpu(&mut conn).await? - cpu_before.1);
-    let postgres_cpu_us = per_event(history.map_or(0.0, |(_, pid)| postgres_cpu(pid)) - cpu_before.2);
+    let postgres_cpu_us = per_event(postgres_pid.map_or(0.0, postgres_cpu) - cpu_before.2);
     gateway.shutdown().await;
     Ok(Run { rate, redis_bytes: after.saturating_sub(before), rows, gateway_cpu_us, redis_cpu_us, postgres_cpu_us })
 }
-
-/// Rounds of the pair of runs: this VM's neighbours move single runs by ±15 %, so the ratios are
-/// the medians of the rounds', each round running both back to back.
-const ROUNDS: usize = 3;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-/// Prints the figures of both runs, round by round, and the medians.
-pub async fn cost(events: usize, producers: usize) -> anyhow::Result<()> {
+/// Prints the figures of the runs, round by round, and the medians. A round runs, back to back
+/// (this VM's neighbours move single runs by ±15 %, so ratios are taken within a round):
+/// - without `[history]`: records kept for `queue.retention` (7 days), none expires in the run;
+/// - with `[history]` as configured by default (`keep_in_redis` = 15 min): none expires in the run
+///   either. This pair is the cost of history: in steady state both configurations also expire
+///   every finished delivery's keys, one `queue.retention` and the other `keep_in_redis` after it
+///   finished, and neither run here pays that;
+/// - with `keep_in_redis = "2s"`: the same load, whose keys expire during and right after the run,
+///   so Redis' memory once `keep_in_redis` passed is observable (and the expiry's cost shows).
+pub async fn cost(events: usize, producers: usize, rounds: usize) -> anyhow::Result<()> {
     let postgres = start_postgres().await?;
     let pg = (postgres.url.as_str(), postgres.child.id());
-    println!("history in PostgreSQL ({events} events, {producers} producers, no plugin, one Redis), {ROUNDS} rounds:");
-    let (mut rates, mut extra_gateway, mut extra_redis, mut pg_cpus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
+    let default = WithHistory { postgres: pg, keep_in_redis: "15m" };
+    let short = WithHistory { postgres: pg, keep_in_redis: "2s" };
+    println!("history in PostgreSQL ({events} events, {producers} producers, no plugin, one Redis), {rounds} rounds:");
+    let (mut rates, mut short_rates) = (Vec::new(), Vec::new());
+    let (mut extra_gateway, mut extra_redis, mut pg_cpus, mut writer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
         let off = run(events, producers, None).await?;
-        let on = run(events, producers, Some(pg)).await?;
+        let on = run(events, producers, Some(default)).await?;
+        let drained = run(events, producers, Some(short)).await?;
         rates.push(on.rate / off.rate);
+        short_rates.push(drained.rate / off.rate);
         extra_gateway.push(on.gateway_cpu_us - off.gateway_cpu_us);
         extra_redis.push(on.redis_cpu_us - off.redis_cpu_us);
         pg_cpus.push(on.postgres_cpu_us);
+        writer.push(on.rows.unwrap_or(0.0));
         println!(
-            "  round {round}: without [history] {:>6.0} events/s; CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs; Redis after the drain {:>5.1} MB",
+            "  round {round}: without [history]     {:>6.0} events/s; CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs; Redis after the drain {:>5.1} MB",
             off.rate,
             off.gateway_cpu_us,
             off.redis_cpu_us,
             off.redis_bytes as f64 / 1e6
         );
-        println!(
-            "           with [history]    {:>6.0} events/s ({:.2} of without); CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs, PostgreSQL {:>3.0} µs; Redis after keep_in_redis {:>4.1} MB; writer {:>6.0} rows/s",
-            on.rate,
-            on.rate / off.rate,
-            on.gateway_cpu_us,
-            on.redis_cpu_us,
-            on.postgres_cpu_us,
-            on.redis_bytes as f64 / 1e6,
-            on.rows.unwrap_or(0.0),
-        );
+        for (name, with) in [("[history]          ", &on), ("keep_in_redis = 2s ", &drained)] {
+            println!(
+                "           {name} {:>6.0} events/s ({:.2} of without); CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs, PostgreSQL {:>3.0} µs; Redis after the drain {:>4.1} MB; writer {:>6.0} rows/s",
+                with.rate,
+                with.rate / off.rate,
+                with.gateway_cpu_us,
+                with.redis_cpu_us,
+                with.postgres_cpu_us,
+                with.redis_bytes as f64 / 1e6,
+                with.rows.unwrap_or(0.0),
+            );
+        }
     }
-    println!("  medians of the rounds, with [history]:");
-    println!("    events/s end to end (everything on the same cores): {:.2} of without", median(rates));
+    println!("  medians of the rounds:");
     println!(
-        "    CPU per event it adds: gateway process {:+.0} µs, Redis {:+.0} µs, PostgreSQL {:.0} µs",
+        "    events/s end to end with [history] (everything on the same cores): {:.2} of without ({:.2} with keep_in_redis = 2s, whose expiry falls in the run)",
+        median(rates),
+        median(short_rates)
+    );
+    println!(
+        "    CPU per event [history] adds: gateway process {:+.0} µs, Redis {:+.0} µs, PostgreSQL {:.0} µs; writer {:.0} rows/s",
         median(extra_gateway),
         median(extra_redis),
-        median(pg_cpus)
+        median(pg_cpus),
+        median(writer)
     );
     println!("  (the gateway process also runs the producers and the receiver; writer rows/s: from the first");
     println!("   POST until every delivery is in PostgreSQL)");

@@ -20,7 +20,7 @@
 //! history writer's rows/s, Redis memory after the drain.
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory] [--history]` (`--memory`: only the memory phase)
+//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]]` (`--memory`: only the memory phase)
 
 mod history;
 mod memory;
@@ -56,6 +56,7 @@ struct Options {
     scale: bool,
     memory: bool,
     history: bool,
+    rounds: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -68,6 +69,7 @@ fn options() -> anyhow::Result<Options> {
         scale: false,
         memory: false,
         history: false,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -78,6 +80,7 @@ fn options() -> anyhow::Result<Options> {
             "--scale" => options.scale = true,
             "--memory" => options.memory = true,
             "--history" => options.history = true,
+            "--rounds" => options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -444,7 +447,7 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(memory::per_delivery());
     }
     if options.history {
-        return runtime.block_on(history::cost(options.events, options.producers));
+        return runtime.block_on(history::cost(options.events, options.producers, options.rounds));
     }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {

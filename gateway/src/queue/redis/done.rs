@@ -109,7 +109,7 @@ impl RedisQueue {
             let mut call = self.core.exported.key(format!("{prefix}{DONE}"));
             call.arg(&prefix).arg(keep);
             for f in chunk {
-                call.arg(&f.delivery.id).arg(f.delivery.updated_at.map(|u| u.to_string()).unwrap_or_default());
+                call.arg(&f.delivery.id).arg(f.delivery.finished_at.map(|u| u.to_string()).unwrap_or_default());
             }
             marked += call.invoke_async::<u64>(&mut conn).await?;
         }

@@ -11,10 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ulid::Ulid;
 
-use super::view::attempts_of;
 use super::{record, RedisQueue, DONE, HISTORY};
 use crate::id;
-use crate::queue::{DeliveryView, EventView, Finished, Own, QueueError};
+use crate::queue::{AttemptList, EventView, Finished, FinishedDelivery, Own, QueueError};
 
 /// Most deliveries one call reads or marks. Redis serves one call at a time, so a writer's batch
 /// (`history.batch`) is read and marked in calls this size: none holds up the hot path (enqueues,
@@ -68,18 +67,17 @@ pub(super) async fn finished_of(
         (None, false) => None,
     };
     Ok(Finished {
-        delivery: DeliveryView {
+        delivery: FinishedDelivery {
             id: id::format_delivery(parts.delivery),
             event_id: id::format_event(event),
             endpoint: parts.endpoint,
             state: parts.state,
             attempts_made: parts.attempts,
             lapsed_leases: parts.lapsed,
-            created_at: Some(parts.delivery.timestamp_ms()),
-            updated_at: parts.updated,
-            next_attempt_at: None,
+            created_at: parts.delivery.timestamp_ms(),
+            finished_at: parts.updated,
             last_error: Some(parts.last_error).filter(|e| !e.is_empty()),
-            attempts: attempts_of(&parts.log)?,
+            attempts: AttemptList::from_lines(&parts.log)?,
         },
         event: event_view,
         own: Own { headers: parts.headers, payload: parts.payload },
@@ -87,36 +85,58 @@ pub(super) async fn finished_of(
     })
 }
 
-/// An entry of the history stream, read: see `scripts/settle.lua` for its fields.
+/// A stream entry's id (`<ms>-<seq>`) as numbers, ordered as Redis orders them.
+fn entry_id(entry: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = entry.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// An entry of the history stream, read: one packed field (`v1`), or, written by the previous
+/// version, one field a part. See `scripts/settle.lua` for the parts.
 fn parts_of(mut fields: HashMap<String, Vec<u8>>) -> Option<Parts> {
+    if let Some(packed) = fields.remove("v1") {
+        let parts = super::packed::unpack(&packed)?;
+        let part = |i: usize| parts.get(i).copied().flatten();
+        let text = |i: usize| part(i).and_then(|p| std::str::from_utf8(p).ok());
+        let (state, updated, attempts, lapsed) = meta_of(text(2)?)?;
+        return Some(Parts {
+            delivery: id::parse_delivery(text(0)?)?,
+            endpoint: text(1)?.to_string(),
+            state,
+            attempts,
+            lapsed,
+            updated,
+            last_error: text(3).unwrap_or_default().to_string(),
+            log: text(4).unwrap_or_default().to_string(),
+            record: part(5).filter(|r| !r.is_empty()).map(<[u8]>::to_vec),
+            older: part(6).is_some(),
+            headers: text(7).map(str::to_string),
+            payload: part(8).map(Bytes::copy_from_slice),
+        });
+    }
     let mut text = |name: &str| fields.remove(name).and_then(|v| String::from_utf8(v).ok());
-    let delivery = id::parse_delivery(&text("d")?)?;
-    let endpoint = text("ep")?;
-    let meta = text("m")?;
-    let mut meta = meta.split(' ');
-    let (state, updated, attempts, lapsed) = (meta.next()?, meta.next()?, meta.next()?, meta.next()?);
-    let (state, updated, attempts, lapsed) =
-        (state.to_string(), updated.parse().ok(), attempts.parse().ok()?, lapsed.parse().unwrap_or(0));
-    let last_error = text("e").unwrap_or_default();
-    let log = text("l").unwrap_or_default();
-    let older = text("o").is_some();
-    let headers = text("h");
-    let record = fields.remove("r").filter(|r| !r.is_empty());
-    let payload = fields.remove("p").map(Bytes::from);
+    let (state, updated, attempts, lapsed) = meta_of(&text("m")?)?;
     Some(Parts {
-        delivery,
-        endpoint,
+        delivery: id::parse_delivery(&text("d")?)?,
+        endpoint: text("ep")?,
         state,
         attempts,
         lapsed,
         updated,
-        last_error,
-        log,
-        record,
-        older,
-        headers,
-        payload,
+        last_error: text("e").unwrap_or_default(),
+        log: text("l").unwrap_or_default(),
+        older: text("o").is_some(),
+        headers: text("h"),
+        record: fields.remove("r").filter(|r| !r.is_empty()),
+        payload: fields.remove("p").map(Bytes::from),
     })
+}
+
+/// An entry's `<state> <finished, ms> <attempts> <lapsed leases>`.
+fn meta_of(meta: &str) -> Option<(String, Option<u64>, u32, u32)> {
+    let mut meta = meta.split(' ');
+    let (state, updated, attempts, lapsed) = (meta.next()?, meta.next()?, meta.next()?, meta.next()?);
+    Some((state.to_string(), updated.parse().ok(), attempts.parse().ok()?, lapsed.parse().unwrap_or(0)))
 }
 
 impl RedisQueue {
@@ -176,18 +196,23 @@ impl RedisQueue {
         Ok(finished)
     }
 
-    /// See [`crate::queue::Queue::mark_exported`]: stream entries are deleted; deliveries read from
-    /// the previous version's index are marked there.
+    /// See [`crate::queue::Queue::mark_exported`]: the stream's head goes, up to the batch's last
+    /// entry; deliveries read from the previous version's index are marked there.
+    ///
+    /// A batch is the stream's head when it was read ([`RedisQueue::finished_in`] reads from the
+    /// start, in order), and entries only ever join at the tail: every entry before the batch's
+    /// last is in the batch, so trimming below the next id drops exactly the batch. XTRIM frees
+    /// the stream's nodes whole, where XDEL looked each id up inside its node and left the node
+    /// in place, marked, for every later read to step over.
     pub(super) async fn exported_in(&self, shard: u32, done: &[Finished], keep: Duration) -> Result<u64, QueueError> {
-        let entries: Vec<&str> = done.iter().filter_map(|f| f.entry.as_deref()).collect();
+        let last = done.iter().filter_map(|f| f.entry.as_deref()).filter_map(entry_id).max();
         let older: Vec<&Finished> = done.iter().filter(|f| f.entry.is_none()).collect();
         let mut marked = 0;
-        if !entries.is_empty() {
+        if let Some((ms, seq)) = last {
             let stream = format!("{}{HISTORY}", self.core.shard_prefix(shard));
+            let below = if seq == u64::MAX { format!("{}-0", ms + 1) } else { format!("{ms}-{}", seq + 1) };
             let mut conn = self.core.conn.clone();
-            for chunk in entries.chunks(1000) {
-                marked += redis::cmd("XDEL").arg(&stream).arg(chunk).query_async::<u64>(&mut conn).await?;
-            }
+            marked += redis::cmd("XTRIM").arg(&stream).arg("MINID").arg(below).query_async::<u64>(&mut conn).await?;
         }
         if !older.is_empty() {
             marked += self.exported_in_done(shard, &older, keep).await?;

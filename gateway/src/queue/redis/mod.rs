@@ -49,6 +49,7 @@ mod dead;
 mod done;
 mod export;
 mod idempotency;
+mod packed;
 mod record;
 mod restore;
 mod view;

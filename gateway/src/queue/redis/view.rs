@@ -125,7 +125,7 @@ impl RedisQueue {
 }
 
 /// The attempt records of an attempt log (one JSON record per line).
-pub(super) fn attempts_of(log: &str) -> Result<Vec<serde_json::Value>, QueueError> {
+fn attempts_of(log: &str) -> Result<Vec<serde_json::Value>, QueueError> {
     Ok(log.lines().filter(|line| !line.is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
