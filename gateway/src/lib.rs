@@ -146,6 +146,7 @@ impl Gateway {
             expose_plugin_errors: config.wasm.expose_errors,
             admin_throttle: Default::default(),
             limits: http::ConnectionLimits::from_config(&config),
+            config_shown: config::Shown::of(&config).to_json(),
         });
         let mut tasks = Vec::new();
         if let Some(redis) = check_later {
@@ -232,4 +233,27 @@ pub fn check(config: &Config) -> Result<(), StartError> {
     config.validate()?;
     PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes).map_err(StartError::Plugins)?;
     Ok(())
+}
+
+/// Reads the config file at `path` (with the environment's overrides) and loads its plugins,
+/// reporting every problem in one list, each once: keys, types and values that do not load (with
+/// file and line), what [`Config::validate`] finds in the rest, and plugins that do not load.
+/// Returns the configuration when there is no problem.
+pub fn check_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let report = config::report(Some(path));
+    let mut problems = report.problems;
+    if let Some(config) = &report.config {
+        if let Err(ConfigError::Invalid(found)) = config.validate() {
+            problems.extend(found);
+        }
+        if let Err(errors) = PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes) {
+            problems.extend(errors.iter().map(ToString::to_string));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
+    match report.config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
 }

@@ -37,6 +37,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with config files against a running gateway.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -126,6 +129,23 @@ enum AdminCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Compare a config file with the running gateway's and print what applying it would change.
+    /// Exit 0: no change; 2: changes (listed); 1: the file has problems (every one listed).
+    Plan {
+        /// Config file (TOML); `SLUICE_*` environment variables override it, as for `run`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The gateway's base URL.
+        #[arg(long, env = "SLUICE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+        url: url::Url,
+        /// The admin bearer token (`admin.token`).
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
     /// Run one plugin on one event and print its verdict and how long the call took.
     Test {
@@ -182,8 +202,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if stopped_by_itself { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Check { config } => {
-            let loaded = sluice::config::load(Some(&config))?;
-            sluice::check(&loaded)?;
+            let loaded = match sluice::check_file(&config) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             let queue = match loaded.backend() {
                 sluice::config::Backend::Embedded => format!("embedded store {}", loaded.queue.path().display()),
                 sluice::config::Backend::Redis => format!("redis {}", loaded.redis_settings().url_for_display()),
@@ -202,6 +227,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = runtime.block_on(admin(&url, &token, command))?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Plan { config, url, token }) => {
+            let proposed = match sluice::check_file(&config) {
+                Ok(proposed) => sluice::config::Shown::of(&proposed),
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+            let (running, endpoints) = runtime.block_on(async {
+                let running = admin_call(&url, &token, &["v1", "config"]).await?;
+                let endpoints = admin_call(&url, &token, &["v1", "endpoints"]).await?;
+                anyhow::Ok((running, endpoints))
+            })?;
+            if running["hash"].as_str() == Some(proposed.hash.as_str()) {
+                println!("{}: no change (the running configuration is the same, {})", config.display(), proposed.hash);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let paused = endpoints["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["paused_deliveries"].as_u64().unwrap_or(0))))
+                .collect();
+            let running_config = &running["config"];
+            let plan = sluice::config::plan(running_config, &proposed.config, &sluice::config::Running { paused });
+            print_plan(&config, &url, &plan);
+            Ok(ExitCode::from(2))
         }
         Command::Plugin(PluginCommand::Test {
             plugin,
@@ -228,6 +282,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let trial = sluice::plugin::trial::run(&plugin, payload, settings)?;
             print_trial(&trial);
             Ok(if trial.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// One GET of the admin API.
+async fn admin_call(url: &url::Url, token: &str, path: &[&str]) -> anyhow::Result<serde_json::Value> {
+    Ok(sluice::admin::client::call(url, token, reqwest::Method::GET, path, &[]).await?)
+}
+
+/// Prints a plan: one line per change (`+` added, `-` removed, `~` changed), then its warnings.
+fn print_plan(config: &std::path::Path, url: &url::Url, plan: &sluice::config::Plan) {
+    println!("{}: {} change(s) against the gateway at {url}", config.display(), plan.changes.len().max(1));
+    if plan.changes.is_empty() {
+        println!("  ~ secrets or values that are not shown changed (the configuration's hash differs)");
+    }
+    for change in &plan.changes {
+        let mark = match change.split(' ').next() {
+            Some("added") => '+',
+            Some("removed") => '-',
+            _ => '~',
+        };
+        println!("  {mark} {change}");
+    }
+    if !plan.warnings.is_empty() {
+        println!("warnings:");
+        for warning in &plan.warnings {
+            println!("  ! {warning}");
         }
     }
 }

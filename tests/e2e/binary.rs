@@ -78,21 +78,89 @@ endpoints = ["b"]
 "#,
     )
     .unwrap();
+    // One run reports the route's unknown endpoint and both broken plugins.
     let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown endpoint `b`"), "{stderr}");
-
-    // With the route fixed, plugin loading reports both broken plugins at once.
-    let fixed = std::fs::read_to_string(&config).unwrap().replace("endpoints = [\"b\"]", "endpoints = [\"a\"]");
-    std::fs::write(&config, fixed).unwrap();
-    let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plugin `ghost` failed to load: cannot read"), "{stderr}");
     assert!(
         stderr.contains("plugin `not-wasm` failed to load")
             && stderr.contains("neither a Wasm component nor a valid core module"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sluice_check_lists_type_key_semantic_and_plugin_problems_in_one_run_each_once_with_its_line() {
+    let dir = Scratch::new("check-all");
+    let config = dir.path().join("sluice.toml");
+    // What a new user wrote: a bad duration, a misspelt key, a short admin token, an ftp endpoint,
+    // unknown route targets and a missing plugin file.
+    std::fs::write(
+        &config,
+        r#"[server]
+listen = "127.0.0.1:0"
+max_body_byte = 1000
+
+[queue]
+retention = "7 dayz"
+
+[admin]
+token = "short"
+
+[[sources]]
+name = "shop"
+token = "a-long-enough-token"
+
+[[endpoints]]
+name = "billing"
+url = "ftp://example.com/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[[plugins]]
+name = "ghost"
+path = "missing.wasm"
+
+[[routes]]
+source = "shop"
+plugins = ["ghost", "nobody"]
+endpoints = ["nowhere"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(SLUICE_BIN).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = config.display().to_string();
+    let expected = [
+        format!("server: unknown key `max_body_byte` (did you mean `max_body_bytes`?) (in {file}, line 3)"),
+        "queue.retention: ".to_string(),
+        format!("(in {file}, line 6)"),
+        "admin.token: must be at least 16 characters".to_string(),
+        "scheme must be http or https, not `ftp`".to_string(),
+        "unknown endpoint `nowhere`".to_string(),
+        "unknown plugin `nobody`".to_string(),
+        "plugin `ghost` failed to load: cannot read".to_string(),
+    ];
+    for problem in &expected {
+        assert_eq!(stderr.matches(problem.as_str()).count(), 1, "`{problem}` once in:\n{stderr}");
+    }
+    // Each problem on its own line, none twice.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.trim_start().starts_with("- ")).collect();
+    assert_eq!(lines.len(), 7, "{stderr}");
+    let distinct: std::collections::HashSet<&&str> = lines.iter().collect();
+    assert_eq!(distinct.len(), lines.len(), "{stderr}");
+
+    // Overridden from the environment: said so, instead of a line of the file.
+    let output = Command::new(SLUICE_BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("SLUICE_QUEUE__CONCURRENCY", "many")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("queue.concurrency: ") && stderr.contains("(from the environment: SLUICE_QUEUE__CONCURRENCY)"),
         "{stderr}"
     );
 }
@@ -309,4 +377,71 @@ fn sluice_check_names_the_queue_and_masks_a_redis_password() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("queue: redis redis://:***@127.0.0.1:6379/"), "{stdout}");
     assert!(!stdout.contains("s3cret"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_plan_compares_a_file_with_the_running_gateway_and_exits_0_2_or_1() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let dir = Scratch::new("config-plan");
+    let file = dir.path().join("sluice.toml");
+    let running = base_toml(&redis)
+        + "\n[queue]\nbatch = 100\n"
+        + &endpoint_toml("billing", &receiver.url(), "")
+        + &endpoint_toml("crm", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"billing\", \"crm\"]\n";
+    std::fs::write(&file, &running).unwrap();
+    let gateway = sluice::Gateway::start(sluice::config::load(Some(&file)).unwrap()).await.unwrap();
+
+    // What the admin API shows: every key, secrets masked with a fingerprint, and a hash.
+    let (status, shown) = admin_get(gateway.addr(), "/v1/config").await;
+    assert_eq!(status, 200, "{shown}");
+    assert!(shown["hash"].as_str().unwrap().starts_with("sha256:"), "{shown}");
+    assert_eq!(shown["config"]["queue"]["batch"], 100);
+    assert!(shown["config"]["endpoints"][0]["secret"].as_str().unwrap().starts_with("***sha256:"));
+    let text = shown.to_string();
+    assert!(!text.contains(SECRET.trim_start_matches("whsec_")) && !text.contains(ADMIN_TOKEN), "{text}");
+    let anonymous = client().get(format!("http://{}/v1/config", gateway.addr())).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    let plan = |file: &std::path::Path| {
+        Command::new(SLUICE_BIN)
+            .args(["config", "plan", "--config", file.to_str().unwrap()])
+            .args(["--url", &format!("http://{}", gateway.addr()), "--token", ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    };
+    // The file it runs on: nothing to change.
+    let output = plan(&file);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no change"));
+
+    // crm goes, audit comes, a queue key changes: each named, with a warning for crm's deliveries.
+    let changed = dir.path().join("changed.toml");
+    let proposed = running
+        .replace("batch = 100", "batch = 200")
+        .replace("name = \"crm\"", "name = \"audit\"")
+        .replace("[\"billing\", \"crm\"]", "[\"billing\", \"audit\"]");
+    std::fs::write(&changed, proposed).unwrap();
+    let output = plan(&changed);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    for line in [
+        "~ changed `queue.batch`: 100 → 200",
+        "- removed endpoint `crm`",
+        "+ added endpoint `audit`",
+        "~ changed `routes[0].endpoints`",
+        "! endpoint `crm` removed",
+    ] {
+        assert_eq!(stdout.matches(line).count(), 1, "`{line}` once in:\n{stdout}");
+    }
+
+    // An invalid file: every problem, exit 1, nothing compared.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, running.replace("batch = 100", "batch = \"many\"\nbatchez = 1")).unwrap();
+    let output = plan(&broken);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("queue.batch: ") && stderr.contains("unknown key `batchez`"), "{stderr}");
+    gateway.shutdown().await;
 }

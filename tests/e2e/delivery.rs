@@ -350,3 +350,35 @@ async fn dead_letters_are_listed_and_replayed_one_or_all_with_the_replay_logged(
     assert_eq!(admin_post(addr, "/v1/endpoints/nope/replay-dead").await.0, 404);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn while_a_secret_is_rotated_out_each_delivery_verifies_with_the_old_secret_and_with_the_new() {
+    const NEW: &str = "whsec_c2x1aWNlLXJvdGF0aW9uLXRlc3Qtc2VjcmV0LTAwMDE=";
+    let redis = RedisServer::start().await;
+    let mut rotating = Receiver::start().await;
+    let mut rotated = Receiver::start().await;
+    let endpoint = |name: &str, url: String, until: &str| {
+        format!(
+            "\n[[endpoints]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{NEW}\"\n\
+             previous_secrets = [{{ secret = \"{SECRET}\", until = \"{until}\" }}]\n"
+        )
+    };
+    let toml = base_toml(&redis)
+        + &endpoint("rotating", rotating.url(), "2999-01-01T00:00:00Z")
+        + &endpoint("rotated", rotated.url(), "2001-01-01T00:00:00Z")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"rotating\", \"rotated\"]\n";
+    let gateway = start_gateway(&toml).await;
+    assert_eq!(post_event(gateway.addr(), "shop", r#"{"type":"order_created"}"#).await.0, 202);
+
+    // Before `until`: a receiver still on the old secret verifies it, and so does one on the new.
+    let got = rotating.next().await;
+    assert_eq!(got.header("webhook-signature").split(' ').count(), 2, "{}", got.header("webhook-signature"));
+    assert!(signature_valid_with(&got, SECRET), "verifies with the old secret only");
+    assert!(signature_valid_with(&got, NEW), "verifies with the new secret only");
+    // Past `until`: the old secret signs nothing any more.
+    let got = rotated.next().await;
+    assert_eq!(got.header("webhook-signature").split(' ').count(), 1);
+    assert!(!signature_valid_with(&got, SECRET));
+    assert!(signature_valid_with(&got, NEW));
+    gateway.shutdown().await;
+}

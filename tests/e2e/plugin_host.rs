@@ -554,3 +554,29 @@ cache_dir = "{}"
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["deliveries"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_plugin_set_to_skip_on_error_lets_the_event_through_unchanged_and_counts_it() {
+    let Some(chaos) = plugin_file("rust-chaos") else { return };
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let toml = base_toml(&redis)
+        + &endpoint_toml("orders", &receiver.url(), "")
+        + &format!(
+            "\n[[plugins]]\nname = \"enrich\"\npath = \"{}\"\nconfig = {{ mode = \"trap\", when_type = \"bad\" }}\n\
+             on_error = \"skip\"\n\
+             [[routes]]\nsource = \"shop\"\nplugins = [\"enrich\"]\nendpoints = [\"orders\"]\n",
+            chaos.display()
+        );
+    let gateway = start_gateway(&toml).await;
+    // The plugin traps on this event: with `skip`, it is accepted and delivered as it came in.
+    let body = r#"{"type":"bad","order_id":7}"#;
+    let (status, answer) = post_event(gateway.addr(), "shop", body).await;
+    assert_eq!(status, 202, "{answer}");
+    let got = receiver.next().await;
+    assert_eq!(got.json(), serde_json::json!({"type": "bad", "order_id": 7}));
+    let text = client().get(format!("http://{}/metrics", gateway.addr())).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("sluice_plugin_skipped_total{plugin=\"enrich\"} 1"), "{text}");
+    assert!(text.contains("sluice_plugin_errors_total{plugin=\"enrich\",kind=\"trap\"} 1"), "{text}");
+    gateway.shutdown().await;
+}

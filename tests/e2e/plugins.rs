@@ -422,6 +422,7 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
             max_memory_mb: 16,
             max_calls_per_instance: 10,
             grant_clock: false,
+            on_error: Default::default(),
             startup_deadline: std::time::Duration::from_secs(1),
         };
         sluice::plugin::PluginSet::load(&[plugin], &Default::default(), 1 << 20)

@@ -1,33 +1,40 @@
 //! Configuration: the serde model of `sluice.toml`, its loading (built-in defaults → TOML file →
 //! `SLUICE_*` environment) and its validation.
 //!
-//! Loading and validation are separate steps: [`load`] fails on syntax, unknown keys and wrong types
-//! (figment names the key), and [`Config::validate`] then reports every semantic problem at once, each
-//! with the path of the key it concerns.
+//! Loading and validation are separate steps: [`load`](fn@load) fails on syntax, unknown keys and
+//! wrong types, each reported once with its key, file and line, all of them in one pass; and
+//! [`Config::validate`] then reports every semantic problem at once, each with the path of the key
+//! it concerns. [`report`] gives both kinds at once, for `sluice check`.
 //!
 //! - [`process`]: the process-wide sections (`[server]`, `[redis]`, `[queue]`, `[admin]`, `[retry]`,
 //!   `[alerts]`, `[security]`, `[wasm]`).
 //! - [`history`]: `[history]`, finished deliveries in PostgreSQL.
 //! - [`pipeline`]: what events flow through (`[[sources]]`, `[[endpoints]]`, `[[routes]]`, `[[plugins]]`).
+//! - [`load`](fn@load) and [`report`]: reading the file and the environment, every problem in one pass.
+//! - [`Shown`]: the configuration as `GET /v1/config` shows it (secrets masked, a content hash), and
+//!   [`plan`](fn@plan): what applying another one would change.
 //! - `validate` (private): [`Config::validate`], every semantic check.
 
 mod history;
+mod load;
 mod pipeline;
+mod plan;
 mod process;
+mod shown;
 mod validate;
 
-use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use history::HistoryConfig;
-pub use pipeline::{EndpointConfig, PluginConfig, RouteConfig, SignatureScheme, SourceConfig};
+pub use load::{from_toml, load, report, Report};
+pub use pipeline::{EndpointConfig, OnError, PluginConfig, PreviousSecret, RouteConfig, SignatureScheme, SourceConfig};
+pub use plan::{plan, Plan, Running};
 pub use process::{
     AdminConfig, AlertsConfig, Backend, QueueConfig, RedisConfig, RetryConfig, SecurityConfig, ServerConfig, WasmConfig,
 };
+pub use shown::Shown;
 
 /// Errors from loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -75,40 +82,6 @@ pub struct Config {
 
 /// The smallest margin by which a lease must outlast an endpoint's timeout.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// Loads the configuration: built-in defaults, then the TOML file (if given), then `SLUICE_*`
-/// environment variables (`SLUICE_SERVER__LISTEN` overrides `server.listen`). Relative plugin paths
-/// are resolved against the file's directory.
-pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
-    if let Some(path) = path {
-        if !path.exists() {
-            return Err(ConfigError::Invalid(vec![format!("config file {} does not exist", path.display())]));
-        }
-        figment = figment.merge(Toml::file_exact(path));
-    }
-    let figment = figment.merge(Env::prefixed("SLUICE_").split("__"));
-    let mut config: Config = figment.extract().map_err(Box::new)?;
-    if let Some(dir) = path.and_then(Path::parent) {
-        for plugin in &mut config.plugins {
-            if plugin.path.is_relative() {
-                plugin.path = dir.join(&plugin.path);
-            }
-        }
-        if let Some(store) = config.queue.path.as_mut().filter(|p| p.is_relative()) {
-            *store = dir.join(&*store);
-        }
-    }
-    Ok(config)
-}
-
-/// Parses a configuration from TOML text alone (no file, no environment); for tests and tools.
-pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-    Figment::from(Serialized::defaults(Config::default()))
-        .merge(Toml::string(text))
-        .extract()
-        .map_err(|e| ConfigError::Load(Box::new(e)))
-}
 
 impl Config {
     /// The queue backend: `queue.backend` when given, else `redis` when a `[redis]` section is

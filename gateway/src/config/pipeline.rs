@@ -72,6 +72,12 @@ pub struct EndpointConfig {
     pub url: Url,
     /// Signing secret, `whsec_<base64>` (Standard Webhooks).
     pub secret: String,
+    /// Secrets being rotated out: until its `until`, each delivery also carries a signature made
+    /// with it (`webhook-signature` holds one per secret, space-separated, as the Standard Webhooks
+    /// spec allows), so a receiver verifies with either while it switches. Past `until` it is no
+    /// longer used, with nothing to edit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
     /// Timeout of one delivery attempt. Default `30s`.
     #[serde(default = "default_endpoint_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -91,6 +97,27 @@ pub struct EndpointConfig {
     pub disable_after: Duration,
 }
 
+/// A signing secret being rotated out: see [`EndpointConfig::previous_secrets`].
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    /// The old secret, `whsec_<base64>`.
+    pub secret: String,
+    /// When deliveries stop carrying its signature (RFC 3339, e.g. `2026-12-31T00:00:00Z`).
+    #[serde(with = "humantime_serde")]
+    pub until: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for PreviousSecret {
+    // Written out so the secret never prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousSecret")
+            .field("secret", &crate::redact::MASK)
+            .field("until", &humantime::format_rfc3339_seconds(self.until))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for EndpointConfig {
     // Written out so the secret and any credentials in the URL never print.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +125,7 @@ impl std::fmt::Debug for EndpointConfig {
             .field("name", &self.name)
             .field("url", &crate::redact::url(&self.url))
             .field("secret", &crate::redact::MASK)
+            .field("previous_secrets", &self.previous_secrets)
             .field("timeout", &self.timeout)
             .field("retry_schedule", &self.retry_schedule)
             .field("max_in_flight", &self.max_in_flight)
@@ -153,6 +181,24 @@ pub struct PluginConfig {
     /// get files, environment variables or network. Default false.
     #[serde(default)]
     pub grant_clock: bool,
+    /// What a failed call (trap, deadline, memory cap, an error returned, output over the limits)
+    /// does to the event: `reject` (default) refuses it with 422; `skip` goes on with the chain as
+    /// if this plugin had passed the event unchanged, counted (`sluice_plugin_skipped_total`) and
+    /// logged. For a plugin whose work is optional (enrichment, tagging): availability over
+    /// strictness.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What a plugin's failed call does to its event: see [`PluginConfig::on_error`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse the event (HTTP 422), as without the setting.
+    #[default]
+    Reject,
+    /// Go on as if the plugin had passed the event unchanged.
+    Skip,
 }
 
 fn default_endpoint_timeout() -> Duration {

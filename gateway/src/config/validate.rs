@@ -139,6 +139,14 @@ impl Config {
         if let Err(e) = Secret::parse(&endpoint.secret) {
             problems.push(format!("{at}.secret: {e}"));
         }
+        for (j, previous) in endpoint.previous_secrets.iter().enumerate() {
+            if let Err(e) = Secret::parse(&previous.secret) {
+                problems.push(format!("{at}.previous_secrets[{j}].secret: {e}"));
+            }
+            if previous.secret == endpoint.secret {
+                problems.push(format!("{at}.previous_secrets[{j}].secret: is the current secret"));
+            }
+        }
         if endpoint.timeout.is_zero() {
             problems.push(format!("{at}.timeout: must be greater than zero"));
         }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub admin_throttle: crate::admin::throttle::AuthThrottle,
     /// Inbound connection cap and timeouts.
     pub limits: ConnectionLimits,
+    /// The body of `GET /v1/config`: the running configuration, secrets masked, and its hash.
+    pub config_shown: serde_json::Value,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -66,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/deliveries/{id}/replay"),
     ("GET", "/v1/dead-letters"),
     ("GET", "/v1/endpoints"),
+    ("GET", "/v1/config"),
     ("POST", "/v1/endpoints/{name}/replay-dead"),
     ("POST", "/v1/endpoints/{name}/enable"),
     ("POST", "/v1/endpoints/{name}/disable"),
@@ -157,6 +160,7 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
             admin_call(state, &request, peer, admin::dead_letters(&state.queue, state.history.as_ref(), &query)).await
         }
         "/v1/endpoints" => admin_call(state, &request, peer, admin::endpoints(&state.queue, &state.endpoints)).await,
+        "/v1/config" => admin_call(state, &request, peer, async { Ok(state.config_shown.clone()) }).await,
         "/v1/endpoints/{name}/replay-dead" => {
             let call =
                 admin::replay_endpoint(&state.queue, state.history.as_ref(), value, known(value), state.replay_spacing);

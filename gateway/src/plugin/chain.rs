@@ -1,9 +1,12 @@
 //! Runs a route's plugins in order: each `pass` hands its event to the next plugin; a `drop` or a
-//! `route` ends the chain. An empty chain passes the event unchanged.
+//! `route` ends the chain. An empty chain passes the event unchanged. A failed call ends it with
+//! the error, unless that plugin is set to `on_error = "skip"`: then the chain goes on with the
+//! event as the plugin received it.
 
 use std::sync::Arc;
 
 use super::{PluginError, PluginEvent, PluginSet, RoutedDelivery, Verdict};
+use crate::config::OnError;
 
 /// Where a chain ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +36,15 @@ pub fn run_chain(set: &PluginSet, plugins: &[Arc<str>], event: PluginEvent) -> R
     let mut last = None;
     for name in plugins {
         last = Some(name.clone());
-        let verdict = match set.call(name, &current)? {
+        let outcome = match set.call(name, &current) {
+            Err(e) if e.is_call_failure() && set.skip_failure(name) => {
+                tracing::warn!(plugin = %name, event_id = %current.id, error = %e,
+                    "Plugin failed; on_error = \"skip\": the event goes on as if it had passed.");
+                continue;
+            }
+            outcome => outcome?,
+        };
+        let verdict = match outcome {
             Verdict::Pass(next) => {
                 current = next;
                 continue;
@@ -44,4 +55,18 @@ pub fn run_chain(set: &PluginSet, plugins: &[Arc<str>], event: PluginEvent) -> R
         return Ok(ChainEnd { event: current, verdict, plugin: last });
     }
     Ok(ChainEnd { event: current, verdict: ChainVerdict::Pass, plugin: last })
+}
+
+impl PluginSet {
+    /// Whether a failed call of plugin `name` lets its event go on (`on_error = "skip"`); when it
+    /// does, the skip is counted.
+    pub fn skip_failure(&self, name: &str) -> bool {
+        match self.current().get(name) {
+            Some(plugin) if plugin.on_error == OnError::Skip => {
+                plugin.stats.record_skip();
+                true
+            }
+            _ => false,
+        }
+    }
 }

@@ -115,7 +115,7 @@ impl PluginSet {
         self.pool.stats()
     }
 
-    fn current(&self) -> Arc<PluginMap> {
+    pub(super) fn current(&self) -> Arc<PluginMap> {
         match self.plugins.read() {
             Ok(map) => map.clone(),
             // A writer panicked mid-swap; the map itself is still whole (swaps are one assignment).

@@ -23,7 +23,7 @@ use super::host::HostState;
 use super::metrics::PluginStats;
 use super::output::{LineBudget, Printed};
 use super::{PluginError, PluginEvent, Verdict};
-use crate::config::PluginConfig;
+use crate::config::{OnError, PluginConfig};
 use crate::delivery::headers::check_plugin_header;
 
 /// How often the epoch advances; deadlines are rounded up to whole ticks.
@@ -60,6 +60,8 @@ pub(super) struct LoadedPlugin {
     limits: SharedLimits,
     /// This plugin's metrics, handed on to the next version when it is reloaded.
     pub(super) stats: Arc<PluginStats>,
+    /// What a failed call does to its event.
+    pub(super) on_error: OnError,
     /// This plugin's log budget, handed on likewise.
     pub(super) budget: Arc<LineBudget>,
     /// Idle warm instances. The lock is held only to push or pop, never during a call.
@@ -156,6 +158,7 @@ impl LoadedPlugin {
             memory_bytes: (config.max_memory_mb as usize) << 20,
             max_calls: config.max_calls_per_instance.max(1),
             grant_clock: config.grant_clock,
+            on_error: config.on_error,
             limits,
             warm: Mutex::new(Vec::new()),
             stats,

@@ -22,6 +22,7 @@ pub struct PluginStats {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
+    skipped: AtomicU64,
 }
 
 impl PluginStats {
@@ -46,6 +47,11 @@ impl PluginStats {
 }
 
 impl PluginStats {
+    /// Records a failed call whose event went on (`on_error = "skip"`).
+    pub fn record_skip(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Calls and failed calls so far.
     pub fn totals(&self) -> (u64, u64) {
         (self.count.load(Ordering::Relaxed), self.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum())
@@ -69,6 +75,15 @@ pub fn render<'a>(plugins: impl Iterator<Item = (&'a str, &'a PluginStats)> + Cl
             let n = counter.load(Ordering::Relaxed);
             let _ = writeln!(out, "sluice_plugin_errors_total{{plugin=\"{name}\",kind=\"{kind}\"}} {n}");
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_plugin_skipped_total Failed plugin calls whose event went on as if passed (on_error = \"skip\")."
+    );
+    let _ = writeln!(out, "# TYPE sluice_plugin_skipped_total counter");
+    for (name, stats) in plugins.clone() {
+        let n = stats.skipped.load(Ordering::Relaxed);
+        let _ = writeln!(out, "sluice_plugin_skipped_total{{plugin=\"{name}\"}} {n}");
     }
     let _ = writeln!(out, "# HELP sluice_plugin_call_seconds Duration of plugin calls, instantiation included.");
     let _ = writeln!(out, "# TYPE sluice_plugin_call_seconds histogram");

@@ -179,6 +179,12 @@ impl PluginError {
         }
     }
 
+    /// Whether this is a call that failed (trap, deadline, memory, an error returned, what it
+    /// returned refused), as opposed to a plugin that is not there or did not load.
+    pub fn is_call_failure(&self) -> bool {
+        !matches!(self, PluginError::Unknown(_) | PluginError::Load { .. } | PluginError::Engine(_))
+    }
+
     /// The plugin's name, where the error concerns one.
     pub fn plugin(&self) -> Option<&str> {
         match self {

@@ -54,6 +54,7 @@ pub fn run(path: &Path, payload: Vec<u8>, settings: Settings) -> Result<Trial, P
         max_memory_mb: settings.max_memory_mb,
         max_calls_per_instance: 1000,
         grant_clock: false,
+        on_error: Default::default(),
         startup_deadline: Duration::from_secs(1),
     };
     let wasm = WasmConfig { cache_dir: settings.cache_dir, threads: Some(1), ..WasmConfig::default() };

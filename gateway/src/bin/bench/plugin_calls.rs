@@ -38,6 +38,7 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
             max_memory_mb: 64,
             max_calls_per_instance: reuse,
             grant_clock: false,
+            on_error: Default::default(),
             startup_deadline: Duration::from_secs(1),
         };
         let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default(), 1 << 20)

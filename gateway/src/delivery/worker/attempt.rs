@@ -40,8 +40,8 @@ impl Shared {
             }
         }
         let mut request = request.header("webhook-id", delivery_id).header("webhook-timestamp", timestamp);
-        if let Some(secret) = &endpoint.secret {
-            request = request.header("webhook-signature", secret.sign(delivery_id, timestamp, &claimed.payload));
+        if let Some(signature) = endpoint.signature(delivery_id, timestamp, &claimed.payload) {
+            request = request.header("webhook-signature", signature);
         }
         let request = request.body(Full::new(claimed.payload.clone()));
         let request = match request {

@@ -19,6 +19,8 @@ pub(super) struct Endpoint {
     pub(super) uri: hyper::Uri,
     /// Signs the deliveries; `None` for alerts without `alerts.secret`.
     pub(super) secret: Option<Secret>,
+    /// Secrets being rotated out, each signing too until its time.
+    pub(super) previous: Vec<(Secret, std::time::SystemTime)>,
     pub(super) timeout: Duration,
     pub(super) schedule: Vec<Duration>,
     pub(super) gate: Gate,
@@ -40,6 +42,20 @@ pub(super) struct Health {
 }
 
 impl Endpoint {
+    /// The `webhook-signature` value of one message: the current secret's signature, then one per
+    /// previous secret still before its `until`, space-separated. `None` when it signs nothing.
+    pub(super) fn signature(&self, id: &str, timestamp: u64, body: &[u8]) -> Option<String> {
+        let mut signature = self.secret.as_ref()?.sign(id, timestamp, body);
+        let now = std::time::SystemTime::now();
+        for (secret, until) in &self.previous {
+            if now < *until {
+                signature.push(' ');
+                signature.push_str(&secret.sign(id, timestamp, body));
+            }
+        }
+        Some(signature)
+    }
+
     /// This process's view of the endpoint's shared state.
     pub(super) fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -54,6 +70,8 @@ pub(super) fn configured(config: &Config) -> HashMap<String, Endpoint> {
         .iter()
         .filter_map(|e| {
             let secret = Secret::parse(&e.secret).ok()?;
+            let previous =
+                e.previous_secrets.iter().filter_map(|p| Some((Secret::parse(&p.secret).ok()?, p.until))).collect();
             let uri = e.url.as_str().parse().ok()?;
             let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
             let max_wait = config.queue.lease.saturating_sub(e.timeout + LEASE_MARGIN);
@@ -62,6 +80,7 @@ pub(super) fn configured(config: &Config) -> HashMap<String, Endpoint> {
                 url: e.url.clone(),
                 uri,
                 secret: Some(secret),
+                previous,
                 timeout: e.timeout,
                 schedule,
                 gate: Gate::new(e.max_in_flight, e.rate_limit, max_wait),
@@ -87,6 +106,7 @@ fn alerts_endpoint(config: &Config) -> Option<(String, Endpoint)> {
         url,
         uri,
         secret: config.alerts.secret.as_deref().and_then(|s| Secret::parse(s).ok()),
+        previous: Vec::new(),
         timeout,
         schedule: config.alerts.retry_schedule.clone(),
         gate: Gate::new(None, None, max_wait),
