@@ -147,13 +147,18 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Run one plugin on one event and print its verdict and how long the call took.
+    /// Run one plugin on one event and print its verdict and how long the call took; or, with
+    /// `--fixtures DIR`, on every `NAME.event.json` of DIR, comparing each verdict with
+    /// `NAME.expect.json` (exit 1 on any mismatch).
     Test {
         /// The plugin component (`.wasm`).
         plugin: PathBuf,
         /// A file with the event's JSON body, as a producer would POST it.
+        #[arg(long, required_unless_present = "fixtures", conflicts_with = "fixtures")]
+        event: Option<PathBuf>,
+        /// A directory of fixtures: `NAME.event.json`, `NAME.expect.json`, optional `NAME.config.toml`.
         #[arg(long)]
-        event: PathBuf,
+        fixtures: Option<PathBuf>,
         /// A TOML file whose table is the plugin's config (as `[[plugins]] config` would give it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -260,14 +265,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Test {
             plugin,
             event,
+            fixtures,
             config,
             event_type,
             deadline,
             max_memory_mb,
             cache_dir,
         }) => {
-            let payload =
-                std::fs::read(&event).with_context(|| format!("failed to read the event file {}", event.display()))?;
             let config = match config {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
@@ -279,11 +283,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => serde_json::json!({}),
             };
             let settings = sluice::plugin::trial::Settings { config, event_type, deadline, max_memory_mb, cache_dir };
+            if let Some(dir) = fixtures {
+                return run_fixtures(&plugin, &dir, &settings);
+            }
+            let event = event.context("--event or --fixtures")?;
+            let payload =
+                std::fs::read(&event).with_context(|| format!("failed to read the event file {}", event.display()))?;
             let trial = sluice::plugin::trial::run(&plugin, payload, settings)?;
             print_trial(&trial);
             Ok(if trial.outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// `sluice plugin test PLUGIN --fixtures DIR`: every fixture's result, the differences of those
+/// that do not match, and a summary; exit 1 when any does not.
+fn run_fixtures(
+    plugin: &std::path::Path,
+    dir: &std::path::Path,
+    settings: &sluice::plugin::trial::Settings,
+) -> anyhow::Result<ExitCode> {
+    let outcomes = sluice::plugin::fixtures::run(plugin, dir, settings)?;
+    let failed = outcomes.iter().filter(|o| !o.mismatches.is_empty()).count();
+    for outcome in &outcomes {
+        if outcome.mismatches.is_empty() {
+            println!("ok   {}", outcome.name);
+        } else {
+            println!("FAIL {}", outcome.name);
+            for mismatch in &outcome.mismatches {
+                println!("       {mismatch}");
+            }
+            println!("       verdict: {}", outcome.actual);
+        }
+    }
+    println!("{}: {} fixture(s), {} passed, {failed} failed", dir.display(), outcomes.len(), outcomes.len() - failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// One GET of the admin API.

@@ -445,3 +445,53 @@ async fn config_plan_compares_a_file_with_the_running_gateway_and_exits_0_2_or_1
     assert!(stderr.contains("queue.batch: ") && stderr.contains("unknown key `batchez`"), "{stderr}");
     gateway.shutdown().await;
 }
+
+/// Runs `sluice plugin test PLUGIN --fixtures DIR`; returns (exit code, stdout).
+fn plugin_fixtures(plugin: &std::path::Path, fixtures: &std::path::Path) -> (Option<i32>, String) {
+    let output = Command::new(SLUICE_BIN)
+        .args(["plugin", "test", plugin.to_str().unwrap(), "--fixtures", fixtures.to_str().unwrap()])
+        .args(["--cache-dir", shared_wasm_cache().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+#[test]
+fn every_example_plugin_passes_the_fixtures_it_ships() {
+    let Some(dist) = plugins_dir() else { return };
+    let mut tested = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("plugins")).unwrap() {
+        let dir = entry.unwrap().path();
+        let fixtures = dir.join("fixtures");
+        if !fixtures.is_dir() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let (code, out) = plugin_fixtures(&dist.join(format!("{name}.wasm")), &fixtures);
+        assert_eq!(code, Some(0), "{name}:\n{out}");
+        assert!(out.contains(", 0 failed"), "{name}:\n{out}");
+        tested.push(name);
+    }
+    tested.sort();
+    let languages = ["as-tagger", "c-prefix", "js-filter", "python-router", "rust-filter"];
+    assert!(languages.iter().all(|l| tested.iter().any(|t| t == l)), "every language ships fixtures: {tested:?}");
+}
+
+#[test]
+fn a_fixture_whose_verdict_differs_fails_with_where_it_differs() {
+    let Some(dist) = plugins_dir() else { return };
+    let dir = Scratch::new("fixtures");
+    std::fs::write(dir.path().join("a.event.json"), r#"{"type":"test.ping","order_id":1}"#).unwrap();
+    std::fs::write(dir.path().join("a.config.toml"), "drop_types = [\"test.*\"]\n").unwrap();
+    std::fs::write(dir.path().join("a.expect.json"), r#"{"verdict":"pass"}"#).unwrap();
+    std::fs::write(dir.path().join("b.event.json"), r#"{"type":"order","order_id":1}"#).unwrap();
+    std::fs::write(dir.path().join("b.expect.json"), r#"{"verdict":"pass","payload":{"order_id":1}}"#).unwrap();
+    std::fs::write(dir.path().join("c.event.json"), r#"{"type":"order"}"#).unwrap();
+    let (code, out) = plugin_fixtures(&dist.join("rust-filter.wasm"), dir.path());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL a") && out.contains("at `verdict`: expected \"pass\", got \"drop\""), "{out}");
+    assert!(out.contains("ok   b"), "{out}");
+    assert!(out.contains("FAIL c") && out.contains("c.expect.json"), "a fixture without its expectation fails: {out}");
+    assert!(out.contains("3 fixture(s), 1 passed, 2 failed"), "{out}");
+}

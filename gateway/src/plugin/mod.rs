@@ -19,6 +19,7 @@ mod convert;
 mod core_abi;
 pub mod engine;
 pub mod failing;
+pub mod fixtures;
 mod host;
 mod loaded;
 pub mod metrics;
