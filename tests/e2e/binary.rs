@@ -495,3 +495,27 @@ fn a_fixture_whose_verdict_differs_fails_with_where_it_differs() {
     assert!(out.contains("FAIL c") && out.contains("c.expect.json"), "a fixture without its expectation fails: {out}");
     assert!(out.contains("3 fixture(s), 1 passed, 2 failed"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_plan_names_plugins_the_same_way_wherever_the_file_is_given_from() {
+    let Some(filter) = plugin_file("rust-filter") else { return };
+    let redis = RedisServer::start().await;
+    let dir = Scratch::new("config-plan-paths");
+    std::fs::copy(&filter, dir.path().join("filter.wasm")).unwrap();
+    let file = dir.path().join("sluice.toml");
+    let text = base_toml(&redis) + "\n[[plugins]]\nname = \"filter\"\npath = \"filter.wasm\"\n";
+    std::fs::write(&file, text).unwrap();
+    // The gateway started with the file's absolute path, the plan run from its directory with a
+    // relative one: the plugin's path is the same file, so nothing changes.
+    let gateway = sluice::Gateway::start(sluice::config::load(Some(&file)).unwrap()).await.unwrap();
+    let output = Command::new(SLUICE_BIN)
+        .current_dir(dir.path())
+        .args(["config", "plan", "--config", "sluice.toml"])
+        .args(["--url", &format!("http://{}", gateway.addr()), "--token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("no change"), "{stdout}");
+    gateway.shutdown().await;
+}

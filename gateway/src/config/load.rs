@@ -66,15 +66,15 @@ pub fn report(path: Option<&Path>) -> Report {
         figment = figment.merge(Toml::file_exact(path));
     }
     let figment = figment.merge(Env::prefixed("SLUICE_").split("__"));
-    let lines = text.as_deref().map(LineFinder::new);
-    if let (Some(path), Some(Err(e))) = (path, text.as_deref().map(toml::de::DeTable::parse)) {
+    let (lines, not_toml) = match text.as_deref().map(LineFinder::new) {
+        Some((lines, error)) => (Some(lines), error),
+        None => (None, None),
+    };
+    if let (Some(path), Some(e), Some(lines)) = (path, not_toml, lines.as_ref()) {
         // Not TOML at all: nothing past this can be read.
-        let at = lines.as_ref().and_then(|l| e.span().map(|s| l.line_of(s.start))).map(|n| format!(", line {n}"));
-        let message = e.message().trim_end().to_string();
-        return Report {
-            config: None,
-            problems: vec![format!("{}{}: not valid TOML: {message}", path.display(), at.unwrap_or_default())],
-        };
+        let at = e.span().map(|s| format!(", line {}", lines.line_of(s.start))).unwrap_or_default();
+        let message = e.message().trim_end();
+        return Report { config: None, problems: vec![format!("{}{at}: not valid TOML: {message}", path.display())] };
     }
     let mut values = match figment.extract::<Value>() {
         Ok(values) => values,
@@ -126,9 +126,13 @@ pub fn report(path: Option<&Path>) -> Report {
     Report { config, problems: problems.into_iter().map(|(_, p)| p).collect() }
 }
 
-/// Relative plugin and store paths, against the directory of the config file.
+/// Relative plugin and store paths, against the directory of the config file, made absolute: a
+/// gateway started as `--config sluice.toml` and a `config plan` run as `--config
+/// /etc/sluice/sluice.toml` name the same plugin the same way.
 fn resolve_paths(config: &mut Config, path: Option<&Path>) {
     let Some(dir) = path.and_then(Path::parent) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     for plugin in &mut config.plugins {
         if plugin.path.is_relative() {
             plugin.path = dir.join(&plugin.path);
@@ -242,8 +246,12 @@ struct LineFinder<'a> {
 }
 
 impl<'a> LineFinder<'a> {
-    fn new(text: &'a str) -> Self {
-        Self { text, table: toml::de::DeTable::parse(text).ok() }
+    /// The lines of `text`, and its parse error when it is not TOML.
+    fn new(text: &'a str) -> (Self, Option<toml::de::Error>) {
+        match toml::de::DeTable::parse(text) {
+            Ok(table) => (Self { text, table: Some(table) }, None),
+            Err(e) => (Self { text, table: None }, Some(e)),
+        }
     }
 
     /// The 1-based line of byte `offset`.
@@ -281,7 +289,8 @@ mod tests {
     #[test]
     fn keys_are_found_on_their_lines_and_written_as_the_checks_write_them() {
         let text = "[server]\nlisten = \"x\"\n\n[[endpoints]]\nname = \"a\"\n\n[[endpoints]]\nname = \"b\"\nurl = 1\n";
-        let lines = LineFinder::new(text);
+        let (lines, error) = LineFinder::new(text);
+        assert!(error.is_none());
         assert_eq!(lines.line_of_key("server.listen"), Some(2));
         assert_eq!(lines.line_of_key("endpoints.1.url"), Some(9));
         assert_eq!(lines.line_of_key("server.nothing"), Some(1), "the closest part the file has");
