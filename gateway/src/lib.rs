@@ -228,13 +228,6 @@ async fn check_when_reachable(
     }
 }
 
-/// Loads every plugin of `config` and reports every problem with config and plugins at once.
-pub fn check(config: &Config) -> Result<(), StartError> {
-    config.validate()?;
-    PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes).map_err(StartError::Plugins)?;
-    Ok(())
-}
-
 /// Reads the config file at `path` (with the environment's overrides) and loads its plugins,
 /// reporting every problem in one list, each once: keys, types and values that do not load (with
 /// file and line), what [`Config::validate`] finds in the rest, and plugins that do not load.
