@@ -14,6 +14,7 @@
 //! - [`delivery`]: stage 4, the worker: claim → signed POST → ack / retry / dead letter + alert.
 //! - [`history`]: finished deliveries moved to PostgreSQL (`[history]`), read back by the admin API.
 //! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
+//! - [`control`]: the running configuration as one value, and its reload (SIGHUP or the admin API).
 //! - [`config`], [`route`], [`id`], [`telemetry`], [`redact`]: configuration, the route table, ids,
 //!   logging, and keeping credentials out of logs.
 //!
@@ -22,6 +23,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod history;
 pub mod http;
@@ -46,9 +48,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::control::Control;
 use crate::delivery::Worker;
 use crate::http::AppState;
-use crate::ingest::Ingest;
 use crate::plugin::{PluginError, PluginSet};
 use crate::queue::{QueueError, Store};
 
@@ -89,8 +91,20 @@ pub struct Gateway {
 
 impl Gateway {
     /// Validates `config`, loads plugins, opens the queue, binds the listener and starts serving
-    /// and delivering.
+    /// and delivering. With no file to read again, a reload is refused (SIGHUP reloads the plugins'
+    /// files instead): see [`Gateway::start_file`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`Gateway::start`] with the configuration of the file at `path` (and the environment's
+    /// overrides), which SIGHUP and `POST /v1/config/reload` read again.
+    pub async fn start_file(path: &std::path::Path) -> Result<Self, StartError> {
+        let config = config::load(Some(path))?;
+        Self::start_with(config, Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))).await
+    }
+
+    async fn start_with(config: Config, file: Option<std::path::PathBuf>) -> Result<Self, StartError> {
         config.validate()?;
         let plugins = Arc::new(
             PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes)
@@ -131,22 +145,31 @@ impl Gateway {
         let metrics = Arc::new(metrics::Metrics::new(&config));
         let alerter = delivery::alert::Alerter::from_config(&config, alerts_http)
             .map(|alerter| alerter.queued(queue.clone(), wake.clone()));
-        let worker = Worker::new(&config, queue.clone(), http, alerter.clone(), wake.clone(), metrics.clone());
+        let control = Arc::new(Control::new(
+            config.clone(),
+            plugins,
+            control::Parts { file, queue: queue.clone(), wake: wake.clone(), metrics: metrics.clone() },
+        ));
+        let worker = Worker::new(
+            &config,
+            queue.clone(),
+            http,
+            alerter.clone(),
+            wake.clone(),
+            metrics.clone(),
+            control.worker_endpoints(),
+        );
         let state = Arc::new(AppState {
-            ingest: Ingest::new(&config, plugins.clone(), queue.clone(), wake),
+            control: control.clone(),
             queue: queue.clone(),
             history: history.clone(),
             admin_token: config.admin.token.clone(),
-            plugins: plugins.clone(),
-            endpoints: config.endpoints.iter().map(|e| e.name.clone()).collect(),
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
             metrics,
             alerter: alerter.clone(),
-            endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), redact::url(&e.url))).collect(),
             expose_plugin_errors: config.wasm.expose_errors,
             admin_throttle: Default::default(),
             limits: http::ConnectionLimits::from_config(&config),
-            config_shown: config::Shown::of(&config).to_json(),
         });
         let mut tasks = Vec::new();
         if let Some(redis) = check_later {
@@ -156,14 +179,19 @@ impl Gateway {
             let writer = history::writer::run(queue, history, settings.clone(), watcher.clone());
             tasks.push(tokio::spawn(writer));
         }
+        let running_plugins = || {
+            let control = control.clone();
+            move || control.live().plugins.clone()
+        };
         if let Some(alerter) = &alerter {
             let watch =
-                plugin::failing::watch(plugins.clone(), alerter.clone(), config.alerts.clone(), watcher.clone());
+                plugin::failing::watch(running_plugins(), alerter.clone(), config.alerts.clone(), watcher.clone());
             tasks.push(tokio::spawn(watch));
         }
         tasks.extend([
             tokio::spawn(http::serve(listener, state, watcher.clone())),
-            tokio::spawn(plugin::reload::watch(plugins, watcher.clone())),
+            tokio::spawn(plugin::reload::watch(running_plugins(), watcher.clone())),
+            tokio::spawn(control.reload_on_hangup(watcher.clone())),
             tokio::spawn(worker.run(watcher)),
         ]);
         tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),
@@ -233,20 +261,30 @@ async fn check_when_reachable(
 /// file and line), what [`Config::validate`] finds in the rest, and plugins that do not load.
 /// Returns the configuration when there is no problem.
 pub fn check_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let (config, mut problems) = config_problems(path);
+    if let Some(config) = &config {
+        if let Err(errors) = PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes) {
+            problems.extend(errors.iter().map(ToString::to_string));
+        }
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+/// The problems of the config file at `path` short of its plugins: keys, types and values that do
+/// not load (with file and line) and what [`Config::validate`] finds in the rest, each once; and
+/// the configuration, when the file loads at all.
+pub fn config_problems(path: &std::path::Path) -> (Option<Config>, Vec<String>) {
     let report = config::report(Some(path));
     let mut problems = report.problems;
     if let Some(config) = &report.config {
         if let Err(ConfigError::Invalid(found)) = config.validate() {
             problems.extend(found);
         }
-        if let Err(errors) = PluginSet::load(&config.plugins, &config.wasm, config.server.max_body_bytes) {
-            problems.extend(errors.iter().map(ToString::to_string));
-        }
     }
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert(p.clone()));
-    match report.config {
-        Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError::Invalid(problems)),
-    }
+    (report.config, problems)
 }

@@ -143,6 +143,17 @@ enum ConfigCommand {
         #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Make the running gateway read its config file again and apply it whole (as SIGHUP does),
+    /// and print what changed. Exit 0: applied, or nothing to apply; 1: refused (every problem, or
+    /// every key that needs a restart, listed; nothing was applied).
+    Reload {
+        /// The gateway's base URL.
+        #[arg(long, env = "SLUICE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+        url: url::Url,
+        /// The admin bearer token (`admin.token`).
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,10 +203,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
-            let config = sluice::config::load(config.as_deref())?;
             let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
             let stopped_by_itself = runtime.block_on(async {
-                let gateway = sluice::Gateway::start(config).await?;
+                // From a file, SIGHUP and `config reload` read it again.
+                let gateway = match config {
+                    Some(path) => sluice::Gateway::start_file(&path).await?,
+                    None => sluice::Gateway::start(sluice::config::load(None)?).await?,
+                };
                 let by_itself = tokio::select! {
                     _ = shutdown_signal() => false,
                     _ = gateway.stopped() => true,
@@ -259,8 +273,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .collect();
             let running_config = &running["config"];
             let plan = sluice::config::plan(running_config, &proposed.config, &sluice::config::Running { paused });
-            print_plan(&config, &url, &plan);
+            println!("{}: {} change(s) against the gateway at {url}", config.display(), plan.changes.len().max(1));
+            print!("{}", plan.render());
             Ok(ExitCode::from(2))
+        }
+        Command::Config(ConfigCommand::Reload { url, token }) => {
+            let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+            let answer = runtime.block_on(sluice::admin::client::call(
+                &url,
+                &token,
+                reqwest::Method::POST,
+                &["v1", "config", "reload"],
+                &[],
+            ));
+            let reloaded = match answer {
+                Ok(reloaded) => reloaded,
+                Err(e) => {
+                    eprintln!("reload refused: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if reloaded["changed"] != true {
+                println!("no change: the gateway at {url} already runs this configuration ({})", reloaded["hash"]);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("reloaded the gateway at {url}: {} → {}", reloaded["previous_hash"], reloaded["hash"]);
+            let lines = |key: &str| -> Vec<String> {
+                reloaded[key].as_array().into_iter().flatten().filter_map(|c| Some(c.as_str()?.to_string())).collect()
+            };
+            print!("{}", sluice::config::Plan { changes: lines("changes"), warnings: lines("warnings") }.render());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Test {
             plugin,
@@ -323,28 +365,6 @@ fn run_fixtures(
 /// One GET of the admin API.
 async fn admin_call(url: &url::Url, token: &str, path: &[&str]) -> anyhow::Result<serde_json::Value> {
     Ok(sluice::admin::client::call(url, token, reqwest::Method::GET, path, &[]).await?)
-}
-
-/// Prints a plan: one line per change (`+` added, `-` removed, `~` changed), then its warnings.
-fn print_plan(config: &std::path::Path, url: &url::Url, plan: &sluice::config::Plan) {
-    println!("{}: {} change(s) against the gateway at {url}", config.display(), plan.changes.len().max(1));
-    if plan.changes.is_empty() {
-        println!("  ~ secrets or values that are not shown changed (the configuration's hash differs)");
-    }
-    for change in &plan.changes {
-        let mark = match change.split(' ').next() {
-            Some("added") => '+',
-            Some("removed") => '-',
-            _ => '~',
-        };
-        println!("  {mark} {change}");
-    }
-    if !plan.warnings.is_empty() {
-        println!("warnings:");
-        for warning in &plan.warnings {
-            println!("  ! {warning}");
-        }
-    }
 }
 
 /// Runs one admin subcommand against the gateway at `url`.

@@ -1,14 +1,17 @@
 //! Gateway metrics in the Prometheus text format: events by source (received, accepted, rejected by
 //! reason), deliveries by endpoint and outcome, attempt latency, deliveries in flight, and queue
-//! store errors by operation. Counters are atomics indexed by the configured sources and endpoints
-//! (fixed at start-up, so label cardinality is bounded); only rejections, a slow path, take a lock.
+//! store errors by operation. Counters are atomics per configured source and endpoint (label
+//! cardinality is bounded by the config: a reload adds the names it brings and keeps those it
+//! drops, so counters never go back); only rejections, a slow path, take a lock.
 //! Queue depth is read from the queue's store at scrape time (see `http.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::config::Config;
 
@@ -31,6 +34,67 @@ struct EndpointStats {
     sum_micros: AtomicU64,
 }
 
+/// One source's counters.
+#[derive(Default)]
+struct SourceStats {
+    received: AtomicU64,
+    accepted: AtomicU64,
+}
+
+/// The counters of every source and endpoint configured so far, by name, in the order first seen
+/// (`_unknown` last among the sources).
+#[derive(Default)]
+struct Labels {
+    sources: HashMap<String, Arc<SourceStats>>,
+    source_names: Vec<String>,
+    endpoints: HashMap<String, Arc<EndpointStats>>,
+    endpoint_names: Vec<String>,
+}
+
+impl Labels {
+    /// These labels with the sources and endpoints of `config` added (the same counters for the
+    /// names already here).
+    fn with(&self, config: &Config) -> Self {
+        let mut sources: Vec<String> = config.routes.iter().map(|r| r.source.clone()).collect();
+        sources.sort();
+        sources.dedup();
+        // Alerts are deliveries to the internal endpoint `_alerts`, counted like the others.
+        let alerts = config.alerts.url.as_ref().map(|_| crate::delivery::alert::ALERTS_ENDPOINT.to_string());
+        let endpoints = config.endpoints.iter().map(|e| e.name.clone()).chain(alerts);
+        let mut next = Labels {
+            sources: self.sources.clone(),
+            source_names: self.source_names.iter().filter(|s| *s != OTHER_SOURCE).cloned().collect(),
+            endpoints: self.endpoints.clone(),
+            endpoint_names: self.endpoint_names.clone(),
+        };
+        for name in sources.into_iter().chain([OTHER_SOURCE.to_string()]) {
+            if name != OTHER_SOURCE && next.sources.contains_key(&name) {
+                continue;
+            }
+            next.sources.entry(name.clone()).or_default();
+            next.source_names.push(name);
+        }
+        for name in endpoints {
+            if !next.endpoints.contains_key(&name) {
+                next.endpoints.insert(name.clone(), Arc::default());
+                next.endpoint_names.push(name);
+            }
+        }
+        next
+    }
+
+    fn source(&self, source: &str) -> &SourceStats {
+        match self.sources.get(source).or_else(|| self.sources.get(OTHER_SOURCE)) {
+            Some(stats) => stats,
+            // `with` always adds OTHER_SOURCE; a fresh Labels is never used.
+            None => &NO_SOURCE,
+        }
+    }
+}
+
+/// Counts nothing anyone reads: what [`Labels::source`] gives for a source before any labels.
+static NO_SOURCE: SourceStats = SourceStats { received: AtomicU64::new(0), accepted: AtomicU64::new(0) };
+
 /// Renders the admin API's failed authentications and the requests throttled for them.
 pub fn render_admin_auth((failures, throttled): (u64, u64), out: &mut String) {
     header(out, "sluice_admin_auth_failures_total", "counter", "Admin requests with a missing or wrong bearer token.");
@@ -46,14 +110,8 @@ pub fn render_admin_auth((failures, throttled): (u64, u64), out: &mut String) {
 
 /// Every gateway metric except the plugins' (which live with the plugins).
 pub struct Metrics {
-    sources: HashMap<String, usize>,
-    source_names: Vec<String>,
-    received: Vec<AtomicU64>,
-    accepted: Vec<AtomicU64>,
-    rejected: Mutex<BTreeMap<(usize, &'static str), u64>>,
-    endpoints: HashMap<String, usize>,
-    endpoint_names: Vec<String>,
-    attempts: Vec<EndpointStats>,
+    labels: ArcSwap<Labels>,
+    rejected: Mutex<BTreeMap<(String, &'static str), u64>>,
     in_flight: AtomicI64,
     store_errors: [AtomicU64; 4],
     connections_open: AtomicI64,
@@ -64,22 +122,9 @@ pub struct Metrics {
 impl Metrics {
     /// Counters for the sources and endpoints of `config`.
     pub fn new(config: &Config) -> Self {
-        let mut source_names: Vec<String> = config.routes.iter().map(|r| r.source.clone()).collect();
-        source_names.sort();
-        source_names.dedup();
-        source_names.push(OTHER_SOURCE.to_string());
-        // Alerts are deliveries to the internal endpoint `_alerts`, counted like the others.
-        let alerts = config.alerts.url.as_ref().map(|_| crate::delivery::alert::ALERTS_ENDPOINT.to_string());
-        let endpoint_names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).chain(alerts).collect();
         Self {
-            sources: source_names.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
-            received: source_names.iter().map(|_| AtomicU64::new(0)).collect(),
-            accepted: source_names.iter().map(|_| AtomicU64::new(0)).collect(),
-            source_names,
+            labels: ArcSwap::from_pointee(Labels::default().with(config)),
             rejected: Mutex::new(BTreeMap::new()),
-            endpoints: endpoint_names.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect(),
-            attempts: endpoint_names.iter().map(|_| EndpointStats::default()).collect(),
-            endpoint_names,
             in_flight: AtomicI64::new(0),
             store_errors: Default::default(),
             connections_open: AtomicI64::new(0),
@@ -88,8 +133,10 @@ impl Metrics {
         }
     }
 
-    fn source(&self, source: &str) -> usize {
-        self.sources.get(source).copied().unwrap_or(self.source_names.len() - 1)
+    /// Adds counters for the sources and endpoints of `config`, a reloaded configuration; those of
+    /// names it no longer has stay (a counter never goes back).
+    pub fn add_labels(&self, config: &Config) {
+        self.labels.store(Arc::new(self.labels.load().with(config)));
     }
 
     /// An inbound connection was accepted.
@@ -109,23 +156,26 @@ impl Metrics {
 
     /// An ingest request for `source` arrived.
     pub fn received(&self, source: &str) {
-        self.received[self.source(source)].fetch_add(1, Ordering::Relaxed);
+        self.labels.load().source(source).received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event of `source` was stored (answered 202).
     pub fn accepted(&self, source: &str) {
-        self.accepted[self.source(source)].fetch_add(1, Ordering::Relaxed);
+        self.labels.load().source(source).accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event of `source` was refused; `reason` is the error code of the answer.
     pub fn rejected(&self, source: &str, reason: &'static str) {
-        let key = (self.source(source), reason);
+        let labels = self.labels.load();
+        let known = labels.sources.get_key_value(source).map(|(name, _)| name.as_str());
+        let key = (known.unwrap_or(OTHER_SOURCE).to_string(), reason);
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
     }
 
     /// One delivery attempt to `endpoint` ended with `outcome` (one of [`OUTCOMES`]) after `took`.
     pub fn attempt(&self, endpoint: &str, outcome: &str, took: Duration) {
-        let Some(stats) = self.endpoints.get(endpoint).map(|&i| &self.attempts[i]) else { return };
+        let labels = self.labels.load();
+        let Some(stats) = labels.endpoints.get(endpoint) else { return };
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             stats.outcomes[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -157,18 +207,23 @@ impl Metrics {
 
     /// Appends every metric in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        let labels = self.labels.load_full();
+        let sources = || labels.source_names.iter().map(|name| (name, &labels.sources[name]));
+        let endpoints = || labels.endpoint_names.iter().map(|name| (name, &labels.endpoints[name]));
         header(
             out,
             "sluice_events_received_total",
             "counter",
             "Ingest requests by source (_unknown: no route serves it).",
         );
-        for (name, n) in self.source_names.iter().zip(&self.received) {
-            let _ = writeln!(out, "sluice_events_received_total{{source=\"{}\"}} {}", escape(name), load(n));
+        for (name, stats) in sources() {
+            let _ =
+                writeln!(out, "sluice_events_received_total{{source=\"{}\"}} {}", escape(name), load(&stats.received));
         }
         header(out, "sluice_events_accepted_total", "counter", "Events stored and answered 202, by source.");
-        for (name, n) in self.source_names.iter().zip(&self.accepted) {
-            let _ = writeln!(out, "sluice_events_accepted_total{{source=\"{}\"}} {}", escape(name), load(n));
+        for (name, stats) in sources() {
+            let _ =
+                writeln!(out, "sluice_events_accepted_total{{source=\"{}\"}} {}", escape(name), load(&stats.accepted));
         }
         header(
             out,
@@ -177,11 +232,11 @@ impl Metrics {
             "Events refused, by source and reason (the error code).",
         );
         for ((source, reason), n) in self.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let name = escape(&self.source_names[*source]);
+            let name = escape(source);
             let _ = writeln!(out, "sluice_events_rejected_total{{source=\"{name}\",reason=\"{reason}\"}} {n}");
         }
         header(out, "sluice_delivery_attempts_total", "counter", "Delivery attempts by endpoint and outcome.");
-        for (name, stats) in self.endpoint_names.iter().zip(&self.attempts) {
+        for (name, stats) in endpoints() {
             for (outcome, n) in OUTCOMES.iter().zip(&stats.outcomes) {
                 let _ = writeln!(
                     out,
@@ -192,7 +247,7 @@ impl Metrics {
             }
         }
         header(out, "sluice_delivery_attempt_seconds", "histogram", "Duration of delivery attempts, by endpoint.");
-        for (name, stats) in self.endpoint_names.iter().zip(&self.attempts) {
+        for (name, stats) in endpoints() {
             let name = escape(name);
             let mut cumulative = 0;
             for (bound, n) in BUCKETS.iter().zip(&stats.buckets) {

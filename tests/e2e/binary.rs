@@ -519,3 +519,52 @@ async fn config_plan_names_plugins_the_same_way_wherever_the_file_is_given_from(
     assert!(stdout.contains("no change"), "{stdout}");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn sighup_and_config_reload_apply_the_edited_file_to_a_running_sluice_or_list_its_problems() {
+    let redis = RedisServer::start().await;
+    let mut receiver = Receiver::start().await;
+    let routes =
+        endpoint_toml("orders", &receiver.url(), "") + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
+    let (sluice, addr) = spawn_sluice(&redis, &routes).await;
+    let config = std::env::temp_dir().join(format!("sluice-bin-{}", addr.port())).join("sluice.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(post_event(addr, "crm", "{}").await.0, 404);
+    let (_, before) = admin_get(addr, "/v1/config").await;
+
+    // SIGHUP: the file is read again and the new route serves.
+    std::fs::write(&config, text.clone() + "\n[[routes]]\nsource = \"crm\"\nendpoints = [\"orders\"]\n").unwrap();
+    let pid = rustix::process::Pid::from_child(&sluice.0);
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while admin_get(addr, "/v1/config").await.1["hash"] == before["hash"] {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the configuration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, accepted) = post_event(addr, "crm", r#"{"event":"lead_created"}"#).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(receiver.next().await.json()["event"], "lead_created");
+
+    let reload = || {
+        Command::new(SLUICE_BIN)
+            .args(["config", "reload", "--url", &format!("http://{addr}"), "--token", ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    };
+    // `sluice config reload`: the route goes again, and the change is printed.
+    std::fs::write(&config, &text).unwrap();
+    let output = reload();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("removed routes[1] (source `crm`"), "{stdout}");
+    assert_eq!(post_event(addr, "crm", "{}").await.0, 404);
+    assert_eq!(admin_get(addr, "/v1/config").await.1["hash"], before["hash"]);
+
+    // A broken file: exit 1, every problem on stderr, nothing applied.
+    std::fs::write(&config, text + "\n[queue]\nlease = \"soon\"\nbatchez = 1\n").unwrap();
+    let output = reload();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("queue.lease") && stderr.contains("batchez"), "{stderr}");
+    assert_eq!(post_event(addr, "shop", "{}").await.0, 202);
+}

@@ -20,5 +20,6 @@ mod plugins;
 mod postgres;
 mod protection;
 mod queue_conformance;
+mod reload;
 mod scale;
 mod timing;

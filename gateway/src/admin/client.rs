@@ -58,7 +58,12 @@ pub async fn call(
     if (200..300).contains(&status) {
         Ok(value)
     } else {
-        let message = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        let mut message = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        // A refused reload lists every problem (or key needing a restart).
+        for problem in value["error"]["problems"].as_array().into_iter().flatten() {
+            message.push_str("\n  - ");
+            message.push_str(problem.as_str().unwrap_or_default());
+        }
         Err(ClientError::Refused { status, message })
     }
 }

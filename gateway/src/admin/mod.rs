@@ -37,6 +37,10 @@ pub enum AdminError {
     /// History (PostgreSQL) could not answer (503).
     #[error("history could not answer: {0}")]
     History(#[from] HistoryError),
+    /// A config reload applied nothing (422 for problems in the file, 409 for keys that need a
+    /// restart or a gateway with no file).
+    #[error(transparent)]
+    Reload(#[from] crate::control::ReloadError),
 }
 
 /// Checks an `Authorization` header against the configured token, in constant time.

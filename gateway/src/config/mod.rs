@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use history::HistoryConfig;
 pub use load::{from_toml, load, report, Report};
 pub use pipeline::{EndpointConfig, OnError, PluginConfig, PreviousSecret, RouteConfig, SignatureScheme, SourceConfig};
-pub use plan::{plan, Plan, Running};
+pub use plan::{needs_restart, plan, Plan, Running, RELOADABLE};
 pub use process::{
     AdminConfig, AlertsConfig, Backend, QueueConfig, RedisConfig, RetryConfig, SecurityConfig, ServerConfig, WasmConfig,
 };

@@ -10,6 +10,13 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
+/// The sections a config reload applies; a change anywhere else needs a restart (the listen
+/// address, the queue's store and shards, history, the admin token, alerts, the Wasm engine...).
+pub const RELOADABLE: [&str; 5] = ["endpoints", "plugins", "retry", "routes", "sources"];
+
+/// What a plan line of a key that only a restart applies ends with.
+const RESTART: &str = " (needs a restart)";
+
 /// The lists whose entries have a `name`.
 const NAMED: [(&str, &str); 3] = [("sources", "source"), ("endpoints", "endpoint"), ("plugins", "plugin")];
 
@@ -20,6 +27,32 @@ pub struct Plan {
     pub changes: Vec<String>,
     /// What the changes would do to traffic.
     pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// The plan as printed, a line each: changes marked `+` added, `-` removed, `~` changed; then
+    /// the warnings, marked `!`. A plan of no shown change says that something unshown changed.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.changes.is_empty() {
+            out.push_str("  ~ secrets or values that are not shown changed (the configuration's hash differs)\n");
+        }
+        for change in &self.changes {
+            let mark = match change.split(' ').next() {
+                Some("added") => '+',
+                Some("removed") => '-',
+                _ => '~',
+            };
+            out.push_str(&format!("  {mark} {change}\n"));
+        }
+        if !self.warnings.is_empty() {
+            out.push_str("warnings:\n");
+            for warning in &self.warnings {
+                out.push_str(&format!("  ! {warning}\n"));
+            }
+        }
+        out
+    }
 }
 
 /// Facts about the running gateway that warnings count with.
@@ -44,10 +77,26 @@ pub fn plan(running: &Value, proposed: &Value, facts: &Running) -> Plan {
         } else {
             let mut keys = Vec::new();
             changed_keys(section, a, b, &mut keys);
-            plan.changes.extend(keys.into_iter().map(|(key, from, to)| format!("changed `{key}`: {from} → {to}")));
+            let restart = if RELOADABLE.contains(&section.as_str()) { "" } else { RESTART };
+            plan.changes
+                .extend(keys.into_iter().map(|(key, from, to)| format!("changed `{key}`: {from} → {to}{restart}")));
         }
     }
     plan
+}
+
+/// The changes from `running` to `proposed` (both as shown) that a reload cannot apply, one line
+/// per key (`queue.shards`: 1 → 4); empty when a reload can apply every change.
+pub fn needs_restart(running: &Value, proposed: &Value) -> Vec<String> {
+    let empty = Map::new();
+    let (old, new) = (running.as_object().unwrap_or(&empty), proposed.as_object().unwrap_or(&empty));
+    let sections: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut keys = Vec::new();
+    for section in sections.into_iter().filter(|s| !RELOADABLE.contains(&s.as_str())) {
+        let (a, b) = (old.get(section).unwrap_or(&Value::Null), new.get(section).unwrap_or(&Value::Null));
+        changed_keys(section, a, b, &mut keys);
+    }
+    keys.into_iter().map(|(key, from, to)| format!("`{key}`: {from} → {to}")).collect()
 }
 
 fn named(what: &str, old: &Value, new: &Value, facts: &Running, plan: &mut Plan) {
@@ -148,7 +197,7 @@ fn short(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{plan, Running};
+    use super::{needs_restart, plan, Running};
     use crate::config::{from_toml, Shown};
 
     const BASE: &str = r#"
@@ -191,12 +240,22 @@ endpoints = ["billing", "crm"]
             );
         let facts = Running { paused: vec![("crm".into(), 1204)] };
         let plan = plan(&shown(BASE), &shown(&proposed), &facts);
-        assert!(plan.changes.contains(&"changed `queue.batch`: 100 → 200".to_string()), "{plan:?}");
+        assert!(plan.changes.contains(&"changed `queue.batch`: 100 → 200 (needs a restart)".to_string()), "{plan:?}");
         assert!(plan.changes.contains(&"removed endpoint `crm`".to_string()), "{plan:?}");
         assert!(plan.changes.contains(&"added endpoint `audit`".to_string()), "{plan:?}");
         assert!(plan.changes.contains(&"changed endpoint `billing`: `secret`, `url`".to_string()), "{plan:?}");
         assert!(plan.changes.iter().any(|c| c.starts_with("changed `routes[0].endpoints`")), "{plan:?}");
         assert!(plan.warnings.iter().any(|w| w.contains("endpoint `crm` removed") && w.contains("1204")), "{plan:?}");
         assert!(plan.warnings.iter().any(|w| w.contains("endpoint `billing`: its secret changes")), "{plan:?}");
+    }
+
+    #[test]
+    fn only_keys_outside_the_reloadable_sections_need_a_restart() {
+        let proposed = BASE
+            .replace("batch = 100", "batch = 100\nshards = 4")
+            .replace("endpoints = [\"billing\", \"crm\"]", "endpoints = [\"billing\"]")
+            + "[retry]\njitter = 0.5\n";
+        assert_eq!(needs_restart(&shown(BASE), &shown(&proposed)), vec!["`queue.shards`: 1 → 4".to_string()]);
+        assert!(needs_restart(&shown(BASE), &shown(&BASE.replace("crm\"]", "crm\", \"billing\"]"))).is_empty());
     }
 }

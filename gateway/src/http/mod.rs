@@ -18,13 +18,14 @@ mod serve;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::admin::{self, AdminError};
-use crate::ingest::{Ingest, IngestError};
+use crate::control::{Live, ReloadError};
+use crate::ingest::IngestError;
 use crate::queue::{Queue, Store};
 
 /// What request handlers share.
 pub struct AppState {
-    /// The ingest step.
-    pub ingest: Ingest,
+    /// The running configuration (ingest, plugins, endpoints), replaced whole by a reload.
+    pub control: Arc<crate::control::Control>,
     /// The queue, for admin lookups.
     pub queue: Store,
     /// Delivery history in PostgreSQL (`[history]`), where admin lookups go for what the queue
@@ -32,26 +33,18 @@ pub struct AppState {
     pub history: Option<crate::history::History>,
     /// The admin bearer token.
     pub admin_token: Option<String>,
-    /// The plugins, for their metrics.
-    pub plugins: Arc<crate::plugin::PluginSet>,
-    /// Configured endpoint names.
-    pub endpoints: Vec<String>,
     /// Time between the replays of a replay-all.
     pub replay_spacing: std::time::Duration,
     /// Gateway metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Operational alerts (`endpoint.recovered` when an endpoint is enabled).
     pub alerter: Option<crate::delivery::alert::Alerter>,
-    /// Endpoint name → URL, for alerts.
-    pub endpoint_urls: std::collections::HashMap<String, String>,
     /// Whether a plugin's own error text goes into the 422 (`wasm.expose_errors`).
     pub expose_plugin_errors: bool,
     /// Failed admin authentications per client address.
     pub admin_throttle: crate::admin::throttle::AuthThrottle,
     /// Inbound connection cap and timeouts.
     pub limits: ConnectionLimits,
-    /// The body of `GET /v1/config`: the running configuration, secrets masked, and its hash.
-    pub config_shown: serde_json::Value,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -69,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/dead-letters"),
     ("GET", "/v1/endpoints"),
     ("GET", "/v1/config"),
+    ("POST", "/v1/config/reload"),
     ("POST", "/v1/endpoints/{name}/replay-dead"),
     ("POST", "/v1/endpoints/{name}/enable"),
     ("POST", "/v1/endpoints/{name}/disable"),
@@ -139,9 +133,11 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         Found::NotFound => return error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
     let value = values.first().copied().unwrap_or_default();
-    let known = |name: &str| state.endpoints.iter().any(|e| e == name);
+    // The running configuration as of this request, kept to its end.
+    let live = state.control.live();
+    let known = |name: &str| live.endpoint_names.iter().any(|e| e == name);
     match template {
-        "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, value, request).await,
+        "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, &live, value, request).await,
         "/v1/events/{key}" => {
             admin_call(state, &request, peer, admin::event(&state.queue, state.history.as_ref(), value)).await
         }
@@ -159,16 +155,18 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
             let query = request.uri().query().unwrap_or_default().to_string();
             admin_call(state, &request, peer, admin::dead_letters(&state.queue, state.history.as_ref(), &query)).await
         }
-        "/v1/endpoints" => admin_call(state, &request, peer, admin::endpoints(&state.queue, &state.endpoints)).await,
-        "/v1/config" => admin_call(state, &request, peer, async { Ok(state.config_shown.clone()) }).await,
+        "/v1/endpoints" => {
+            admin_call(state, &request, peer, admin::endpoints(&state.queue, &live.endpoint_names)).await
+        }
+        "/v1/config" => admin_call(state, &request, peer, async { Ok(live.shown.to_json()) }).await,
+        "/v1/config/reload" => admin_call(state, &request, peer, reload(state)).await,
         "/v1/endpoints/{name}/replay-dead" => {
             let call =
                 admin::replay_endpoint(&state.queue, state.history.as_ref(), value, known(value), state.replay_spacing);
             admin_call(state, &request, peer, call).await
         }
         "/v1/endpoints/{name}/enable" => {
-            let alert =
-                state.alerter.as_ref().map(|a| (a, state.endpoint_urls.get(value).cloned().unwrap_or_default()));
+            let alert = state.alerter.as_ref().map(|a| (a, live.endpoint_urls.get(value).cloned().unwrap_or_default()));
             admin_call(state, &request, peer, admin::enable_endpoint(&state.queue, value, known(value), alert)).await
         }
         "/v1/endpoints/{name}/disable" => {
@@ -176,7 +174,7 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         }
         "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => readyz(state).await,
-        "/metrics" => metrics(state).await,
+        "/metrics" => metrics(state, &live).await,
         "/openapi.json" => bytes_reply(StatusCode::OK, OPENAPI.as_bytes().to_vec()),
         // Every template of ROUTES has an arm above (the OpenAPI end-to-end test calls each route).
         _ => error_reply(StatusCode::NOT_FOUND, "not_found", "no such route"),
@@ -211,15 +209,15 @@ async fn readyz(state: &AppState) -> Reply {
 
 /// `GET /metrics`: gateway, plugin and queue metrics (the queue gauges are left out when the store
 /// does not answer within [`PROBE_TIMEOUT`]).
-async fn metrics(state: &AppState) -> Reply {
+async fn metrics(state: &AppState, live: &Live) -> Reply {
     let mut text = String::new();
     state.metrics.render(&mut text);
-    state.plugins.render_metrics(&mut text);
+    live.plugins.render_metrics(&mut text);
     crate::metrics::render_admin_auth(state.admin_throttle.totals(), &mut text);
     if let Some(history) = &state.history {
         history.render_metrics(&mut text);
     }
-    match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&state.endpoints)).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&live.endpoint_names)).await {
         Ok(Ok(depth)) => depth.render(&mut text),
         _ => state.metrics.store_error("admin"),
     }
@@ -228,24 +226,25 @@ async fn metrics(state: &AppState) -> Reply {
     reply
 }
 
-async fn ingest(state: &AppState, source: &str, request: Request<Incoming>) -> Reply {
+async fn ingest(state: &AppState, live: &Live, source: &str, request: Request<Incoming>) -> Reply {
     state.metrics.received(source);
     let (parts, body) = request.into_parts();
-    if let Err(e) = state.ingest.precheck(source, &parts.headers) {
+    let ingest = &live.ingest;
+    if let Err(e) = ingest.precheck(source, &parts.headers) {
         return ingest_error(state, source, e);
     }
-    let collect = Limited::new(body, state.ingest.max_body_bytes()).collect();
+    let collect = Limited::new(body, ingest.max_body_bytes()).collect();
     let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return ingest_error(state, source, IngestError::TooLarge { limit: state.ingest.max_body_bytes() })
+            return ingest_error(state, source, IngestError::TooLarge { limit: ingest.max_body_bytes() })
         }
         Ok(Err(e)) => return ingest_error(state, source, IngestError::Body(e.to_string())),
         Err(_) => {
             return ingest_error(state, source, IngestError::BodyTimeout { timeout: state.limits.body_read_timeout })
         }
     };
-    match state.ingest.answer(source, &parts.headers, body).await {
+    match ingest.answer(source, &parts.headers, body).await {
         Ok(answer) => {
             state.metrics.accepted(source);
             let mut reply = bytes_reply(StatusCode::ACCEPTED, answer.body.into_bytes());
@@ -376,7 +375,31 @@ async fn admin_call(
             tracing::error!(error = %e, "Admin lookup in history (PostgreSQL) failed.");
             error_reply(StatusCode::SERVICE_UNAVAILABLE, "history_unavailable", "history (PostgreSQL) could not answer")
         }
+        Err(AdminError::Reload(e)) => reload_refused(e),
     }
+}
+
+/// `POST /v1/config/reload`: what the reload changed.
+async fn reload(state: &AppState) -> Result<Value, AdminError> {
+    let reloaded = state.control.reload().await?;
+    Ok(serde_json::to_value(reloaded).unwrap_or_default())
+}
+
+/// A reload that applied nothing: 422 with every problem of the file, or 409 with the keys that
+/// need a restart (or when there is no file), each as a list the caller can print.
+fn reload_refused(error: ReloadError) -> Reply {
+    tracing::warn!(error = %error, "Config reload refused; the running configuration stays.");
+    let message = match &error {
+        ReloadError::Invalid(_) => "the file has problems; nothing was applied".to_string(),
+        ReloadError::NeedsRestart(_) => "these keys need a restart; nothing was applied".to_string(),
+        ReloadError::NoFile => error.to_string(),
+    };
+    let (status, code, problems) = match error {
+        ReloadError::Invalid(problems) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", problems),
+        ReloadError::NeedsRestart(keys) => (StatusCode::CONFLICT, "needs_restart", keys),
+        ReloadError::NoFile => (StatusCode::CONFLICT, "no_config_file", Vec::new()),
+    };
+    json_reply(status, json!({"error": {"code": code, "message": message, "problems": problems}}))
 }
 
 fn error_reply(status: StatusCode, code: &str, message: &str) -> Reply {

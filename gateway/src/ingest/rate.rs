@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -12,22 +13,36 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::Config;
 
-/// The rate limiter of every source that has one.
+/// The rate limiter of every source that has one, with its rate.
 pub struct SourceRates {
-    limiters: HashMap<String, DefaultDirectRateLimiter>,
+    limiters: HashMap<String, (f64, Arc<DefaultDirectRateLimiter>)>,
     clock: DefaultClock,
 }
 
 impl SourceRates {
-    /// Limiters for the sources of `config` with a `rate_limit`.
-    pub fn new(config: &Config) -> Self {
-        let limiters = config.sources.iter().filter_map(|s| Some((s.name.clone(), limiter(s.rate_limit?)?))).collect();
+    /// Limiters for the sources of `config` with a `rate_limit`. A source of `previous` (the
+    /// configuration a reload replaces) whose rate is unchanged keeps its limiter, so a reload
+    /// grants no fresh burst.
+    pub fn new(config: &Config, previous: Option<&SourceRates>) -> Self {
+        let limiters = config
+            .sources
+            .iter()
+            .filter_map(|s| {
+                let rate = s.rate_limit?;
+                let kept = previous.and_then(|p| p.limiters.get(&s.name)).filter(|(r, _)| *r == rate);
+                let limiter = match kept {
+                    Some((_, limiter)) => limiter.clone(),
+                    None => Arc::new(limiter(rate)?),
+                };
+                Some((s.name.clone(), (rate, limiter)))
+            })
+            .collect();
         Self { limiters, clock: DefaultClock::default() }
     }
 
     /// `Err(wait)` when `source` is over its rate: it may send again after `wait`.
     pub fn check(&self, source: &str) -> Result<(), Duration> {
-        let Some(limiter) = self.limiters.get(source) else { return Ok(()) };
+        let Some((_, limiter)) = self.limiters.get(source) else { return Ok(()) };
         limiter.check().map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -52,7 +67,7 @@ mod tests {
             "[[sources]]\nname = \"shop\"\ntoken = \"a-long-enough-token\"\nrate_limit = 5.0\n",
         )
         .unwrap();
-        let rates = SourceRates::new(&config);
+        let rates = SourceRates::new(&config, None);
         for _ in 0..5 {
             assert_eq!(rates.check("shop"), Ok(()));
         }

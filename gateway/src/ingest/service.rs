@@ -33,8 +33,15 @@ pub struct Ingest {
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 impl Ingest {
-    /// Builds the ingest step from a validated config.
-    pub fn new(config: &Config, plugins: Arc<PluginSet>, queue: Store, wake_worker: Arc<Notify>) -> Self {
+    /// Builds the ingest step from a validated config. `previous` is the step a config reload
+    /// replaces: sources whose rate limit is unchanged keep their limiter.
+    pub fn new(
+        config: &Config,
+        plugins: Arc<PluginSet>,
+        queue: Store,
+        wake_worker: Arc<Notify>,
+        previous: Option<&Ingest>,
+    ) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -46,7 +53,7 @@ impl Ingest {
         Self {
             routing: Arc::new(Routing { routes: RouteTable::new(config), plugins, endpoints }),
             auth: SourceAuth::new(config),
-            rates: SourceRates::new(config),
+            rates: SourceRates::new(config, previous.map(|p| &p.rates)),
             queue,
             max_body_bytes: config.server.max_body_bytes,
             idempotency_window: config.server.idempotency_window,

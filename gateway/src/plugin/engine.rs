@@ -5,7 +5,8 @@
 //!
 //! Plugins can be reloaded while calls are in flight: a call holds the version it started with, new
 //! calls get the new one. Each plugin reloads on its own thread, so a slow compile (Python, seconds)
-//! does not hold up another plugin's reload.
+//! does not hold up another plugin's reload. A config reload makes a new set over the same engine
+//! and threads ([`PluginSet::reconfigured`]): unchanged plugins keep their warm instances.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,14 +29,38 @@ const SPARE_INSTANCES: u32 = 128;
 const DECOMMIT_BATCH: usize = 32;
 /// Fewest idle warm instances kept per plugin (more with more plugin threads).
 const MIN_WARM: usize = 4;
+/// Plugins a config reload may add beyond those the gateway started with: the engine's instance
+/// pool is sized once, for the plugins at start plus these.
+const RELOAD_HEADROOM: usize = 8;
+/// Smallest per-instance memory the engine's pool is sized for, so a reload may raise a plugin's
+/// `max_memory_mb` up to it (the plugin's own cap is enforced per call, not by the pool).
+const POOL_MEMORY_FLOOR_MB: u32 = 256;
 
 type PluginMap = HashMap<Arc<str>, Arc<LoadedPlugin>>;
 
-/// Every configured plugin, compiled and linked, sharing one engine and one pool of plugin threads.
-pub struct PluginSet {
+/// What every version of the plugin set shares: the engine, its linkers and limits, the plugin
+/// threads and the epoch ticker (stopped when the last set using them is dropped).
+struct Runtime {
     engine: Engine,
     linkers: Linkers,
     limits: SharedLimits,
+    pool: PluginPool,
+    stop_ticker: Arc<AtomicBool>,
+    /// Most plugins the engine's instance pool was sized for.
+    max_plugins: usize,
+    /// Largest per-instance memory the engine's pool was sized for, MiB.
+    max_memory_mb: u32,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Every configured plugin, compiled and linked, sharing one engine and one pool of plugin threads.
+pub struct PluginSet {
+    runtime: Arc<Runtime>,
     configs: Vec<PluginConfig>,
     /// The current version of each plugin. The lock is held only to clone or swap the map.
     plugins: RwLock<Arc<PluginMap>>,
@@ -43,14 +68,6 @@ pub struct PluginSet {
     failed: Mutex<HashMap<Arc<str>, Option<FileStamp>>>,
     /// Plugins being reloaded right now.
     reloading: Mutex<HashSet<Arc<str>>>,
-    pool: PluginPool,
-    stop_ticker: Arc<AtomicBool>,
-}
-
-impl Drop for PluginSet {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-    }
 }
 
 impl PluginSet {
@@ -62,7 +79,9 @@ impl PluginSet {
         let threads = wasm.threads();
         let limits =
             SharedLimits { max_output_bytes: wasm.output_limit(max_body_bytes), max_warm: threads.max(MIN_WARM) };
-        let engine = new_engine(configs, wasm, limits.max_warm).map_err(|e| engine_error(&e))?;
+        let max_plugins = configs.len() + RELOAD_HEADROOM;
+        let max_memory_mb = configs.iter().map(|c| c.max_memory_mb).max().unwrap_or(0).max(POOL_MEMORY_FLOOR_MB);
+        let engine = new_engine(max_plugins, max_memory_mb, wasm, limits.max_warm).map_err(|e| engine_error(&e))?;
         let mut component = Linker::<HostState>::new(&engine);
         let linked = wasmtime_wasi::p2::add_to_linker_sync(&mut component)
             .and_then(|()| Plugin::add_to_linker::<_, HasSelf<_>>(&mut component, |state| state));
@@ -87,17 +106,70 @@ impl PluginSet {
         let pool = PluginPool::start(threads, wasm.max_queued).map_err(|e| engine_error(&e))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone());
-        Ok(Self {
-            engine,
-            linkers,
-            limits,
+        let runtime = Runtime { engine, linkers, limits, pool, stop_ticker, max_plugins, max_memory_mb };
+        Ok(Self::over(Arc::new(runtime), configs, plugins))
+    }
+
+    fn over(runtime: Arc<Runtime>, configs: &[PluginConfig], plugins: PluginMap) -> Self {
+        Self {
+            runtime,
             configs: configs.to_vec(),
             plugins: RwLock::new(Arc::new(plugins)),
             failed: Mutex::new(HashMap::new()),
             reloading: Mutex::new(HashSet::new()),
-            pool,
-            stop_ticker,
-        })
+        }
+    }
+
+    /// The set for `configs` over this one's engine and plugin threads, for a config reload
+    /// (blocking: loads what is new). A plugin whose settings and file are unchanged is the same
+    /// loaded plugin, warm instances and all; a changed one is loaded again and counts on where its
+    /// previous version left off. Returns every failure at once, each naming its plugin; a plugin
+    /// beyond what the engine was sized for at start is one (it needs a restart).
+    pub fn reconfigured(&self, configs: &[PluginConfig]) -> Result<Self, Vec<PluginError>> {
+        let runtime = &self.runtime;
+        let current = self.current();
+        let mut plugins = HashMap::new();
+        let mut errors = Vec::new();
+        if configs.len() > runtime.max_plugins {
+            errors.push(PluginError::Engine(format!(
+                "{} plugins configured; the running engine was sized for at most {} (those it started with and {RELOAD_HEADROOM} more): restart the gateway to apply",
+                configs.len(),
+                runtime.max_plugins
+            )));
+        }
+        for config in configs {
+            if config.max_memory_mb > runtime.max_memory_mb {
+                let message = format!(
+                    "max_memory_mb = {} is above the {} MiB the running engine was sized for: restart the gateway to apply",
+                    config.max_memory_mb, runtime.max_memory_mb
+                );
+                errors.push(PluginError::Load { plugin: config.name.clone(), message });
+                continue;
+            }
+            let previous = current.get(config.name.as_str());
+            let same_settings =
+                |old: &PluginConfig| serde_json::to_value(old).ok() == serde_json::to_value(config).ok();
+            let unchanged = previous.filter(|p| {
+                self.configs.iter().any(|c| c.name == config.name && same_settings(c))
+                    && p.stamp.is_some()
+                    && p.stamp == FileStamp::of(&config.path)
+            });
+            if let Some(plugin) = unchanged {
+                plugins.insert(plugin.name.clone(), plugin.clone());
+                continue;
+            }
+            let (stats, budget) = previous.map(|p| (p.stats.clone(), p.budget.clone())).unwrap_or_default();
+            match LoadedPlugin::load(&runtime.engine, &runtime.linkers, config, runtime.limits, stats, budget) {
+                Ok(plugin) => {
+                    plugins.insert(plugin.name.clone(), Arc::new(plugin));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self::over(runtime.clone(), configs, plugins))
     }
 
     /// Whether a plugin of this name is loaded.
@@ -107,12 +179,12 @@ impl PluginSet {
 
     /// The plugin threads: run plugin calls there, never on an async runtime's threads.
     pub fn pool(&self) -> &PluginPool {
-        &self.pool
+        &self.runtime.pool
     }
 
     /// The pool's threads, busy threads and queue.
     pub fn pool_stats(&self) -> PoolStats {
-        self.pool.stats()
+        self.runtime.pool.stats()
     }
 
     pub(super) fn current(&self) -> Arc<PluginMap> {
@@ -166,10 +238,10 @@ impl PluginSet {
         let old = self.current().get(name).cloned().ok_or_else(|| PluginError::Unknown(name.into()))?;
         // The new version keeps counting, and keeps its log budget, where the old one left off.
         let fresh = LoadedPlugin::load(
-            &self.engine,
-            &self.linkers,
+            &self.runtime.engine,
+            &self.runtime.linkers,
             config,
-            self.limits,
+            self.runtime.limits,
             old.stats.clone(),
             old.budget.clone(),
         )?;
@@ -221,14 +293,14 @@ impl PluginSet {
         let stats: Vec<(&str, &super::metrics::PluginStats)> =
             self.configs.iter().filter_map(|c| current.get(c.name.as_str())).map(|p| (&*p.name, &*p.stats)).collect();
         super::metrics::render(stats.iter().copied(), out);
-        super::metrics::render_pool(&self.pool.stats(), out);
+        super::metrics::render_pool(&self.runtime.pool.stats(), out);
     }
 }
 
-fn new_engine(configs: &[PluginConfig], wasm: &WasmConfig, max_warm: usize) -> wasmtime::Result<Engine> {
-    let largest_memory = configs.iter().map(|c| c.max_memory_mb as usize).max().unwrap_or(64) << 20;
+fn new_engine(max_plugins: usize, max_memory_mb: u32, wasm: &WasmConfig, max_warm: usize) -> wasmtime::Result<Engine> {
+    let largest_memory = (max_memory_mb as usize) << 20;
     // Twice the warm instances: during a reload the old version's instances live until its last call ends.
-    let instances = 2 * configs.len() as u32 * max_warm as u32 + SPARE_INSTANCES;
+    let instances = 2 * max_plugins as u32 * max_warm as u32 + SPARE_INSTANCES;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
         .total_core_instances(instances * 4)

@@ -32,15 +32,16 @@ pub struct PluginFailingAlert {
     pub at: u64,
 }
 
-/// Checks every plugin once per window until `shutdown`; alerts through `alerter`.
+/// Checks every plugin of the set `plugins` returns (the running one: a config reload replaces it)
+/// once per window until `shutdown`; alerts through `alerter`.
 pub async fn watch(
-    plugins: Arc<PluginSet>,
+    plugins: impl Fn() -> Arc<PluginSet>,
     alerter: Alerter,
     config: AlertsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last: HashMap<String, (u64, u64)> =
-        plugins.totals().into_iter().map(|(name, calls, errors)| (name, (calls, errors))).collect();
+        plugins().totals().into_iter().map(|(name, calls, errors)| (name, (calls, errors))).collect();
     let mut failing: HashMap<String, bool> = HashMap::new();
     let mut tick = tokio::time::interval(config.plugin_window);
     tick.tick().await;
@@ -49,7 +50,7 @@ pub async fn watch(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for (name, calls, errors) in plugins.totals() {
+        for (name, calls, errors) in plugins().totals() {
             let (calls_before, errors_before) = last.insert(name.clone(), (calls, errors)).unwrap_or_default();
             let (calls, errors) = (calls.saturating_sub(calls_before), errors.saturating_sub(errors_before));
             let rate = if calls == 0 { 0.0 } else { errors as f64 / calls as f64 };

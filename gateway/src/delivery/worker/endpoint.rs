@@ -1,8 +1,11 @@
 //! The endpoints as the delivery worker holds them: each one's URL, secret, timeout, schedule and
 //! limits from the config, and this process's view of its shared state (disabled, failing since).
+//! A config reload replaces the whole [`EndpointTable`]; an endpoint whose settings did not change
+//! stays the same value (its in-flight cap, rate limit and health carry on), a changed one keeps
+//! its health.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use url::Url;
@@ -32,6 +35,53 @@ pub(super) struct Endpoint {
     /// The internal alerts endpoint: not subject to the destination guard, never disabled, and its
     /// dead letters raise no alert of their own.
     pub(super) internal: bool,
+    /// Its settings as configured (with the defaults it takes), to tell whether a reload changed it.
+    settings: String,
+}
+
+/// The endpoints of one configuration, by name, and the retry jitter: what the worker delivers
+/// with until a reload replaces it.
+pub struct EndpointTable {
+    pub(super) endpoints: HashMap<String, Arc<Endpoint>>,
+    pub(super) jitter: f64,
+}
+
+impl EndpointTable {
+    /// The endpoints of a validated `config`, with the internal alerts endpoint when `alerts.url`
+    /// is set. An endpoint of `previous` whose settings are unchanged is kept as it is; a changed
+    /// one starts from its health there.
+    pub fn new(config: &Config, previous: Option<&EndpointTable>) -> Self {
+        let endpoints = configured(config)
+            .into_iter()
+            .map(|(name, endpoint)| {
+                let before = previous.and_then(|p| p.endpoints.get(&name));
+                let endpoint = match before {
+                    Some(old) if old.settings == endpoint.settings => old.clone(),
+                    Some(old) => {
+                        let (disabled, failing_since) = {
+                            let health = old.health();
+                            (health.disabled, health.failing_since)
+                        };
+                        *endpoint.health() = Health { disabled, failing_since };
+                        Arc::new(endpoint)
+                    }
+                    None => Arc::new(endpoint),
+                };
+                (name, endpoint)
+            })
+            .collect();
+        Self { endpoints, jitter: config.retry.jitter }
+    }
+
+    /// The endpoint called `name`.
+    pub(super) fn get(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.get(name).map(|e| &**e)
+    }
+
+    /// The longest endpoint timeout (zero without endpoints).
+    pub(super) fn longest_timeout(&self) -> Duration {
+        self.endpoints.values().map(|e| e.timeout).max().unwrap_or_default()
+    }
 }
 
 /// This process's view of an endpoint's shared state, refreshed every second by the worker.
@@ -64,7 +114,7 @@ impl Endpoint {
 
 /// Every endpoint of a validated config by name, with the internal alerts endpoint when
 /// `alerts.url` is set.
-pub(super) fn configured(config: &Config) -> HashMap<String, Endpoint> {
+fn configured(config: &Config) -> HashMap<String, Endpoint> {
     config
         .endpoints
         .iter()
@@ -75,6 +125,7 @@ pub(super) fn configured(config: &Config) -> HashMap<String, Endpoint> {
             let uri = e.url.as_str().parse().ok()?;
             let schedule = e.retry_schedule.clone().unwrap_or_else(|| config.retry.schedule.clone());
             let max_wait = config.queue.lease.saturating_sub(e.timeout + LEASE_MARGIN);
+            let settings = settings_of(&(e, &schedule, config.queue.lease));
             let endpoint = Endpoint {
                 name: e.name.clone(),
                 url: e.url.clone(),
@@ -88,6 +139,7 @@ pub(super) fn configured(config: &Config) -> HashMap<String, Endpoint> {
                 disable_after: Some(e.disable_after).filter(|d| !d.is_zero()),
                 health: Mutex::new(Health::default()),
                 internal: false,
+                settings,
             };
             Some((e.name.clone(), endpoint))
         })
@@ -114,8 +166,14 @@ fn alerts_endpoint(config: &Config) -> Option<(String, Endpoint)> {
         disable_after: None,
         health: Mutex::new(Health::default()),
         internal: true,
+        settings: settings_of(&(&config.alerts, config.queue.lease)),
     };
     Some((ALERTS_ENDPOINT.to_string(), endpoint))
+}
+
+/// What tells one endpoint's settings from another's: the JSON of everything it is built from.
+fn settings_of(parts: &impl serde::Serialize) -> String {
+    serde_json::to_string(parts).unwrap_or_default()
 }
 
 /// Why the circuit breaker disabled an endpoint.

@@ -10,14 +10,15 @@
 mod attempt;
 mod endpoint;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use self::attempt::failure_record;
+pub use self::endpoint::EndpointTable;
 use self::endpoint::{failing_reason, Endpoint};
 use super::alert::{Alerter, DeadLetterAlert, EndpointAlert};
 use super::client;
@@ -48,8 +49,9 @@ struct Shared {
     client: client::DeliveryClient,
     /// Reaches `alerts.url`: the operator's own infrastructure, often internal, so unguarded.
     alerts_client: client::DeliveryClient,
-    endpoints: HashMap<String, Endpoint>,
-    jitter: f64,
+    /// The endpoints of the running configuration; a reload swaps in another table, and a
+    /// delivery keeps the table it started with.
+    endpoints: Arc<ArcSwap<EndpointTable>>,
     guard: client::DestinationGuard,
     alerter: Option<Alerter>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -63,7 +65,6 @@ pub struct Worker {
     lease: Duration,
     batch: usize,
     concurrency: u32,
-    drain: Duration,
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     name: String,
@@ -73,6 +74,7 @@ impl Worker {
     /// Builds a worker from a validated config; `wake` is notified when ingest enqueues due work.
     /// `http` delivers to endpoints (guarded); `alerts_http` reaches `alerts.url`, which is the
     /// operator's own infrastructure and often internal, so it is not subject to the destination guard.
+    /// `endpoints` holds the running configuration's endpoints (a reload stores another table).
     pub fn new(
         config: &Config,
         queue: Store,
@@ -80,8 +82,8 @@ impl Worker {
         alerter: Option<Alerter>,
         wake: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
+        endpoints: Arc<ArcSwap<EndpointTable>>,
     ) -> Self {
-        let endpoints = endpoint::configured(config);
         let shared = Shared {
             queue,
             client: http,
@@ -90,7 +92,6 @@ impl Worker {
                 allowed: Vec::new(),
             }),
             endpoints,
-            jitter: config.retry.jitter,
             guard: config.security.guard(),
             alerter,
             metrics,
@@ -101,8 +102,6 @@ impl Worker {
             lease: config.queue.lease,
             batch: config.queue.batch,
             concurrency: config.queue.concurrency.min(Semaphore::MAX_PERMITS) as u32,
-            // Long enough for the slowest endpoint to answer an attempt that has just started.
-            drain: config.endpoints.iter().map(|e| e.timeout).max().unwrap_or_default() + Duration::from_secs(1),
             permits: Arc::new(Semaphore::new(config.queue.concurrency)),
             wake,
             name: format!("w{:016x}", rand::thread_rng().gen::<u64>()),
@@ -119,7 +118,9 @@ impl Worker {
         if in_flight > 0 {
             tracing::info!(in_flight, "Shutting down: waiting for deliveries in flight.");
         }
-        match tokio::time::timeout(self.drain, self.permits.acquire_many(self.concurrency)).await {
+        // Long enough for the slowest endpoint to answer an attempt that has just started.
+        let drain = self.shared.endpoints.load().longest_timeout() + Duration::from_secs(1);
+        match tokio::time::timeout(drain, self.permits.acquire_many(self.concurrency)).await {
             Ok(_) => {}
             Err(_) => tracing::warn!(
                 in_flight = self.concurrency as usize - self.permits.available_permits(),
@@ -220,7 +221,6 @@ impl Shared {
     /// Keeps each endpoint's view of the shared state (disabled, failing since) fresh, so a change
     /// made by another gateway or the admin API is seen within [`ENDPOINT_REFRESH`].
     async fn refresh_endpoints(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let names: Vec<&str> = self.endpoints.keys().map(String::as_str).collect();
         let mut tick = tokio::time::interval(ENDPOINT_REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -228,10 +228,12 @@ impl Shared {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let table = self.endpoints.load_full();
+            let names: Vec<&str> = table.endpoints.keys().map(String::as_str).collect();
             // A failure is left to the claim loop to report; the last known state stays.
             let Ok(states) = self.queue.endpoint_states(&names).await else { continue };
             for (name, state) in names.iter().zip(states) {
-                if let Some(endpoint) = self.endpoints.get(*name) {
+                if let Some(endpoint) = table.get(name) {
                     let mut health = endpoint.health();
                     health.disabled = state.disabled.is_some();
                     health.failing_since = state.failing_since;
@@ -244,7 +246,9 @@ impl Shared {
     async fn deliver(&self, claimed: Claimed, lease_ends: tokio::time::Instant) {
         let delivery_id = id::format_delivery(claimed.id);
         let event_id = id::format_event(claimed.event_id);
-        let Some(endpoint) = self.endpoints.get(&claimed.endpoint) else {
+        // The table as it is now: the delivery finishes under it even if a reload comes meanwhile.
+        let table = self.endpoints.load_full();
+        let Some(endpoint) = table.get(&claimed.endpoint) else {
             // Config drift (a rolling deploy: another gateway already knows this endpoint): put it
             // back, no attempt spent, for a gateway that knows it, or this one once it does.
             static UNKNOWN: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
@@ -302,7 +306,7 @@ impl Shared {
         drop(permit);
         self.metrics.attempt(&endpoint.name, &record.outcome, Duration::from_secs_f64(record.latency_ms / 1000.0));
         let roll = rand::thread_rng().gen_range(-1.0..=1.0);
-        let mut action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, self.jitter, roll) {
+        let mut action = match retry::decide(&outcome, claimed.attempt, &endpoint.schedule, table.jitter, roll) {
             RetryAction::Done => Settle::Ack,
             RetryAction::RetryIn(delay) => Settle::Retry(delay),
             RetryAction::GiveUp => Settle::Bury,

@@ -1,0 +1,226 @@
+//! Config reload (`POST /v1/config/reload`, SIGHUP): applied whole while producers run at full
+//! speed, or refused whole with every problem listed; keys that need a restart are refused.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::harness::*;
+
+/// The most a receiver may take to get every delivery once the producers stop (a hang, not a speed check).
+const GIVE_UP: Duration = Duration::from_secs(120);
+
+/// What the producers saw.
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    /// Every answer that was not 202, with its body.
+    failures: Mutex<Vec<(u16, Value)>>,
+    /// (delivery id, endpoint) of every delivery of every 202.
+    deliveries: Mutex<Vec<(String, String)>>,
+    progress: Notify,
+}
+
+impl Seen {
+    /// Waits until at least `n` events were accepted in all.
+    async fn accepted_at_least(&self, n: usize) {
+        loop {
+            let notified = self.progress.notified();
+            if self.accepted.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn spawn_producers(
+    addr: std::net::SocketAddr,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|p| {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let body = format!(r#"{{"event":"order_created","order_id":{n},"producer":{p}}}"#);
+                    let (status, answer) = post_event(addr, "shop", &body).await;
+                    if status != 202 {
+                        seen.failures.lock().unwrap().push((status, answer));
+                        continue;
+                    }
+                    let deliveries =
+                        answer["deliveries"].as_array().unwrap().iter().map(|d| {
+                            (d["id"].as_str().unwrap().to_string(), d["endpoint"].as_str().unwrap().to_string())
+                        });
+                    seen.deliveries.lock().unwrap().extend(deliveries);
+                    seen.accepted.fetch_add(1, Ordering::SeqCst);
+                    seen.progress.notify_waiters();
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until `receiver` got every id of `expected` (duplicates allowed: at least once).
+async fn receive_all(receiver: &mut Receiver, expected: &HashSet<String>) -> Vec<Received> {
+    let mut got = HashSet::new();
+    let mut all = Vec::new();
+    for received in receiver.all() {
+        got.insert(received.header("webhook-id").to_string());
+        all.push(received);
+    }
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
+    while !expected.is_subset(&got) {
+        let missing = expected.difference(&got).count();
+        let received = tokio::time::timeout_at(deadline, receiver.next())
+            .await
+            .unwrap_or_else(|_| panic!("{missing} of {} deliveries never arrived", expected.len()));
+        got.insert(received.header("webhook-id").to_string());
+        all.push(received);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_reloads_that_add_and_remove_routes_endpoints_and_a_plugin_under_four_producers_fail_nothing_and_lose_nothing(
+) {
+    let Some(transform) = plugin_file("rust-transform") else { return };
+    let redis = RedisServer::start().await;
+    let (mut stable, mut extra) = (Receiver::start().await, Receiver::start().await);
+    let dir = Scratch::new("reload");
+    let file = dir.path().join("sluice.toml");
+    let base = base_toml(&redis) + &endpoint_toml("stable", &stable.url(), "");
+    // A: shop → stable. B: shop → transform → stable + extra, and a second route (source crm).
+    let a = base.clone() + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"stable\"]\n";
+    let b = base
+        + &endpoint_toml("extra", &extra.url(), "")
+        + &format!(
+            "\n[[plugins]]\nname = \"v2\"\npath = \"{}\"\nconfig = {{ headers = {{ x-transformed = \"yes\" }} }}\n",
+            transform.display()
+        )
+        + "\n[[routes]]\nsource = \"shop\"\nplugins = [\"v2\"]\nendpoints = [\"stable\", \"extra\"]\n"
+        + "\n[[routes]]\nsource = \"crm\"\nendpoints = [\"extra\"]\n";
+    std::fs::write(&file, &a).unwrap();
+    let gateway = sluice::Gateway::start_file(&file).await.unwrap();
+    let addr = gateway.addr();
+
+    let (seen, stop) = (Arc::new(Seen::default()), Arc::new(AtomicBool::new(false)));
+    let producers = spawn_producers(addr, seen.clone(), stop.clone());
+    let mut hashes = HashSet::new();
+    for round in 0..10 {
+        // Each configuration serves a share of the traffic before the next reload.
+        seen.accepted_at_least(100 * (round + 1)).await;
+        std::fs::write(&file, if round % 2 == 0 { &b } else { &a }).unwrap();
+        let (status, reloaded) = admin_post(addr, "/v1/config/reload").await;
+        assert_eq!(status, 200, "reload {round}: {reloaded}");
+        assert_eq!(reloaded["changed"], true, "reload {round}: {reloaded}");
+        let changes: Vec<&str> = reloaded["changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        let (added, removed) = if round % 2 == 0 { ("added", "removed") } else { ("removed", "added") };
+        assert!(changes.contains(&format!("{added} endpoint `extra`").as_str()), "reload {round}: {changes:?}");
+        assert!(changes.contains(&format!("{added} plugin `v2`").as_str()), "reload {round}: {changes:?}");
+        assert!(changes.iter().any(|c| c.starts_with(&format!("{added} routes[1]"))), "reload {round}: {changes:?}");
+        assert!(!changes.iter().any(|c| c.starts_with(removed) && c.contains("stable")), "{changes:?}");
+        let (_, shown) = admin_get(addr, "/v1/config").await;
+        assert_eq!(shown["hash"], reloaded["hash"], "GET /v1/config shows what the reload applied");
+        hashes.insert(reloaded["hash"].as_str().unwrap().to_string());
+        if round % 2 == 0 {
+            // The route B adds answers at once.
+            let (status, answer) = post_event(addr, "crm", r#"{"event":"lead"}"#).await;
+            assert_eq!(status, 202, "{answer}");
+            let delivery = answer["deliveries"][0]["id"].as_str().unwrap().to_string();
+            seen.deliveries.lock().unwrap().push((delivery, "extra".into()));
+        }
+    }
+    assert_eq!(hashes.len(), 2, "A and B alternate: {hashes:?}");
+    // The last reload applied A: put B back so `extra`'s waiting deliveries go out.
+    seen.accepted_at_least(1_100).await;
+    std::fs::write(&file, &b).unwrap();
+    assert_eq!(admin_post(addr, "/v1/config/reload").await.0, 200);
+    stop.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+
+    let failures = seen.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} requests failed during reloads, e.g. {:?}", failures.len(), failures.first());
+    let deliveries = seen.deliveries.lock().unwrap().clone();
+    let of = |endpoint: &str| -> HashSet<String> {
+        deliveries.iter().filter(|(_, e)| e == endpoint).map(|(id, _)| id.clone()).collect()
+    };
+    let (to_stable, to_extra) = (of("stable"), of("extra"));
+    assert!(to_extra.len() >= 5, "B's routes made deliveries to extra: {}", to_extra.len());
+    let got = receive_all(&mut stable, &to_stable).await;
+    receive_all(&mut extra, &to_extra).await;
+    // Events under B went through the plugin, those under A did not: each ran under one config.
+    let transformed = got.iter().filter(|r| r.header("x-transformed") == "yes").count();
+    assert!(transformed > 0 && transformed < got.len(), "{transformed} of {} transformed", got.len());
+    println!(
+        "reloads: {} events accepted, {} deliveries to stable and {} to extra all arrived, 0 failed requests",
+        seen.accepted.load(Ordering::SeqCst),
+        to_stable.len(),
+        to_extra.len()
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_with_problems_or_restart_keys_applies_nothing_and_says_why() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let dir = Scratch::new("reload-refused");
+    let file = dir.path().join("sluice.toml");
+    let good = base_toml(&redis)
+        + &endpoint_toml("billing", &receiver.url(), "")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"billing\"]\n";
+    std::fs::write(&file, &good).unwrap();
+    let gateway = sluice::Gateway::start_file(&file).await.unwrap();
+    let addr = gateway.addr();
+    let (_, before) = admin_get(addr, "/v1/config").await;
+
+    // Three problems at once: a bad duration, a route to an endpoint that does not exist, a
+    // plugin file that is not there. Every one is listed; nothing changes.
+    let broken = good
+        .replace("[[routes]]", "[[plugins]]\nname = \"gone\"\npath = \"/nonexistent/gone.wasm\"\n\n[[routes]]")
+        + "\n[[routes]]\nsource = \"crm\"\nendpoints = [\"nobody\"]\n"
+        + "\n[queue]\nlease = \"soon\"\n";
+    std::fs::write(&file, &broken).unwrap();
+    let (status, refused) = admin_post(addr, "/v1/config/reload").await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_config");
+    let problems = refused["error"]["problems"].to_string();
+    for expected in ["queue.lease", "nobody", "gone"] {
+        assert!(problems.contains(expected), "`{expected}` in {problems}");
+    }
+    let (_, after) = admin_get(addr, "/v1/config").await;
+    assert_eq!(after["hash"], before["hash"]);
+    assert_eq!(post_event(addr, "crm", "{}").await.0, 404, "the refused route is not there");
+
+    // A key only a restart applies: refused with the key, its old and new value.
+    std::fs::write(&file, good.replace("[admin]", "[queue]\nshards = 4\n\n[admin]")).unwrap();
+    let (status, refused) = admin_post(addr, "/v1/config/reload").await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "needs_restart");
+    assert_eq!(refused["error"]["problems"][0], "`queue.shards`: 1 → 4", "{refused}");
+    assert_eq!(admin_get(addr, "/v1/config").await.1["hash"], before["hash"]);
+
+    // The same file as running: nothing to apply.
+    std::fs::write(&file, &good).unwrap();
+    let (status, same) = admin_post(addr, "/v1/config/reload").await;
+    assert_eq!((status, &same["changed"]), (200, &Value::Bool(false)), "{same}");
+    assert_eq!(post_event(addr, "shop", "{}").await.0, 202);
+    gateway.shutdown().await;
+
+    // A gateway started from a value has no file to read again.
+    let gateway = start_gateway(&good).await;
+    let (status, refused) = admin_post(gateway.addr(), "/v1/config/reload").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("no_config_file")), "{refused}");
+    gateway.shutdown().await;
+}
