@@ -126,6 +126,12 @@ enum AdminCommand {
         /// Endpoint name.
         endpoint: String,
     },
+    /// Discard the deliveries parked for an endpoint (removed from the config, or disabled): they
+    /// become dead letters, replayable for `queue.dead_retention`.
+    Discard {
+        /// Endpoint name.
+        endpoint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -400,6 +406,9 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
         }
         AdminCommand::Enable { endpoint } => {
             call(url, token, Method::POST, &["v1", "endpoints", endpoint, "enable"], &[]).await
+        }
+        AdminCommand::Discard { endpoint } => {
+            call(url, token, Method::POST, &["v1", "endpoints", endpoint, "discard"], &[]).await
         }
     };
     Ok(answer?)

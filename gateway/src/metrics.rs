@@ -282,7 +282,7 @@ impl Metrics {
             out,
             "sluice_deliveries_put_back_total",
             "counter",
-            "Claimed deliveries put back unattempted, no attempt spent: the endpoint at its limit, too little lease left, or an endpoint this gateway's config lacks.",
+            "Claimed deliveries put back unattempted, no attempt spent: the endpoint at its limit, too little lease left, or parked for an endpoint this gateway's config lacks.",
         );
         for (reason, n) in PUT_BACK_REASONS.iter().zip(&self.put_back) {
             let _ = writeln!(out, "sluice_deliveries_put_back_total{{reason=\"{reason}\"}} {}", load(n));

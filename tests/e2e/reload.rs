@@ -224,3 +224,122 @@ async fn a_reload_with_problems_or_restart_keys_applies_nothing_and_says_why() {
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("no_config_file")), "{refused}");
     gateway.shutdown().await;
 }
+
+/// Polls `probe` (an admin read) until `done` holds for its answer, up to [`GIVE_UP`].
+async fn until(what: &str, mut probe: impl AsyncFnMut() -> Value, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
+    loop {
+        let value = probe().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: last seen {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The entry of `name` in `GET /v1/endpoints`, or null.
+fn endpoint_entry(listing: &Value, name: &str) -> Value {
+    listing["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+/// A reload removes endpoint `gone` while its deliveries are failing: they are parked (state
+/// `paused`, the endpoint listed as `removed`), resume when a reload brings it back, and once
+/// removed again are discarded on request as dead letters that say so.
+async fn removed_endpoint_parks_resumes_and_discards(base: String, tag: &str) {
+    let (keep, gone) = (Receiver::start().await, Receiver::start().await);
+    gone.answer_always(Answer::Status(500));
+    let dir = Scratch::new(tag);
+    let file = dir.path().join("sluice.toml");
+    let retries = format!("retry_schedule = [\"0s\"{}]", ", \"300ms\"".repeat(99));
+    let with = base.clone()
+        + &endpoint_toml("keep", &keep.url(), "")
+        + &endpoint_toml("gone", &gone.url(), &retries)
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"keep\", \"gone\"]\n";
+    let without =
+        base + &endpoint_toml("keep", &keep.url(), "") + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"keep\"]\n";
+    std::fs::write(&file, &with).unwrap();
+    let gateway = sluice::Gateway::start_file(&file).await.unwrap();
+    let addr = gateway.addr();
+    let post = async |n: usize| -> HashSet<String> {
+        let mut ids = HashSet::new();
+        for i in 0..n {
+            let (status, answer) = post_event(addr, "shop", &format!(r#"{{"event":"order_created","n":{i}}}"#)).await;
+            assert_eq!(status, 202, "{answer}");
+            let to_gone = answer["deliveries"].as_array().unwrap().iter().find(|d| d["endpoint"] == "gone").unwrap();
+            ids.insert(to_gone["id"].as_str().unwrap().to_string());
+        }
+        ids
+    };
+    let remove = async |expect_parked: u64| {
+        std::fs::write(&file, &without).unwrap();
+        let (status, reloaded) = admin_post(addr, "/v1/config/reload").await;
+        assert_eq!(status, 200, "{reloaded}");
+        assert!(reloaded["changes"].to_string().contains("removed endpoint `gone`"), "{reloaded}");
+        assert!(reloaded["warnings"].to_string().contains("endpoint `gone` removed"), "{reloaded}");
+        // Each is parked when it next falls due (within a retry's 300 ms).
+        until(
+            "gone's deliveries parked",
+            async || admin_get(addr, "/v1/endpoints").await.1,
+            |listing| endpoint_entry(listing, "gone")["paused_deliveries"] == expect_parked,
+        )
+        .await
+    };
+
+    // Five deliveries to `gone` failing, then `gone` is removed: all five wait, none is attempted.
+    let first = post(5).await;
+    until("each attempted", async || Value::from(gone.count()), |n| n.as_u64() >= Some(5)).await;
+    let listing = remove(5).await;
+    let entry = endpoint_entry(&listing, "gone");
+    assert_eq!(entry["state"], "removed", "{listing}");
+    assert!(entry["removed_since"].as_u64().is_some(), "{listing}");
+    let one = first.iter().next().unwrap();
+    assert_eq!(admin_get(addr, &format!("/v1/deliveries/{one}")).await.1["state"], "paused");
+    let attempts_while_removed = gone.count();
+
+    // `gone` comes back (and answers 200 now): every parked delivery goes out.
+    gone.answer_always(Answer::Status(200));
+    std::fs::write(&file, &with).unwrap();
+    assert_eq!(admin_post(addr, "/v1/config/reload").await.0, 200);
+    for id in &first {
+        wait_for_state(addr, id, "succeeded").await;
+    }
+    assert!(gone.count() >= attempts_while_removed + first.len(), "each attempted again once configured again");
+    let listing = admin_get(addr, "/v1/endpoints").await.1;
+    let entry = endpoint_entry(&listing, "gone");
+    assert_eq!((entry["state"].as_str(), entry["paused_deliveries"].as_u64()), (Some("enabled"), Some(0)), "{listing}");
+
+    // Removed again with three waiting, then discarded: dead letters that say why.
+    gone.answer_always(Answer::Status(500));
+    let before = gone.count();
+    let second = post(3).await;
+    until("each attempted", async || Value::from(gone.count()), |n| n.as_u64() >= Some(before as u64 + 3)).await;
+    remove(3).await;
+    let (status, discarded) = admin_post(addr, "/v1/endpoints/gone/discard").await;
+    assert_eq!((status, discarded["discarded"].as_u64()), (200, Some(3)), "{discarded}");
+    assert!(endpoint_entry(&admin_get(addr, "/v1/endpoints").await.1, "gone").is_null(), "no longer listed");
+    let (_, dead) = admin_get(addr, "/v1/dead-letters?endpoint=gone").await;
+    let dead: HashSet<String> =
+        dead["dead_letters"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(dead, second, "the discarded deliveries are the dead letters");
+    for id in &second {
+        let view = admin_get(addr, &format!("/v1/deliveries/{id}")).await.1;
+        assert_eq!(view["state"], "dead", "{view}");
+        assert!(view["last_error"].as_str().unwrap().contains("discarded through the admin API"), "{view}");
+    }
+    assert_eq!(admin_post(addr, "/v1/endpoints/nobody/discard").await.0, 404);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_of_an_endpoint_a_reload_removed_wait_parked_resume_when_it_returns_or_are_discarded_on_redis() {
+    let redis = RedisServer::start().await;
+    removed_endpoint_parks_resumes_and_discards(base_toml(&redis), "removed-redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_of_an_endpoint_a_reload_removed_wait_parked_resume_when_it_returns_or_are_discarded_embedded() {
+    let dir = Scratch::new("removed-embedded-store");
+    let base = base_toml_embedded() + &format!("\n[queue]\npath = \"{}\"\n", dir.path().join("q.redb").display());
+    removed_endpoint_parks_resumes_and_discards(base, "removed-embedded").await;
+}

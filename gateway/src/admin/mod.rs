@@ -1,17 +1,18 @@
 //! The admin API: look up events and deliveries, list and replay dead letters, see, disable and
-//! enable endpoints. Every route needs `Authorization: Bearer <admin.token>`; repeated failures from
+//! enable endpoints ([`endpoints`]), and discard what waits for an endpoint that is gone. Every route needs `Authorization: Bearer <admin.token>`; repeated failures from
 //! one address are throttled ([`throttle`]).
 
 pub mod client;
 pub mod dead;
+pub mod endpoints;
 pub mod search;
 pub mod throttle;
 
 pub use dead::{dead_letters, replay_endpoint, replay_one};
+pub use endpoints::{disable_endpoint, discard_parked, enable_endpoint, endpoints};
 
 use serde_json::{json, Value};
 
-use crate::delivery::alert::{Alerter, EndpointAlert};
 use crate::history::{History, HistoryError};
 use crate::id;
 use crate::queue::{Queue, QueueError, Store};
@@ -106,63 +107,6 @@ const MAX_PAGE: usize = 500;
 
 pub(crate) fn unknown_endpoint(name: &str) -> AdminError {
     AdminError::NotFound(format!("endpoint `{}`", name.chars().take(64).collect::<String>()))
-}
-
-/// `GET /v1/endpoints`: every configured endpoint with its shared state and parked deliveries.
-pub async fn endpoints(queue: &Store, names: &[String]) -> Result<Value, AdminError> {
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let states = queue.endpoint_states(&refs).await?;
-    let mut listed = Vec::with_capacity(names.len());
-    for (name, state) in names.iter().zip(states) {
-        listed.push(json!({
-            "name": name,
-            "state": if state.disabled.is_some() { "disabled" } else { "enabled" },
-            "disabled_reason": state.disabled,
-            "disabled_at": state.disabled_at,
-            "failing_since": state.failing_since,
-            "paused_deliveries": queue.paused_count(name).await?,
-        }));
-    }
-    Ok(json!({ "endpoints": listed }))
-}
-
-/// `POST /v1/endpoints/{name}/enable`: enables the endpoint and puts its parked deliveries back in
-/// the queue, due now (the endpoint's rate limit and concurrency cap still apply).
-/// When it was disabled, an `endpoint.recovered` alert goes to `alert` (the alerter and the URL).
-pub async fn enable_endpoint(
-    queue: &Store,
-    name: &str,
-    known: bool,
-    alert: Option<(&Alerter, String)>,
-) -> Result<Value, AdminError> {
-    if !known {
-        return Err(unknown_endpoint(name));
-    }
-    let was = queue.endpoint_states(&[name]).await?.pop().unwrap_or_default();
-    let resumed = queue.enable(name).await?;
-    tracing::info!(endpoint = name, resumed, "Endpoint enabled through the admin API.");
-    if let (Some(reason), Some((alerter, url))) = (was.disabled, alert) {
-        alerter.send_endpoint(EndpointAlert {
-            kind: "endpoint.recovered",
-            endpoint: name.to_string(),
-            url,
-            reason: format!(
-                "enabled through the admin API ({resumed} parked deliveries resumed); it was disabled: {reason}"
-            ),
-            at: crate::delivery::unix_millis(),
-        });
-    }
-    Ok(json!({ "endpoint": name, "state": "enabled", "resumed": resumed }))
-}
-
-/// `POST /v1/endpoints/{name}/disable`: disables the endpoint; its deliveries are parked.
-pub async fn disable_endpoint(queue: &Store, name: &str, known: bool) -> Result<Value, AdminError> {
-    if !known {
-        return Err(unknown_endpoint(name));
-    }
-    queue.disable(name, "disabled through the admin API", crate::delivery::unix_millis()).await?;
-    tracing::warn!(endpoint = name, "Endpoint disabled through the admin API.");
-    Ok(json!({ "endpoint": name, "state": "disabled" }))
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/endpoints/{name}/replay-dead"),
     ("POST", "/v1/endpoints/{name}/enable"),
     ("POST", "/v1/endpoints/{name}/disable"),
+    ("POST", "/v1/endpoints/{name}/discard"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -171,6 +172,9 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         }
         "/v1/endpoints/{name}/disable" => {
             admin_call(state, &request, peer, admin::disable_endpoint(&state.queue, value, known(value))).await
+        }
+        "/v1/endpoints/{name}/discard" => {
+            admin_call(state, &request, peer, admin::discard_parked(&state.queue, value, known(value))).await
         }
         "/healthz" => json_reply(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => readyz(state).await,

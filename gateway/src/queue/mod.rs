@@ -232,6 +232,10 @@ pub enum Settle {
     /// Park in the endpoint's paused set until the endpoint is enabled again; deferred instead when
     /// the endpoint is no longer disabled.
     Pause,
+    /// Park in the endpoint's paused set because no endpoint of its name is configured (a reload
+    /// removed it), noting the endpoint as gone: it waits until a gateway whose config has the
+    /// endpoint puts it back ([`Queue::resume_returned`]) or an operator discards it.
+    Park,
 }
 
 /// The state of an endpoint shared by every gateway: disabled (and why), failing since when.
@@ -358,6 +362,19 @@ pub trait Queue: Send + Sync {
 
     /// How many deliveries of `name` are parked.
     fn paused_count(&self, name: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Endpoints with deliveries parked for want of the endpoint in config ([`Settle::Park`]), each
+    /// with when that was first noted (ms), by name.
+    fn gone_endpoints(&self) -> impl Future<Output = Result<Vec<(String, u64)>, QueueError>> + Send;
+
+    /// `name` is configured again: puts the deliveries parked for want of it back in the queue, due
+    /// now, unless it is disabled (then they stay parked until it is enabled), and clears its gone
+    /// note. Returns how many went back.
+    fn resume_returned(&self, name: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Buries every parked delivery of `name` (dead letters, `reason` as the last error, replayable
+    /// for `queue.dead_retention`), whatever parked it. Returns how many.
+    fn discard_parked(&self, name: &str, reason: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// The queue's depth: deliveries due now, scheduled later (or leased), dead, and parked per endpoint.
     fn depth(

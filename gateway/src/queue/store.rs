@@ -131,6 +131,18 @@ impl Queue for Store {
         each!(self, q => q.paused_count(name))
     }
 
+    async fn gone_endpoints(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        each!(self, q => q.gone_endpoints())
+    }
+
+    async fn resume_returned(&self, name: &str) -> Result<u64, QueueError> {
+        each!(self, q => q.resume_returned(name))
+    }
+
+    async fn discard_parked(&self, name: &str, reason: &str) -> Result<u64, QueueError> {
+        each!(self, q => q.discard_parked(name, reason))
+    }
+
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         each!(self, q => q.depth(endpoints))
     }

@@ -40,8 +40,6 @@ const ENDPOINT_REFRESH: Duration = Duration::from_secs(1);
 /// Smaller than [`crate::config::LEASE_MARGIN`], which validation requires on top of the timeout, so a delivery
 /// claimed and started at once always fits.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
-/// How long a delivery for an endpoint this gateway does not know waits before it is claimed again.
-const UNKNOWN_ENDPOINT_DEFER: Duration = Duration::from_secs(5);
 
 /// What every delivery task shares.
 struct Shared {
@@ -230,6 +228,7 @@ impl Shared {
             }
             let table = self.endpoints.load_full();
             let names: Vec<&str> = table.endpoints.keys().map(String::as_str).collect();
+            self.resume_returned(&table).await;
             // A failure is left to the claim loop to report; the last known state stays.
             let Ok(states) = self.queue.endpoint_states(&names).await else { continue };
             for (name, state) in names.iter().zip(states) {
@@ -242,6 +241,23 @@ impl Shared {
         }
     }
 
+    /// Puts back the deliveries parked for want of an endpoint that `table` (this gateway's config)
+    /// has: it was removed by a reload and came back, or another gateway did not know it yet.
+    async fn resume_returned(&self, table: &EndpointTable) {
+        // A failure is left to the claim loop to report; the next tick tries again.
+        let Ok(gone) = self.queue.gone_endpoints().await else { return };
+        for (name, _) in gone.iter().filter(|(name, _)| table.get(name).is_some()) {
+            match self.queue.resume_returned(name).await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(endpoint = %name, resumed,
+                    "Endpoint configured again: its parked deliveries are back in the queue."),
+                Err(e) => {
+                    tracing::debug!(endpoint = %name, error = %e, "Could not resume the endpoint's parked deliveries.")
+                }
+            }
+        }
+    }
+
     /// Delivers one claimed delivery whose lease ends at `lease_ends`.
     async fn deliver(&self, claimed: Claimed, lease_ends: tokio::time::Instant) {
         let delivery_id = id::format_delivery(claimed.id);
@@ -249,15 +265,16 @@ impl Shared {
         // The table as it is now: the delivery finishes under it even if a reload comes meanwhile.
         let table = self.endpoints.load_full();
         let Some(endpoint) = table.get(&claimed.endpoint) else {
-            // Config drift (a rolling deploy: another gateway already knows this endpoint): put it
-            // back, no attempt spent, for a gateway that knows it, or this one once it does.
+            // No endpoint of this name in this gateway's config (a reload removed it, or a rolling
+            // deploy: another gateway already has it): park it, no attempt spent, until a gateway
+            // whose config has the endpoint puts it back, or an operator discards it.
             static UNKNOWN: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(held_back) = UNKNOWN.allow() {
                 tracing::warn!(%delivery_id, %event_id, endpoint = %claimed.endpoint, similar_since_last = held_back,
-                    "Delivery for an endpoint this gateway's config does not have; put back for a gateway that has it.");
+                    "Delivery for an endpoint this gateway's config does not have: parked until a config has it again (or it is discarded).");
             }
             self.metrics.put_back("unknown_endpoint");
-            self.settle(&claimed, None, Settle::Defer(UNKNOWN_ENDPOINT_DEFER), None).await;
+            self.settle(&claimed, None, Settle::Park, None).await;
             return;
         };
         // A claim counts no attempt, so a delivery whose every lease runs out unsettled (it kills
@@ -329,7 +346,7 @@ impl Shared {
                 outcome = %record.outcome, error = record.error.as_deref().unwrap_or_default(), retry_in = ?delay,
                 "Delivery attempt failed; will retry.")
             }
-            Settle::Bury | Settle::Defer(_) | Settle::Pause => {}
+            Settle::Bury | Settle::Defer(_) | Settle::Pause | Settle::Park => {}
         }
         self.settle(&claimed, Some(&record), action, Some(endpoint)).await;
     }

@@ -397,6 +397,24 @@ impl Queue for EmbeddedQueue {
         self.read(move |txn| count_paused(&txn.open_table(PAUSED)?, &name)).await
     }
 
+    async fn gone_endpoints(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        self.read(|txn| gone_endpoints(&txn.open_table(ENDPOINTS)?)).await
+    }
+
+    async fn resume_returned(&self, name: &str) -> Result<u64, QueueError> {
+        match self.write(Op::ResumeReturned { name: name.to_string() }).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn discard_parked(&self, name: &str, reason: &str) -> Result<u64, QueueError> {
+        match self.write(Op::DiscardParked { name: name.to_string(), reason: reason.to_string() }).await? {
+            Outcome::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
         let endpoints = endpoints.to_vec();
         let path = self.path().to_path_buf();

@@ -95,6 +95,23 @@ pub(super) struct EndpointRec {
     pub(super) disabled: Option<String>,
     pub(super) disabled_at: Option<u64>,
     pub(super) failing_since: Option<u64>,
+    /// When a delivery was first parked for want of this endpoint in config (`Settle::Park`).
+    pub(super) gone: Option<u64>,
+}
+
+/// Endpoints with deliveries parked for want of them in config, with since when (ms).
+pub(super) fn gone_endpoints(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, u64)>, QueueError> {
+    let mut gone = Vec::new();
+    for entry in table.iter()? {
+        let (name, rec) = entry?;
+        let rec: EndpointRec = serde_json::from_slice(rec.value())?;
+        if let Some(since) = rec.gone {
+            gone.push((name.value().to_string(), since));
+        }
+    }
+    Ok(gone)
 }
 
 /// An idempotency key's answer as stored.
@@ -150,6 +167,13 @@ pub(super) enum Op {
     },
     Enable {
         name: String,
+    },
+    ResumeReturned {
+        name: String,
+    },
+    DiscardParked {
+        name: String,
+        reason: String,
     },
     ClaimIdempotency {
         key: String,

@@ -24,12 +24,60 @@ impl Tables<'_> {
     /// transaction: nothing can be parked after the endpoint came back.
     pub(super) fn enable(&mut self, name: &str, now: u64) -> Result<u64, QueueError> {
         self.endpoints.remove(name)?;
+        self.unpark(name, now)
+    }
+
+    /// `name` is configured again: puts the deliveries parked for want of it back in the queue,
+    /// due now, unless it is disabled (they stay parked until it is enabled).
+    pub(super) fn resume_returned(&mut self, name: &str, now: u64) -> Result<u64, QueueError> {
+        let Some(rec) = get_json::<EndpointRec, _>(&self.endpoints, name)? else { return Ok(0) };
+        if rec.gone.is_none() {
+            return Ok(0);
+        }
+        self.update_endpoint(name, |e| e.gone = None)?;
+        if rec.disabled.is_some() {
+            return Ok(0);
+        }
+        self.unpark(name, now)
+    }
+
+    /// Buries every parked delivery of `name` with `reason` as its last error.
+    pub(super) fn discard_parked(
+        &mut self,
+        name: &str,
+        reason: &str,
+        now: u64,
+        retention: super::records::Retention,
+    ) -> Result<u64, QueueError> {
+        let mut discarded = 0;
+        for (at, id) in self.parked(name)? {
+            self.paused.remove((name, at, id))?;
+            let Some(mut rec) = get_delivery(&self.deliveries, id)? else { continue };
+            if rec.state != PAUSED_STATE {
+                continue;
+            }
+            self.bury(id, &mut rec, reason, now, retention)?;
+            self.put_delivery(id, &rec)?;
+            discarded += 1;
+        }
+        self.update_endpoint(name, |e| e.gone = None)?;
+        Ok(discarded)
+    }
+
+    /// The parked deliveries of `name`, as (time parked, id).
+    fn parked(&self, name: &str) -> Result<Vec<(u64, u128)>, QueueError> {
         let mut parked = Vec::new();
         for entry in self.paused.range((name, 0u64, 0u128)..=(name, u64::MAX, u128::MAX))? {
             let (key, _) = entry?;
             let (_, at, id) = key.value();
             parked.push((at, id));
         }
+        Ok(parked)
+    }
+
+    /// Puts every parked delivery of `name` back in the queue, due now.
+    fn unpark(&mut self, name: &str, now: u64) -> Result<u64, QueueError> {
+        let parked = self.parked(name)?;
         for &(at, id) in &parked {
             self.paused.remove((name, at, id))?;
             let Some(mut rec) = get_delivery(&self.deliveries, id)? else { continue };

@@ -172,6 +172,8 @@ impl<'t> Tables<'t> {
                 Outcome::Flag(first)
             }
             Op::Enable { name } => Outcome::Count(self.enable(name, now)?),
+            Op::ResumeReturned { name } => Outcome::Count(self.resume_returned(name, now)?),
+            Op::DiscardParked { name, reason } => Outcome::Count(self.discard_parked(name, reason, now, retention)?),
             Op::ClaimIdempotency { key, mark } => Outcome::Answer(self.claim_idempotency(key, mark, now)?),
             Op::CompleteIdempotency { key, answer, window_ms } => {
                 self.put_idempotency(key, answer, now.saturating_add(*window_ms))?;
@@ -332,20 +334,17 @@ impl<'t> Tables<'t> {
                 rec.due = now.saturating_add(millis(delay));
                 self.due.insert((rec.due, id), ())?;
             }
-            Settle::Pause => {
+            Settle::Pause | Settle::Park => {
+                if action == Settle::Park {
+                    self.update_endpoint(&rec.endpoint, |e| {
+                        e.gone.get_or_insert(now);
+                    })?;
+                }
                 rec.state = PAUSED_STATE.to_string();
                 rec.parked = now;
                 self.paused.insert((rec.endpoint.as_str(), now, id), ())?;
             }
-            Settle::Bury => {
-                rec.last_error = last_error.to_string();
-                rec.state = DEAD_STATE.to_string();
-                rec.parked = now;
-                rec.closed = true;
-                self.dead.insert((now, id), ())?;
-                self.expire_delivery(id, &mut rec, now.saturating_add(retention.dead_ms))?;
-                self.close(rec.event, true, now, retention)?;
-            }
+            Settle::Bury => self.bury(id, &mut rec, last_error, now, retention)?,
             Settle::Ack => {
                 rec.last_error = last_error.to_string();
                 rec.state = SUCCEEDED.to_string();
@@ -355,6 +354,25 @@ impl<'t> Tables<'t> {
         }
         self.put_delivery(id, &rec)?;
         Ok(true)
+    }
+
+    /// Makes `rec` (delivery `id`) a dead letter with `last_error`, kept for the dead-letter
+    /// retention; its event counts it as dead. The caller writes `rec` back.
+    pub(super) fn bury(
+        &mut self,
+        id: u128,
+        rec: &mut DeliveryRec,
+        last_error: &str,
+        now: u64,
+        retention: Retention,
+    ) -> Result<(), QueueError> {
+        rec.last_error = last_error.to_string();
+        rec.state = DEAD_STATE.to_string();
+        rec.parked = now;
+        rec.closed = true;
+        self.dead.insert((now, id), ())?;
+        self.expire_delivery(id, rec, now.saturating_add(retention.dead_ms))?;
+        self.close(rec.event, true, now, retention)
     }
 
     /// Schedules the retention of a finished delivery at `at`.

@@ -100,6 +100,7 @@ impl RedisQueue {
             Settle::Defer(delay) => ("defer", delay.as_millis() as u64),
             // Deferred by this much should the endpoint have been enabled meanwhile.
             Settle::Pause => ("pause", 1000),
+            Settle::Park => ("park", 0),
         };
         let settlement = Settlement {
             shard: claimed.shard,
@@ -182,6 +183,29 @@ impl Core {
             .into_iter()
             .map(|outcome| outcome.map(|applied| applied.into_iter().map(|applied| Ok(applied == 1)).collect()));
         scatter(batch.len(), &groups, outcomes, Ok(false))
+    }
+
+    /// Buries the parked deliveries `ids` of `shard` with `reason` as their last error (settle.lua's
+    /// `discard`, in one call); says of each whether it was parked (and is now dead).
+    pub(super) async fn discard_shard(
+        &self,
+        shard: u32,
+        ids: &[String],
+        reason: &str,
+    ) -> Result<Vec<bool>, QueueError> {
+        let batch: Vec<Settlement> = ids
+            .iter()
+            .map(|id| Settlement {
+                shard,
+                id: id.clone(),
+                token: String::new(),
+                record: String::new(),
+                action: "discard",
+                delay_ms: 0,
+                last_error: reason.to_string(),
+            })
+            .collect();
+        Ok(self.settle_shard(shard, batch.iter()).await?.into_iter().map(|applied| applied == 1).collect())
     }
 
     async fn settle_shard(&self, shard: u32, batch: impl Iterator<Item = &Settlement>) -> Result<Vec<i64>, QueueError> {

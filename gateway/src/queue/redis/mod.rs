@@ -17,7 +17,8 @@
 //! | `<prefix>:{s<n>}:d:<delivery id>` | HASH | made by the delivery's first claim (or at enqueue when a plugin gave it its own headers or payload): endpoint, lease, attempts (recorded), lapsed (leases that ran out unsettled), status (none: pending), updated, last_error, closed (buried), headers, payload |
 //! | `<prefix>:{s<n>}:d:<delivery id>:log` | STRING | the attempt log, one JSON record per line, appended to; expires with its delivery |
 //! | `<prefix>:{s<n>}:off` | HASH | disabled endpoint name → reason (checked atomically when parking a delivery) |
-//! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled → time parked, ms |
+//! | `<prefix>:{s<n>}:paused:<endpoint>` | ZSET | deliveries parked while their endpoint is disabled, or while no gateway's config has it → time parked, ms ([`parked`]) |
+//! | `<prefix>:{s<n>}:gone` | HASH | endpoint name → when its deliveries were first parked for want of it in config, ms |
 //! | `<prefix>:endpoint:<name>` | HASH | disabled (reason), disabled_at, failing_since (ms): the endpoint's shared state |
 //! | `<prefix>:meta` | HASH | `shards`: the shard count the data was written with |
 //! | `<prefix>:{s<n>}:idem:<source>:<key>` | STRING | the answer given to an `idempotency-key` (`pending:<event id>` while in progress), with a TTL; in the key's shard ([`crate::id::shard_of_key`]), where its event is stored too |
@@ -38,7 +39,7 @@
 //! This module opens the queue and runs claims and endpoint state; [`checks`] runs the start-up
 //! checks of the data's layout and the server's settings; [`record`] writes and reads the
 //! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
-//! replays dead letters; [`export`] hands finished deliveries to history; [`restore`] brings dead
+//! replays dead letters; [`parked`] resumes, counts and discards parked deliveries; [`export`] hands finished deliveries to history; [`restore`] brings dead
 //! letters back from it; [`view`] reads deliveries and events for the admin API; [`idempotency`]
 //! keeps idempotency keys.
 
@@ -50,6 +51,7 @@ mod done;
 mod export;
 mod idempotency;
 mod packed;
+mod parked;
 mod record;
 mod restore;
 mod view;
@@ -293,38 +295,23 @@ impl Queue for RedisQueue {
     }
 
     async fn enable(&self, name: &str) -> Result<u64, QueueError> {
-        let mut conn = self.core.conn.clone();
-        let mut resumed = 0;
-        for shard in 0..self.core.shards {
-            let prefix = self.core.shard_prefix(shard);
-            loop {
-                let moved: u64 = self
-                    .core
-                    .resume
-                    .key(format!("{prefix}{QUEUE}"))
-                    .key(format!("{prefix}off"))
-                    .arg(&prefix)
-                    .arg(name)
-                    .arg(RESUME_CHUNK)
-                    .invoke_async(&mut conn)
-                    .await?;
-                resumed += moved;
-                if moved < RESUME_CHUNK as u64 {
-                    break;
-                }
-            }
-        }
-        let _: () = conn.hdel(self.endpoint_key(name), &["disabled", "disabled_at", "failing_since"]).await?;
-        Ok(resumed)
+        self.resume_parked(name, true).await
     }
 
     async fn paused_count(&self, name: &str) -> Result<u64, QueueError> {
-        let counts = (0..self.core.shards).map(|shard| {
-            let mut conn = self.core.conn.clone();
-            let key = format!("{}paused:{name}", self.core.shard_prefix(shard));
-            async move { conn.zcard::<_, u64>(key).await }
-        });
-        Ok(futures_util::future::try_join_all(counts).await?.into_iter().sum())
+        self.count_parked(name).await
+    }
+
+    async fn gone_endpoints(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        RedisQueue::gone_endpoints(self).await
+    }
+
+    async fn resume_returned(&self, name: &str) -> Result<u64, QueueError> {
+        self.resume_parked(name, false).await
+    }
+
+    async fn discard_parked(&self, name: &str, reason: &str) -> Result<u64, QueueError> {
+        RedisQueue::discard_parked(self, name, reason).await
     }
 
     async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {

@@ -8,11 +8,16 @@
 --       seconds ('0' without `[history]`), number of settlements S;
 --       then per settlement: delivery
 --       id, lease token, attempt record JSON ('' when no attempt was made), action ('ack' | 'retry' |
---       'bury' | 'defer' | 'pause'), retry delay ms, last error ('' for none).
+--       'bury' | 'defer' | 'pause' | 'park' | 'discard'), retry delay ms, last error ('' for none).
 -- 'defer' puts back a delivery that was claimed but not attempted (its endpoint was busy), without
 -- counting an attempt. 'pause' parks it in the endpoint's paused ZSET while the endpoint is disabled;
 -- checked here, atomically with enabling (which empties that set), so a delivery is never parked
--- after its endpoint came back: it is deferred instead.
+-- after its endpoint came back: it is deferred instead. 'park' parks it whatever the endpoint's
+-- state: no endpoint of its name is configured (a reload removed it), and the shard's `gone` HASH
+-- notes the endpoint, so a gateway whose config has it puts its deliveries back (resume.lua).
+-- 'discard' takes a parked delivery (its lease token is '', as parking left it) out of its paused
+-- ZSET and buries it, with the operator's reason as its last error: what an operator does with the
+-- deliveries of an endpoint that is not coming back.
 -- The attempt log is the string beside the delivery (`d:<id>:log`, one JSON record per line, each
 -- ended by a newline; older versions kept it in the hash's `log` field, still read): appended to,
 -- not rewritten, and out of the hash so the hash stays small (a listpack). Recording a record counts the attempt (a claim
@@ -119,6 +124,14 @@ for i = 1, tonumber(ARGV[5]) do
   at = at + 6
   local dkey = p .. 'd:' .. id
   local d
+  if action == 'discard' then
+    if redis.call('HGET', dkey, 'status') == 'paused' then
+      redis.call('ZREM', p .. 'paused:' .. redis.call('HGET', dkey, 'endpoint'), id)
+      action = 'bury'
+    else
+      token = false
+    end
+  end
   if history then
     d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts', 'lapsed', 'headers', 'payload', 'log')
   else
@@ -145,7 +158,10 @@ for i = 1, tonumber(ARGV[5]) do
       -- Not attempted: the last attempt's error still stands.
       redis.call('HSET', dkey, 'lease', '', 'updated', now_s)
       redis.call('ZADD', KEYS[1], now + delay, id)
-    elseif action == 'pause' then
+    elseif action == 'pause' or action == 'park' then
+      if action == 'park' then
+        redis.call('HSETNX', p .. 'gone', d[3], now_s)
+      end
       redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'status', 'paused')
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZADD', p .. 'paused:' .. d[3], now, id)
