@@ -126,6 +126,12 @@ enum AdminCommand {
         /// Endpoint name.
         endpoint: String,
     },
+    /// Run a stored event again through today's routes and plugins, creating the deliveries the
+    /// running config makes for it except to endpoints that already have it.
+    Redrive {
+        /// Event id (`evt_…`).
+        id: String,
+    },
     /// Discard the deliveries parked for an endpoint (removed from the config, or disabled): they
     /// become dead letters, replayable for `queue.dead_retention`.
     Discard {
@@ -407,6 +413,7 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
         AdminCommand::Enable { endpoint } => {
             call(url, token, Method::POST, &["v1", "endpoints", endpoint, "enable"], &[]).await
         }
+        AdminCommand::Redrive { id } => call(url, token, Method::POST, &["v1", "events", id, "redrive"], &[]).await,
         AdminCommand::Discard { endpoint } => {
             call(url, token, Method::POST, &["v1", "endpoints", endpoint, "discard"], &[]).await
         }

@@ -343,3 +343,46 @@ async fn deliveries_of_an_endpoint_a_reload_removed_wait_parked_resume_when_it_r
     let base = base_toml_embedded() + &format!("\n[queue]\npath = \"{}\"\n", dir.path().join("q.redb").display());
     removed_endpoint_parks_resumes_and_discards(base, "removed-embedded").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_event_redriven_after_a_route_gained_an_endpoint_goes_only_to_the_new_one() {
+    let redis = RedisServer::start().await;
+    let (mut billing, mut audit) = (Receiver::start().await, Receiver::start().await);
+    let dir = Scratch::new("redrive");
+    let file = dir.path().join("sluice.toml");
+    let base =
+        base_toml(&redis) + &endpoint_toml("billing", &billing.url(), "") + &endpoint_toml("audit", &audit.url(), "");
+    std::fs::write(&file, base.clone() + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"billing\"]\n").unwrap();
+    let gateway = sluice::Gateway::start_file(&file).await.unwrap();
+    let addr = gateway.addr();
+    let body = r#"{"event":"order_created","order_id":12345}"#;
+    let (status, accepted) = post_event(addr, "shop", body).await;
+    assert_eq!(status, 202, "{accepted}");
+    let event = accepted["id"].as_str().unwrap().to_string();
+    wait_for_state(addr, accepted["deliveries"][0]["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(billing.next().await.json()["order_id"], 12345);
+
+    // The route gains `audit`; the stored event is redriven: only audit gets it.
+    std::fs::write(&file, base + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"billing\", \"audit\"]\n").unwrap();
+    assert_eq!(admin_post(addr, "/v1/config/reload").await.0, 200);
+    let (status, redriven) = admin_post(addr, &format!("/v1/events/{event}/redrive")).await;
+    assert_eq!(status, 200, "{redriven}");
+    assert_eq!(redriven["redrive_of"], event.as_str());
+    assert_ne!(redriven["id"], event.as_str(), "a new event carries the deliveries");
+    let deliveries = redriven["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{redriven}");
+    assert_eq!(deliveries[0]["endpoint"], "audit");
+    assert_eq!(redriven["skipped"][0]["endpoint"], "billing", "{redriven}");
+    assert_eq!(redriven["skipped"][0]["state"], "succeeded", "{redriven}");
+    let got = audit.next().await;
+    assert_eq!(&got.body[..], body.as_bytes(), "the stored body, as received");
+    assert!(signature_valid(&got));
+    wait_for_state(addr, deliveries[0]["id"].as_str().unwrap(), "succeeded").await;
+    let (_, copy) = admin_get(addr, &format!("/v1/events/{}", redriven["id"].as_str().unwrap())).await;
+    assert_eq!((copy["source"].as_str(), copy["type"].as_str()), (Some("shop"), Some("order_created")), "{copy}");
+    assert_eq!(billing.count(), 1, "billing had it: not sent again");
+
+    // An unknown event is 404.
+    assert_eq!(admin_post(addr, "/v1/events/evt_01JD0000000000000000000000/redrive").await.0, 404);
+    gateway.shutdown().await;
+}

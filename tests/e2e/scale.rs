@@ -116,7 +116,7 @@ async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event
 }
 
 #[tokio::test]
-async fn a_gateway_on_an_older_config_puts_back_deliveries_for_an_endpoint_it_does_not_know() {
+async fn a_gateway_on_an_older_config_parks_deliveries_for_an_endpoint_it_lacks_until_one_that_has_it_resumes_them() {
     let redis = RedisServer::start().await;
     let mut receiver = Receiver::start().await;
     // The new config has endpoint `b`; its first attempt waits a second.
@@ -129,7 +129,7 @@ async fn a_gateway_on_an_older_config_puts_back_deliveries_for_an_endpoint_it_do
     let delivery = accepted["deliveries"][0]["id"].as_str().unwrap().to_string();
     new.shutdown().await;
 
-    // A gateway still on the old config (no `b`) claims it when due and puts it back untouched.
+    // A gateway still on the old config (no `b`) claims it when due and parks it untouched.
     let old_config = base_toml(&redis)
         + &endpoint_toml("a", &receiver.url(), "")
         + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"a\"]\n";
@@ -144,12 +144,19 @@ async fn a_gateway_on_an_older_config_puts_back_deliveries_for_an_endpoint_it_do
         assert!(tokio::time::Instant::now() < deadline, "the old gateway never claimed {delivery}: {view}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(view["state"], "pending", "{view}");
+    assert_eq!(view["state"], "paused", "{view}");
     assert_eq!(view["attempts_made"], 0, "no attempt was spent: {view}");
     assert_eq!(receiver.count(), 0);
+    let (_, listing) = admin_get(old.addr(), "/v1/endpoints").await;
+    let b = listing["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "b").cloned();
+    assert_eq!(
+        b.as_ref().map(|b| (&b["state"], &b["paused_deliveries"])),
+        Some((&"removed".into(), &1.into())),
+        "{listing}"
+    );
     old.shutdown().await;
 
-    // A gateway with the new config delivers it on its first attempt.
+    // A gateway with the new config puts it back and delivers it on its first attempt.
     let again = start_gateway(&new_config).await;
     let done = wait_for_state(again.addr(), &delivery, "succeeded").await;
     assert_eq!(done["attempts_made"], 1, "{done}");

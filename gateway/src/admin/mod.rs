@@ -5,11 +5,13 @@
 pub mod client;
 pub mod dead;
 pub mod endpoints;
+pub mod redrive;
 pub mod search;
 pub mod throttle;
 
 pub use dead::{dead_letters, replay_endpoint, replay_one};
 pub use endpoints::{disable_endpoint, discard_parked, enable_endpoint, endpoints};
+pub use redrive::redrive;
 
 use serde_json::{json, Value};
 
@@ -29,6 +31,9 @@ pub enum AdminError {
     /// The request is malformed, e.g. a bad query parameter (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The request is understood but cannot be carried out, e.g. a plugin failed a redriven event (422).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The delivery exists but is not dead-lettered, so there is nothing to replay (409).
     #[error("delivery `{0}` is not dead-lettered; only dead letters can be replayed")]
     NotDead(String),
@@ -71,6 +76,27 @@ pub async fn delivery(queue: &Store, history: Option<&History>, text: &str) -> R
 /// `GET /v1/events/{id}`: the event (payload as JSON when it is JSON) and its deliveries, from the
 /// queue, else from history; deliveries the queue no longer holds take their state from history.
 pub async fn event(queue: &Store, history: Option<&History>, text: &str) -> Result<Value, AdminError> {
+    let view = event_view(queue, history, text).await?;
+    let payload = serde_json::from_slice::<Value>(&view.payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&view.payload).into_owned()));
+    Ok(json!({
+        "id": view.id,
+        "source": view.source,
+        "type": view.event_type,
+        "received_at": view.received_at,
+        "headers": view.headers,
+        "payload": payload,
+        "deliveries": view.deliveries,
+    }))
+}
+
+/// The event `text` names with its deliveries' states: from the queue, else from history;
+/// deliveries the queue no longer holds take their state from history.
+pub(crate) async fn event_view(
+    queue: &Store,
+    history: Option<&History>,
+    text: &str,
+) -> Result<crate::queue::EventView, AdminError> {
     let not_found = || AdminError::NotFound(format!("event `{}`", text.chars().take(64).collect::<String>()));
     let event = id::parse_event(text).ok_or_else(not_found)?;
     let view = match (queue.event(event).await?, history) {
@@ -89,17 +115,7 @@ pub async fn event(queue: &Store, history: Option<&History>, text: &str) -> Resu
         (None, Some(history)) => history.event(event).await?.ok_or_else(not_found)?,
         (None, None) => return Err(not_found()),
     };
-    let payload = serde_json::from_slice::<Value>(&view.payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&view.payload).into_owned()));
-    Ok(json!({
-        "id": view.id,
-        "source": view.source,
-        "type": view.event_type,
-        "received_at": view.received_at,
-        "headers": view.headers,
-        "payload": payload,
-        "deliveries": view.deliveries,
-    }))
+    Ok(view)
 }
 
 /// Longest page of a listing (dead letters, the search).

@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     // an event id for GET.
     ("POST", "/v1/events/{key}"),
     ("GET", "/v1/events/{key}"),
+    ("POST", "/v1/events/{id}/redrive"),
     ("GET", "/v1/deliveries"),
     ("GET", "/v1/deliveries/{id}"),
     ("POST", "/v1/deliveries/{id}/replay"),
@@ -141,6 +142,10 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         "/v1/events/{key}" if request.method() == hyper::Method::POST => ingest(state, &live, value, request).await,
         "/v1/events/{key}" => {
             admin_call(state, &request, peer, admin::event(&state.queue, state.history.as_ref(), value)).await
+        }
+        "/v1/events/{id}/redrive" => {
+            let call = admin::redrive(&state.queue, state.history.as_ref(), &live.ingest, value);
+            admin_call(state, &request, peer, call).await
         }
         "/v1/deliveries/{id}" => {
             admin_call(state, &request, peer, admin::delivery(&state.queue, state.history.as_ref(), value)).await
@@ -368,6 +373,9 @@ async fn admin_call(
         Err(e @ AdminError::NotFound(_)) => error_reply(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
         Err(e @ AdminError::BadRequest(_)) => error_reply(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
         Err(e @ AdminError::NotDead(_)) => error_reply(StatusCode::CONFLICT, "not_dead", &e.to_string()),
+        Err(e @ AdminError::Unprocessable(_)) => {
+            error_reply(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", &e.to_string())
+        }
         Err(AdminError::Queue(e)) => {
             state.metrics.store_error("admin");
             tracing::error!(error = %e, "Admin lookup failed.");

@@ -15,7 +15,7 @@ use super::{parse, Accepted, AcceptedDelivery, Answer, IngestError};
 use crate::config::Config;
 use crate::id;
 use crate::plugin::{PluginEvent, PluginSet};
-use crate::queue::{IdempotencyCommit, NewDelivery, NewEvent, Queue, Store};
+use crate::queue::{EventView, IdempotencyCommit, NewDelivery, NewEvent, Queue, Store};
 use crate::route::RouteTable;
 
 /// Everything ingest needs, shared by all connections.
@@ -232,7 +232,43 @@ impl Ingest {
             headers: kept,
             payload: body.to_vec(),
         };
-        let (event, plan) = self.plan(event).await?;
+        self.plan_and_store(event_id, event, body, key, &|_| true).await
+    }
+
+    /// Runs a stored event (`view`) through today's routes and plugins again, as a new event with
+    /// the stored one's source, type, kept headers and body, and stores the deliveries to the
+    /// endpoints `wanted` accepts (nothing when none is left). Source credentials and rate limits
+    /// are not checked: the caller is the admin.
+    pub async fn redrive(
+        &self,
+        view: &EventView,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Accepted, IngestError> {
+        let event_id = id::new_event();
+        let event = PluginEvent {
+            id: id::format_event(event_id),
+            source: view.source.clone(),
+            event_type: view.event_type.clone(),
+            headers: view.headers.clone(),
+            payload: view.payload.to_vec(),
+        };
+        Ok(self.plan_and_store(event_id, event, view.payload.clone(), None, wanted).await?.0)
+    }
+
+    /// Plans `event` (routes, plugins) and stores it with its deliveries to the endpoints `wanted`
+    /// accepts, as event `event_id`; with an idempotency `key`, records the answer with it.
+    async fn plan_and_store(
+        &self,
+        event_id: ulid::Ulid,
+        event: PluginEvent,
+        body: Bytes,
+        key: Option<&str>,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Accepted, Option<String>), IngestError> {
+        let source = event.source.clone();
+        let source = source.as_str();
+        let (event, mut plan) = self.plan(event).await?;
+        plan.deliveries.retain(|planned| wanted(&planned.endpoint));
         if plan.deliveries.len() > id::MAX_DELIVERIES_PER_EVENT {
             return Err(IngestError::TooManyDeliveries(plan.deliveries.len()));
         }
