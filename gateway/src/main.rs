@@ -126,6 +126,11 @@ enum AdminCommand {
         /// Endpoint name.
         endpoint: String,
     },
+    /// What the shadow runs of a plugin's candidate found: counts and the latest differences.
+    Shadow {
+        /// Plugin name.
+        plugin: String,
+    },
     /// Run a stored event again through today's routes and plugins, creating the deliveries the
     /// running config makes for it except to endpoints that already have it.
     Redrive {
@@ -412,6 +417,9 @@ async fn admin(url: &url::Url, token: &str, command: AdminCommand) -> anyhow::Re
         }
         AdminCommand::Enable { endpoint } => {
             call(url, token, Method::POST, &["v1", "endpoints", endpoint, "enable"], &[]).await
+        }
+        AdminCommand::Shadow { plugin } => {
+            call(url, token, Method::GET, &["v1", "plugins", plugin, "shadow"], &[]).await
         }
         AdminCommand::Redrive { id } => call(url, token, Method::POST, &["v1", "events", id, "redrive"], &[]).await,
         AdminCommand::Discard { endpoint } => {

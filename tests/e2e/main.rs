@@ -22,4 +22,5 @@ mod protection;
 mod queue_conformance;
 mod reload;
 mod scale;
+mod shadow;
 mod timing;

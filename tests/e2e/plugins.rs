@@ -424,6 +424,8 @@ async fn core_modules_that_break_the_abi_fail_clearly() {
             grant_clock: false,
             on_error: Default::default(),
             startup_deadline: std::time::Duration::from_secs(1),
+            shadow: None,
+            shadow_rate: 1.0,
         };
         sluice::plugin::PluginSet::load(&[plugin], &Default::default(), 1 << 20)
     };

@@ -118,6 +118,15 @@ pub(crate) async fn event_view(
     Ok(view)
 }
 
+/// `GET /v1/plugins/{name}/shadow`: what the shadow runs of the plugin's candidate found (counts,
+/// the latest differences); 404 when the plugin has no candidate.
+pub fn plugin_shadow(plugins: &crate::plugin::PluginSet, name: &str) -> Result<Value, AdminError> {
+    let report = plugins.shadow(name).ok_or_else(|| {
+        AdminError::NotFound(format!("shadow candidate of plugin `{}`", name.chars().take(64).collect::<String>()))
+    })?;
+    Ok(serde_json::to_value(report).unwrap_or_default())
+}
+
 /// Longest page of a listing (dead letters, the search).
 const MAX_PAGE: usize = 500;
 

@@ -137,6 +137,9 @@ fn resolve_paths(config: &mut Config, path: Option<&Path>) {
         if plugin.path.is_relative() {
             plugin.path = dir.join(&plugin.path);
         }
+        if let Some(shadow) = plugin.shadow.as_mut().filter(|p| p.is_relative()) {
+            *shadow = dir.join(&*shadow);
+        }
     }
     if let Some(store) = config.queue.path.as_mut().filter(|p| p.is_relative()) {
         *store = dir.join(&*store);

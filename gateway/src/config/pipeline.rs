@@ -188,6 +188,19 @@ pub struct PluginConfig {
     /// strictness.
     #[serde(default)]
     pub on_error: OnError,
+    /// A candidate version of this plugin (`.wasm`), run in the shadow of the live one: each live
+    /// call also runs it on the same event, on a spare plugin thread and within this plugin's
+    /// limits, and compares the verdicts; what it returns never reaches a delivery. See `GET
+    /// /v1/plugins/{name}/shadow`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<PathBuf>,
+    /// Share of live calls the candidate also runs on, 0 to 1. Default 1.
+    #[serde(default = "default_shadow_rate")]
+    pub shadow_rate: f64,
+}
+
+fn default_shadow_rate() -> f64 {
+    1.0
 }
 
 /// What a plugin's failed call does to its event: see [`PluginConfig::on_error`].

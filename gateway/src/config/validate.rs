@@ -39,6 +39,9 @@ impl Config {
             if plugin.max_calls_per_instance == 0 {
                 problems.push(format!("{at}.max_calls_per_instance: must be at least 1"));
             }
+            if !(0.0..=1.0).contains(&plugin.shadow_rate) {
+                problems.push(format!("{at}.shadow_rate: must be between 0 and 1"));
+            }
         }
         if problems.is_empty() {
             Ok(())

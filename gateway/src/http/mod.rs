@@ -64,6 +64,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/endpoints"),
     ("GET", "/v1/config"),
     ("POST", "/v1/config/reload"),
+    ("GET", "/v1/plugins/{name}/shadow"),
     ("POST", "/v1/endpoints/{name}/replay-dead"),
     ("POST", "/v1/endpoints/{name}/enable"),
     ("POST", "/v1/endpoints/{name}/disable"),
@@ -166,6 +167,9 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         }
         "/v1/config" => admin_call(state, &request, peer, async { Ok(live.shown.to_json()) }).await,
         "/v1/config/reload" => admin_call(state, &request, peer, reload(state)).await,
+        "/v1/plugins/{name}/shadow" => {
+            admin_call(state, &request, peer, async { admin::plugin_shadow(&live.plugins, value) }).await
+        }
         "/v1/endpoints/{name}/replay-dead" => {
             let call =
                 admin::replay_endpoint(&state.queue, state.history.as_ref(), value, known(value), state.replay_spacing);

@@ -20,6 +20,7 @@ use super::host::HostState;
 use super::loaded::{FileStamp, Linkers, LoadedPlugin, SharedLimits, TICK};
 use super::output::{log_printed, Printed};
 use super::pool::{PluginPool, PoolStats};
+use super::shadow::{Shadow, ShadowReport};
 use super::{core_abi, PluginError, PluginEvent, Verdict};
 use crate::config::{PluginConfig, WasmConfig};
 
@@ -68,6 +69,8 @@ pub struct PluginSet {
     failed: Mutex<HashMap<Arc<str>, Option<FileStamp>>>,
     /// Plugins being reloaded right now.
     reloading: Mutex<HashSet<Arc<str>>>,
+    /// The candidates run in the shadow of plugins that have one, by plugin name.
+    shadows: HashMap<Arc<str>, Arc<Shadow>>,
 }
 
 impl PluginSet {
@@ -79,7 +82,7 @@ impl PluginSet {
         let threads = wasm.threads();
         let limits =
             SharedLimits { max_output_bytes: wasm.output_limit(max_body_bytes), max_warm: threads.max(MIN_WARM) };
-        let max_plugins = configs.len() + RELOAD_HEADROOM;
+        let max_plugins = slots(configs) + RELOAD_HEADROOM;
         let max_memory_mb = configs.iter().map(|c| c.max_memory_mb).max().unwrap_or(0).max(POOL_MEMORY_FLOOR_MB);
         let engine = new_engine(max_plugins, max_memory_mb, wasm, limits.max_warm).map_err(|e| engine_error(&e))?;
         let mut component = Linker::<HostState>::new(&engine);
@@ -91,12 +94,20 @@ impl PluginSet {
         let linkers = Linkers { component, core };
 
         let mut plugins = HashMap::new();
+        let mut shadows = HashMap::new();
         let mut errors = Vec::new();
         for config in configs {
             match LoadedPlugin::load(&engine, &linkers, config, limits, Arc::default(), Arc::default()) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
+                Err(e) => errors.push(e),
+            }
+            match load_shadow(&engine, &linkers, config, limits) {
+                Ok(Some(shadow)) => {
+                    shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
+                }
+                Ok(None) => {}
                 Err(e) => errors.push(e),
             }
         }
@@ -107,16 +118,22 @@ impl PluginSet {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone());
         let runtime = Runtime { engine, linkers, limits, pool, stop_ticker, max_plugins, max_memory_mb };
-        Ok(Self::over(Arc::new(runtime), configs, plugins))
+        Ok(Self::over(Arc::new(runtime), configs, plugins, shadows))
     }
 
-    fn over(runtime: Arc<Runtime>, configs: &[PluginConfig], plugins: PluginMap) -> Self {
+    fn over(
+        runtime: Arc<Runtime>,
+        configs: &[PluginConfig],
+        plugins: PluginMap,
+        shadows: HashMap<Arc<str>, Arc<Shadow>>,
+    ) -> Self {
         Self {
             runtime,
             configs: configs.to_vec(),
             plugins: RwLock::new(Arc::new(plugins)),
             failed: Mutex::new(HashMap::new()),
             reloading: Mutex::new(HashSet::new()),
+            shadows,
         }
     }
 
@@ -129,11 +146,12 @@ impl PluginSet {
         let runtime = &self.runtime;
         let current = self.current();
         let mut plugins = HashMap::new();
+        let mut shadows = HashMap::new();
         let mut errors = Vec::new();
-        if configs.len() > runtime.max_plugins {
+        if slots(configs) > runtime.max_plugins {
             errors.push(PluginError::Engine(format!(
-                "{} plugins configured; the running engine was sized for at most {} (those it started with and {RELOAD_HEADROOM} more): restart the gateway to apply",
-                configs.len(),
+                "{} plugins configured (shadow candidates included); the running engine was sized for at most {} (those it started with and {RELOAD_HEADROOM} more): restart the gateway to apply",
+                slots(configs),
                 runtime.max_plugins
             )));
         }
@@ -154,6 +172,26 @@ impl PluginSet {
                     && p.stamp.is_some()
                     && p.stamp == FileStamp::of(&config.path)
             });
+            // A candidate is loaded again unless its plugin is unchanged (shadow settings included)
+            // and its file too: its counts then carry on.
+            let kept_shadow = unchanged.and_then(|_| self.shadows.get(config.name.as_str())).filter(|s| {
+                config
+                    .shadow
+                    .as_ref()
+                    .is_some_and(|path| s.candidate.stamp.is_some() && s.candidate.stamp == FileStamp::of(path))
+            });
+            match kept_shadow {
+                Some(shadow) => {
+                    shadows.insert(Arc::from(config.name.as_str()), shadow.clone());
+                }
+                None => match load_shadow(&runtime.engine, &runtime.linkers, config, runtime.limits) {
+                    Ok(Some(shadow)) => {
+                        shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                },
+            }
             if let Some(plugin) = unchanged {
                 plugins.insert(plugin.name.clone(), plugin.clone());
                 continue;
@@ -169,7 +207,7 @@ impl PluginSet {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Self::over(runtime.clone(), configs, plugins))
+        Ok(Self::over(runtime.clone(), configs, plugins, shadows))
     }
 
     /// Whether a plugin of this name is loaded.
@@ -259,7 +297,19 @@ impl PluginSet {
         if let Some(plugin) = self.current().get(name) {
             log_printed(name, &event.id, &printed, &plugin.budget);
         }
+        if let Some(shadow) = self.shadows.get(name).filter(|s| s.picks()) {
+            let (shadow, event, live) = (shadow.clone(), event.clone(), outcome.clone());
+            let handle = shadow.clone();
+            if !self.runtime.pool.try_spawn_spare(move || shadow.run(&event, &live)) {
+                handle.skipped();
+            }
+        }
         outcome
+    }
+
+    /// What the shadow runs of plugin `name`'s candidate found; `None` when it has no candidate.
+    pub fn shadow(&self, name: &str) -> Option<ShadowReport> {
+        self.shadows.get(name).map(|shadow| shadow.report(name))
     }
 
     /// [`Self::call`], returning what the call printed instead of logging it.
@@ -293,8 +343,28 @@ impl PluginSet {
         let stats: Vec<(&str, &super::metrics::PluginStats)> =
             self.configs.iter().filter_map(|c| current.get(c.name.as_str())).map(|p| (&*p.name, &*p.stats)).collect();
         super::metrics::render(stats.iter().copied(), out);
+        let shadows = self.configs.iter().filter_map(|c| self.shadows.get_key_value(c.name.as_str()));
+        super::shadow::render(shadows.map(|(name, shadow)| (&**name, shadow)), out);
         super::metrics::render_pool(&self.runtime.pool.stats(), out);
     }
+}
+
+/// Plugins the engine's pool holds instances for: each plugin, and each shadow candidate.
+fn slots(configs: &[PluginConfig]) -> usize {
+    configs.len() + configs.iter().filter(|c| c.shadow.is_some()).count()
+}
+
+/// The shadow candidate of `config`, loaded like the plugin itself (its settings, another file).
+fn load_shadow(
+    engine: &Engine,
+    linkers: &Linkers,
+    config: &PluginConfig,
+    limits: SharedLimits,
+) -> Result<Option<Shadow>, PluginError> {
+    let Some(path) = &config.shadow else { return Ok(None) };
+    let candidate = PluginConfig { name: format!("{} (shadow)", config.name), path: path.clone(), ..config.clone() };
+    let loaded = LoadedPlugin::load(engine, linkers, &candidate, limits, Arc::default(), Arc::default())?;
+    Ok(Some(Shadow::new(loaded, path.clone(), config.shadow_rate)))
 }
 
 fn new_engine(max_plugins: usize, max_memory_mb: u32, wasm: &WasmConfig, max_warm: usize) -> wasmtime::Result<Engine> {

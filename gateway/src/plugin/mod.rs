@@ -11,7 +11,8 @@
 //! - [`metrics`]: per-plugin counters and latency histogram.
 //! - `core_abi` (private): the JSON-in-memory ABI for core-module plugins (AssemblyScript, Zig, WAT, …).
 //! - [`trial`]: one plugin on one event, for `sluice plugin test`.
-//! - [`reload`]: reloads plugins whose file changed, or on SIGHUP.
+//! - [`reload`]: reloads plugins whose file changed.
+//! - [`shadow`]: a candidate version run beside the live one, its verdicts compared.
 
 mod bindings;
 pub mod chain;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod output;
 pub mod pool;
 pub mod reload;
+pub mod shadow;
 pub mod trial;
 
 use std::time::Duration;

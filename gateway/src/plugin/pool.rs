@@ -118,6 +118,26 @@ impl PluginPool {
         rx.await.map_err(|_| PoolError::Stopped)?
     }
 
+    /// Queues `job` to run on a plugin thread when the queue is less than half full, and returns
+    /// whether it did: work that must never take a place live work needs (a shadow run). Nobody
+    /// waits for it; a panic in it is caught and logged.
+    pub fn try_spawn_spare(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        let job: Job = Box::new(move || {
+            if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                tracing::error!("Spare plugin work panicked on its thread (a host bug); it was dropped.");
+            }
+        });
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if self.shared.stop.load(Ordering::Relaxed) || queue.len() >= self.shared.max_queued / 2 {
+                return false;
+            }
+            queue.push_back(job);
+        }
+        self.shared.ready.notify_one();
+        true
+    }
+
     /// Threads, busy threads, queued and refused jobs.
     pub fn stats(&self) -> PoolStats {
         let queued = self.shared.queue.lock().map(|q| q.len()).unwrap_or_default();

@@ -56,6 +56,8 @@ pub fn run(path: &Path, payload: Vec<u8>, settings: Settings) -> Result<Trial, P
         grant_clock: false,
         on_error: Default::default(),
         startup_deadline: Duration::from_secs(1),
+        shadow: None,
+        shadow_rate: 1.0,
     };
     let wasm = WasmConfig { cache_dir: settings.cache_dir, threads: Some(1), ..WasmConfig::default() };
     let max_body_bytes = crate::config::ServerConfig::default().max_body_bytes;

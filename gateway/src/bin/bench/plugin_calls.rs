@@ -40,6 +40,8 @@ fn plugin_calls_with(reuse: u32) -> anyhow::Result<()> {
             grant_clock: false,
             on_error: Default::default(),
             startup_deadline: Duration::from_secs(1),
+            shadow: None,
+            shadow_rate: 1.0,
         };
         let set = sluice::plugin::PluginSet::load(std::slice::from_ref(&plugin), &Default::default(), 1 << 20)
             .map_err(|e| anyhow::anyhow!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
