@@ -28,8 +28,6 @@ use crate::redact;
 
 /// The running configuration, built and ready: everything a reload replaces at once.
 pub struct Live {
-    /// The configuration.
-    pub config: Arc<Config>,
     /// The ingest step: routes, plugin chains, source credentials and rate limits.
     pub ingest: Ingest,
     /// The plugins.
@@ -100,9 +98,10 @@ pub struct Parts {
 
 impl Control {
     /// The control plane of a gateway starting with `config` (validated) and its loaded `plugins`.
-    pub fn new(config: Config, plugins: Arc<PluginSet>, parts: Parts) -> Self {
-        let endpoints = Arc::new(EndpointTable::new(&config, None));
-        let live = build(config, plugins, endpoints.clone(), &parts.queue, &parts.wake, None);
+    pub fn new(config: &Config, plugins: Arc<PluginSet>, parts: Parts) -> Self {
+        let endpoints = Arc::new(EndpointTable::new(config, None));
+        let shown = config::Shown::of(config);
+        let live = build(config, shown, plugins, endpoints.clone(), &parts.queue, &parts.wake, None);
         Self {
             live: ArcSwap::from_pointee(live),
             file: parts.file,
@@ -135,11 +134,10 @@ impl Control {
             let running = running.clone();
             tokio::task::spawn_blocking(move || check(&file, &running)).await
         };
-        let (config, plugins) = match checked {
+        let (config, shown, plugins) = match checked {
             Ok(result) => result?,
             Err(e) => return Err(ReloadError::Invalid(vec![format!("the reload stopped: {e}")])),
         };
-        let shown = config::Shown::of(&config);
         if shown.hash == running.shown.hash {
             let hash = shown.hash.clone();
             return Ok(Reloaded {
@@ -154,7 +152,7 @@ impl Control {
         let plan = config::plan(&running.shown.config, &shown.config, &config::Running { paused });
         let endpoints = Arc::new(EndpointTable::new(&config, Some(&running.endpoints)));
         self.metrics.add_labels(&config);
-        let next = build(config, Arc::new(plugins), endpoints.clone(), &self.queue, &self.wake, Some(&running));
+        let next = build(&config, shown, Arc::new(plugins), endpoints.clone(), &self.queue, &self.wake, Some(&running));
         let hash = next.shown.hash.clone();
         self.worker_endpoints.store(endpoints);
         self.live.store(Arc::new(next));
@@ -206,17 +204,18 @@ impl Control {
 /// The file at `file` checked against the running configuration: every problem in it (as `sluice
 /// check` finds them, plugins loading included), or the keys that need a restart, or the
 /// configuration with its plugins loaded (over the running set's engine). Blocking.
-fn check(file: &std::path::Path, running: &Live) -> Result<(Config, PluginSet), ReloadError> {
+fn check(file: &std::path::Path, running: &Live) -> Result<(Config, config::Shown, PluginSet), ReloadError> {
     let (config, mut problems) = crate::config_problems(file);
     let Some(config) = config else { return Err(ReloadError::Invalid(problems)) };
+    let shown = config::Shown::of(&config);
     if problems.is_empty() {
-        let restart = config::needs_restart(&running.shown.config, &config::Shown::of(&config).config);
+        let restart = config::needs_restart(&running.shown.config, &shown.config);
         if !restart.is_empty() {
             return Err(ReloadError::NeedsRestart(restart));
         }
     }
     match running.plugins.reconfigured(&config.plugins) {
-        Ok(plugins) if problems.is_empty() => Ok((config, plugins)),
+        Ok(plugins) if problems.is_empty() => Ok((config, shown, plugins)),
         Ok(_) => Err(ReloadError::Invalid(problems)),
         Err(errors) => {
             problems.extend(errors.iter().map(ToString::to_string));
@@ -225,24 +224,25 @@ fn check(file: &std::path::Path, running: &Live) -> Result<(Config, PluginSet), 
     }
 }
 
-/// The [`Live`] of `config`. `previous`: the one it replaces, whose rate limiters carry on.
+/// The [`Live`] of `config` (shown as `shown`). `previous`: the one it replaces, whose rate
+/// limiters carry on.
 fn build(
-    config: Config,
+    config: &Config,
+    shown: config::Shown,
     plugins: Arc<PluginSet>,
     endpoints: Arc<EndpointTable>,
     queue: &Store,
     wake: &Arc<Notify>,
     previous: Option<&Live>,
 ) -> Live {
-    let ingest = Ingest::new(&config, plugins.clone(), queue.clone(), wake.clone(), previous.map(|p| &p.ingest));
+    let ingest = Ingest::new(config, plugins.clone(), queue.clone(), wake.clone(), previous.map(|p| &p.ingest));
     Live {
         ingest,
         plugins,
         endpoints,
         endpoint_names: config.endpoints.iter().map(|e| e.name.clone()).collect(),
         endpoint_urls: config.endpoints.iter().map(|e| (e.name.clone(), redact::url(&e.url))).collect(),
-        shown: config::Shown::of(&config),
-        config: Arc::new(config),
+        shown,
     }
 }
 

@@ -146,7 +146,7 @@ impl Gateway {
         let alerter = delivery::alert::Alerter::from_config(&config, alerts_http)
             .map(|alerter| alerter.queued(queue.clone(), wake.clone()));
         let control = Arc::new(Control::new(
-            config.clone(),
+            &config,
             plugins,
             control::Parts { file, queue: queue.clone(), wake: wake.clone(), metrics: metrics.clone() },
         ));
