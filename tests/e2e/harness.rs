@@ -375,8 +375,6 @@ impl Receiver {
     }
 }
 
-/// Builds the example plugins once per test run; `None` (with the reason printed) when no guest
-/// toolchain is available.
 /// Says why a test does not run here (a tool or toolchain is missing). Under `.ci/run`
 /// (`REQUIRE_ALL_TEST_TOOLS=1`, where everything is installed) that is a failure, not a skip: a
 /// test that quietly skips there proves nothing.
@@ -387,6 +385,8 @@ pub fn skip(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
+/// Builds the example plugins once per test run; `None` (with the reason printed) when no guest
+/// toolchain is available.
 pub fn plugins_dir() -> Option<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {

@@ -21,6 +21,7 @@ mod postgres;
 mod protection;
 mod queue_conformance;
 mod reload;
+mod scaffold;
 mod scale;
 mod shadow;
 mod timing;

@@ -12,6 +12,7 @@
 //! - `core_abi` (private): the JSON-in-memory ABI for core-module plugins (AssemblyScript, Zig, WAT, …).
 //! - [`trial`]: one plugin on one event, for `sluice plugin test`.
 //! - [`reload`]: reloads plugins whose file changed.
+//! - [`scaffold`]: `sluice plugin new` skeletons in every language, and `sluice plugin wit`.
 //! - [`shadow`]: a candidate version run beside the live one, its verdicts compared.
 
 mod bindings;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod output;
 pub mod pool;
 pub mod reload;
+pub mod scaffold;
 pub mod shadow;
 pub mod trial;
 
