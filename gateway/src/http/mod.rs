@@ -2,6 +2,7 @@
 //! get a status and a short JSON message; internals go to the log.
 //!
 //! - [`serve`]: the accept loop, with its connection cap and timeouts.
+//! - `console`: the web console's embedded pages, at `/console`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+mod console;
 mod serve;
 
 pub use serve::{serve, ConnectionLimits};
@@ -123,6 +125,9 @@ pub fn find_route<'a>(method: &str, path: &'a str) -> Found<'a> {
 
 async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) -> Reply {
     let path = request.uri().path().to_string();
+    if let Some(reply) = console::serve(request.method(), &path) {
+        return reply;
+    }
     let (template, values) = match find_route(request.method().as_str(), &path) {
         Found::Route(template, values) => (template, values),
         Found::WrongMethod(allowed) => {
