@@ -282,6 +282,12 @@ function quantile(samples, plugin, q) {
 }
 
 async function plugins() {
+  await pluginsPage();
+  timer = setInterval(() => pluginsPage().catch(fail), 3000);
+}
+
+/** Draws the plugins page (again: it refreshes while shown). */
+async function pluginsPage() {
   const [samples, running] = await Promise.all([metrics(), api('GET', '/v1/config')]);
   const configured = running.config.plugins ?? [];
   const ms = (s) => (s === null ? '—' : s === Infinity ? 'over the last bucket' : `≤ ${(s * 1000).toPrecision(2)} ms`);
@@ -295,7 +301,7 @@ async function plugins() {
     .join('')}</tbody></table>` : '<p class="notice">No plugins configured.</p>'}<div id="shadows"></div>`);
   const shadows = await Promise.all(configured.filter((p) => p.shadow).map((p) => api('GET', `/v1/plugins/${encodeURIComponent(p.name)}/shadow`).catch((e) => e)));
   document.getElementById('shadows').innerHTML = shadows
-    .map((s) => s instanceof Error ? `<p class="error">${esc(s.message)}</p>` : `<section class="card"><h2>Shadow of ${esc(s.plugin)}: ${esc(s.candidate)}</h2>
+    .map((s) => s instanceof Error ? `<p class="error">${esc(s.message)}</p>` : `<section class="card shadow"><h2>Shadow of ${esc(s.plugin)}: ${esc(s.candidate)}</h2>
       <p>same ${esc(s.same)} · different ${esc(s.different)} · failed ${esc(s.failed)} · skipped ${esc(s.skipped)} (rate ${esc(s.shadow_rate)})</p>
       <table><thead><tr><th>Event</th><th>Live</th><th>Candidate</th></tr></thead><tbody>${s.differences
         .map((d) => `<tr><td>${esc(d.event_id)}<div class="muted">${esc(d.event_type)}</div></td><td>${esc(d.live)}</td><td>${esc(d.candidate)}</td></tr>`)

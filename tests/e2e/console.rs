@@ -32,31 +32,40 @@ impl Shots<'_> {
     }
 }
 
+/// The id of an accepted event's delivery to `flaky`.
+fn flaky_delivery(accepted: &serde_json::Value) -> String {
+    let deliveries = accepted["deliveries"].as_array().unwrap();
+    deliveries.iter().find(|d| d["endpoint"] == "flaky").unwrap()["id"].as_str().unwrap().to_string()
+}
+
 async fn console_walkthrough(store_toml: String, tag: &str) {
     let Some(filter) = plugin_file("rust-filter") else { return };
+    let Some(candidate) = plugin_file("js-filter") else { return };
     let Some(mut browser) = Browser::launch().await else { return };
     let scratch = Scratch::new(&format!("console-{tag}"));
     let flaky = Receiver::start().await;
     let orders = Receiver::start().await;
-    // Three failures use up the schedule (three attempts): the delivery is dead; a replay then succeeds.
-    flaky.answer_next([Answer::Status(500), Answer::Status(500), Answer::Status(500)]);
+    // Three failures use up the schedule (three attempts): both events' deliveries die; replays then succeed.
+    flaky.answer_next(std::iter::repeat_n(Answer::Status(500), 6));
     let toml = store_toml
         + &endpoint_toml("orders", &orders.url(), "")
         + &endpoint_toml("flaky", &flaky.url(), "")
         + &format!(
-            "\n[[plugins]]\nname = \"drop-tests\"\npath = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
-            filter.display()
+            "\n[[plugins]]\nname = \"drop-tests\"\npath = \"{}\"\nshadow = \"{}\"\nconfig = {{ drop_types = [\"test.*\"] }}\n",
+            filter.display(),
+            candidate.display()
         )
         + "\n[[routes]]\nsource = \"shop\"\nplugins = [\"drop-tests\"]\nendpoints = [\"orders\", \"flaky\"]\n";
     let gateway = start_gateway(&toml).await;
     let (status, accepted) = post_event(gateway.addr(), "shop", r#"{"type":"order_created","order_id":4711}"#).await;
     assert_eq!(status, 202, "{accepted}");
     let event_id = accepted["id"].as_str().unwrap().to_string();
-    let dead_id = accepted["deliveries"].as_array().unwrap().iter().find(|d| d["endpoint"] == "flaky").unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dead_id = flaky_delivery(&accepted);
+    let (status, second) = post_event(gateway.addr(), "shop", r#"{"type":"order_created","order_id":4712}"#).await;
+    assert_eq!(status, 202, "{second}");
+    let second_dead = flaky_delivery(&second);
     wait_for_state(gateway.addr(), &dead_id, "dead").await;
+    wait_for_state(gateway.addr(), &second_dead, "dead").await;
 
     let base = format!("http://{}/console", gateway.addr());
     let shots = Shots { dir: scratch.path(), tag };
@@ -76,13 +85,13 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
     browser
         .wait_for(
             "the overview's counters",
-            "document.querySelector('[data-stat=\"events accepted\"] .value').innerText === '1'",
+            "document.querySelector('[data-stat=\"events accepted\"] .value').innerText === '2'",
         )
         .await;
     browser
         .wait_for(
             "a dead letter in the queue gauges",
-            "document.querySelector('[data-stat=\"dead letters\"] .value').innerText === '1'",
+            "document.querySelector('[data-stat=\"dead letters\"] .value').innerText === '2'",
         )
         .await;
     assert!(
@@ -107,7 +116,7 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
     assert!(timeline.contains("http_error"), "{timeline}");
     shots.take(&mut browser, "delivery").await;
 
-    // Replay the dead letter and watch it go out.
+    // Replay one dead letter and watch it go out, then every other one of the endpoint.
     browser.goto(&format!("{base}#/dead/flaky")).await;
     browser.wait_for("the dead letter", &format!("document.querySelector('{}')", row("data-id", &dead_id))).await;
     browser.click(&format!("button.replay[data-id=\"{dead_id}\"]")).await;
@@ -115,8 +124,16 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
         .wait_for("the replay to succeed", "document.querySelector('.replayed')?.innerText === 'replayed: succeeded'")
         .await;
     assert_eq!(admin_get(gateway.addr(), &format!("/v1/deliveries/{dead_id}")).await.1["state"], "succeeded");
+    browser.click("#replay-all").await;
+    browser
+        .wait_for(
+            "every replay to succeed",
+            "[...document.querySelectorAll('#dead-letters .replayed')].filter(e => e.innerText === 'replayed: succeeded').length === 2",
+        )
+        .await;
+    assert_eq!(admin_get(gateway.addr(), &format!("/v1/deliveries/{second_dead}")).await.1["state"], "succeeded");
     let answered: Vec<bool> = flaky.all().iter().map(|r| r.ok).collect();
-    assert_eq!(answered, [false, false, false, true], "three failures, then the replay delivered");
+    assert_eq!(answered, [[false; 6].as_slice(), &[true, true]].concat(), "six failures, then both replays delivered");
     shots.take(&mut browser, "dead-letters").await;
 
     // Disable an endpoint, then enable it again.
@@ -143,7 +160,15 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
     let plugin_row = format!("#plugin-table {}", row("data-plugin", "drop-tests"));
     let calls =
         browser.wait_for("the plugin's calls", &format!("document.querySelector('{plugin_row}')?.innerText")).await;
-    assert!(calls.as_str().unwrap().contains("pass 1"), "{calls}");
+    assert!(calls.as_str().unwrap().contains("pass 2"), "{calls}");
+    // The JavaScript candidate tags what it passes and the live filter does not: both calls differ.
+    let shadow = browser
+        .wait_for(
+            "the shadow's differences",
+            "document.querySelector('.shadow')?.innerText.includes('different 2') && document.querySelector('.shadow').innerText",
+        )
+        .await;
+    assert!(shadow.as_str().unwrap().contains("x-filtered-by"), "{shadow}");
     shots.take(&mut browser, "plugins").await;
     browser.goto(&format!("{base}#/config")).await;
     let config = browser.wait_for("the running config", "document.getElementById('config')?.innerText").await;

@@ -40,17 +40,8 @@ fn skeleton_builds_and_passes_its_own_fixtures(lang: &str) {
     let wasm = dir.join(format!("{name}.wasm"));
     assert!(wasm.is_file(), "{lang}: build.sh made no {name}.wasm");
 
-    let cache = shared_wasm_cache();
     let fixtures = dir.join("fixtures");
-    let tested = sluice(&[
-        "plugin",
-        "test",
-        wasm.to_str().unwrap(),
-        "--fixtures",
-        fixtures.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ]);
+    let tested = run_fixtures(&wasm, &fixtures);
     let out = text(&tested);
     assert_eq!(tested.status.code(), Some(0), "{lang}:\n{out}");
     assert!(out.contains("4 fixture(s), 4 passed, 0 failed"), "{lang}:\n{out}");
@@ -59,17 +50,16 @@ fn skeleton_builds_and_passes_its_own_fixtures(lang: &str) {
     let expect = fixtures.join("passes-with-header.expect.json");
     let changed = std::fs::read_to_string(&expect).unwrap().replace(&format!("\"{name}\""), "\"someone-else\"");
     std::fs::write(&expect, changed).unwrap();
-    let tested = sluice(&[
-        "plugin",
-        "test",
-        wasm.to_str().unwrap(),
-        "--fixtures",
-        fixtures.to_str().unwrap(),
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ]);
+    let tested = run_fixtures(&wasm, &fixtures);
     assert_eq!(tested.status.code(), Some(1), "{lang}:\n{}", text(&tested));
     assert!(text(&tested).contains("FAIL passes-with-header"), "{lang}:\n{}", text(&tested));
+}
+
+/// `sluice plugin test WASM --fixtures DIR`.
+fn run_fixtures(wasm: &Path, fixtures: &Path) -> Output {
+    let cache = shared_wasm_cache();
+    let args = ["plugin", "test", wasm.to_str().unwrap(), "--fixtures", fixtures.to_str().unwrap(), "--cache-dir"];
+    Command::new(SLUICE_BIN).args(args).arg(cache).output().unwrap()
 }
 
 /// No written file reaches outside its folder (`../../wit` would only work inside this repository).

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Builds {{name}}.wasm, a core WebAssembly module speaking Sluice's core-module ABI
-# (wit/core-abi.md), from assembly/index.ts with the AssemblyScript compiler (npm; the version is
-# pinned in package.json). Exit 69 when npm is missing.
+# Builds {{name}}.wasm for Sluice from {{source}} with `npm run build` (package.json pins the
+# compiler's version; README.md says what it makes). Exit 69 when npm is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
