@@ -36,9 +36,6 @@ pub mod redact;
 pub mod route;
 pub mod telemetry;
 
-#[cfg(test)]
-mod props;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

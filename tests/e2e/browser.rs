@@ -147,7 +147,9 @@ impl Browser {
         );
         let value = self.eval(&waiting).await;
         if value.is_null() {
-            let now = self.eval(&format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return 'threw: ' + e; }} }})()")).await;
+            let now = self
+                .eval(&format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return 'threw: ' + e; }} }})()"))
+                .await;
             let page = self.eval("document.getElementById('main')?.innerText ?? document.body.innerText").await;
             panic!("waited in vain for {what} ({expression}, which now gives {now}); the page reads:\n{page}");
         }

@@ -20,6 +20,7 @@ mod openapi;
 mod plugin_host;
 mod plugins;
 mod postgres;
+mod props;
 mod protection;
 mod queue_conformance;
 mod reload;

@@ -1,6 +1,6 @@
 //! Property tests (our fuzzing): ingest parsing, ingest authentication and config loading take
 //! arbitrary and mutated input without panicking, and agree with an independent oracle (serde_json)
-//! on what is valid. `PROPTEST_CASES=100000 cargo test --release -p sluice --lib props` runs a longer
+//! on what is valid. `PROPTEST_CASES=100000 cargo test --release --test e2e props` runs a longer
 //! session; the default is 256 cases per property.
 
 use hyper::header::{HeaderName, HeaderValue};
@@ -8,8 +8,8 @@ use hyper::HeaderMap;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::ingest::auth::SourceAuth;
-use crate::ingest::parse;
+use sluice::ingest::auth::SourceAuth;
+use sluice::ingest::parse;
 
 /// Arbitrary JSON values, up to 8 levels deep; keys and strings favour the characters a naive
 /// scanner trips on (quotes, backslashes, brackets).
@@ -92,7 +92,7 @@ name = "standard"
 verify = "standard-webhooks"
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 "#;
-    SourceAuth::new(&crate::config::from_toml(toml).expect("fixture parses"))
+    SourceAuth::new(&sluice::config::from_toml(toml).expect("fixture parses"))
 }
 
 proptest! {
@@ -158,7 +158,7 @@ proptest! {
 
     #[test]
     fn arbitrary_config_text_never_panics(text in ".{0,300}") {
-        if let Ok(config) = crate::config::from_toml(&text) {
+        if let Ok(config) = sluice::config::from_toml(&text) {
             let _ = config.validate();
         }
     }
@@ -172,7 +172,7 @@ proptest! {
         ), 0..12)
     ) {
         let text: String = entries.iter().map(|(section, key, value)| format!("{section}\n{key} = {value}\n")).collect();
-        if let Ok(config) = crate::config::from_toml(&text) {
+        if let Ok(config) = sluice::config::from_toml(&text) {
             if let Err(e) = config.validate() {
                 prop_assert!(!e.to_string().is_empty());
             }
