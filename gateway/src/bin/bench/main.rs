@@ -5,6 +5,8 @@
 //! and a gateway (in this process) with one route through the example filter plugin (when built) to
 //! the receiver. Then:
 //!
+//! 0. raw HTTP baseline: the same producers POST the same events to a bare hyper server on loopback
+//!    that answers 202 at once; every throughput figure below is also printed as a ratio to it;
 //! 1. peak: `--producers` concurrent producers POST `--events` events as fast as they can; prints
 //!    events/s delivered end to end (first POST → last delivery received) and ingest latency;
 //! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
@@ -159,6 +161,40 @@ async fn start_receiver(
     Ok(addr)
 }
 
+/// A bare HTTP server that answers every request 202 with an empty JSON object: what the
+/// producers reach when nothing stands between them and the wire.
+async fn start_raw_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let _ = request.into_body().collect().await;
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                    *response.status_mut() = hyper::StatusCode::ACCEPTED;
+                    Ok::<_, Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Requests/s of the producers against [`start_raw_server`]: the baseline the figures are ratios of.
+async fn raw_baseline(options: &Options) -> anyhow::Result<f64> {
+    let server = start_raw_server().await?;
+    produce(server, 500, options.producers, None).await?;
+    let started = Instant::now();
+    produce(server, options.events, options.producers, None).await?;
+    let rate = options.events as f64 / started.elapsed().as_secs_f64();
+    println!("raw HTTP baseline (the same {} producers, a bare hyper server answering 202):", options.producers);
+    println!("  answered         {rate:>9.0} requests/s");
+    Ok(rate)
+}
+
 fn plugin_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist").join(format!("{name}.wasm"))
 }
@@ -281,7 +317,8 @@ endpoints = ["receiver"]
 
 /// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
 /// measures ingest latency at half the peak rate.
-async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow::Result<()> {
+/// `raw` is [`raw_baseline`]'s figure.
+async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<()> {
     // The queue: a redis-server of our own, or a scratch embedded store.
     let mut _redis = None;
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}-{chain}.redb", std::process::id()));
@@ -321,8 +358,12 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool) -> anyhow:
     let total = started.elapsed().as_secs_f64();
     let peak = options.events as f64 / total;
     println!("end to end ({chain}, {} producers, {} events):", options.producers, options.events);
-    println!("  delivered        {:>9.0} events/s  ({:.2} s from first POST to last delivery)", peak, total);
-    println!("  ingested         {:>9.0} events/s", options.events as f64 / ingest_secs);
+    let ingested = options.events as f64 / ingest_secs;
+    println!(
+        "  delivered        {peak:>9.0} events/s  {:.3} of raw  ({total:.2} s from first POST to last delivery)",
+        peak / raw
+    );
+    println!("  ingested         {ingested:>9.0} events/s  {:.3} of raw", ingested / raw);
     println!(
         "  ingest latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         ms(percentile(&latencies, 0.5)),
@@ -456,8 +497,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let chains: &[usize] = if options.plugin && built { &[1, 0, 3] } else { &[0] };
+    let raw = runtime.block_on(raw_baseline(&options))?;
     for (i, chain) in chains.iter().enumerate() {
-        runtime.block_on(end_to_end(&options, *chain, i == 0))?;
+        runtime.block_on(end_to_end(&options, *chain, i == 0, raw))?;
     }
     if plugin_path("rust-chaos").exists() {
         runtime.block_on(noisy_neighbour())?;
