@@ -42,6 +42,7 @@ impl Browser {
                 "--headless=new",
                 "--no-sandbox", // tests run as root in CI; the page is our own console
                 "--disable-gpu",
+                "--disable-dev-shm-usage", // containers often give /dev/shm 64 MB, too little for chromium
                 "--remote-debugging-port=0",
                 "--no-first-run",
                 "--no-default-browser-check",
