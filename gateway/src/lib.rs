@@ -16,12 +16,14 @@
 //! - [`admin`]: the admin API's lookups. [`http`] serves both and maps errors to statuses.
 //! - [`control`]: the running configuration as one value, and its reload (SIGHUP or the admin API).
 //! - [`config`], [`route`], [`id`], [`telemetry`], [`redact`]: configuration, the route table, ids,
-//!   logging, and keeping credentials out of logs.
+//!   logging, and keeping credentials out of logs; `clock` (private), wall-clock time shared by
+//!   every stage.
 //!
 //! [`Gateway::start`] wires the stages together with one shutdown signal.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub(crate) mod clock;
 pub mod config;
 pub mod control;
 pub mod delivery;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::queue::QueueDepth;
 
 /// Upper bounds of the attempt latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -299,58 +300,38 @@ impl Metrics {
     }
 }
 
-/// The queue's depth as read at scrape time.
-#[derive(Debug, Default)]
-pub struct QueueDepth {
-    /// Deliveries due now (waiting for a worker).
-    pub due: u64,
-    /// Deliveries scheduled later: retries waiting for their time, and deliveries leased to a worker.
-    pub scheduled: u64,
-    /// Dead-lettered deliveries.
-    pub dead: u64,
-    /// Parked deliveries per endpoint (the endpoint is disabled).
-    pub paused: Vec<(String, u64)>,
-    /// Memory the store uses: Redis `used_memory` (summed over a cluster's primaries), or the
-    /// embedded store's file size; `None` when it cannot be read.
-    pub store_bytes: Option<u64>,
-    /// With `[history]`: finished deliveries waiting to be written to PostgreSQL.
-    pub history_backlog: Option<u64>,
-}
-
-impl QueueDepth {
-    /// Appends the queue gauges.
-    pub fn render(&self, out: &mut String) {
+/// Appends the queue gauges of `depth`.
+pub fn render_queue_depth(depth: &QueueDepth, out: &mut String) {
+    header(
+        out,
+        "sluice_queue_deliveries",
+        "gauge",
+        "Deliveries in the queue by state (due now, scheduled or leased, dead).",
+    );
+    for (state, n) in [("due", depth.due), ("scheduled", depth.scheduled), ("dead", depth.dead)] {
+        let _ = writeln!(out, "sluice_queue_deliveries{{state=\"{state}\"}} {n}");
+    }
+    header(out, "sluice_queue_paused_deliveries", "gauge", "Deliveries parked because their endpoint is disabled.");
+    for (endpoint, n) in &depth.paused {
+        let _ = writeln!(out, "sluice_queue_paused_deliveries{{endpoint=\"{}\"}} {n}", escape(endpoint));
+    }
+    if let Some(bytes) = depth.store_bytes {
         header(
-            out,
-            "sluice_queue_deliveries",
-            "gauge",
-            "Deliveries in the queue by state (due now, scheduled or leased, dead).",
-        );
-        for (state, n) in [("due", self.due), ("scheduled", self.scheduled), ("dead", self.dead)] {
-            let _ = writeln!(out, "sluice_queue_deliveries{{state=\"{state}\"}} {n}");
-        }
-        header(out, "sluice_queue_paused_deliveries", "gauge", "Deliveries parked because their endpoint is disabled.");
-        for (endpoint, n) in &self.paused {
-            let _ = writeln!(out, "sluice_queue_paused_deliveries{{endpoint=\"{}\"}} {n}", escape(endpoint));
-        }
-        if let Some(bytes) = self.store_bytes {
-            header(
                 out,
                 "sluice_store_memory_bytes",
                 "gauge",
                 "Memory the queue's store uses: Redis used_memory (summed over a cluster's primaries), or the embedded store's file size.",
             );
-            let _ = writeln!(out, "sluice_store_memory_bytes {bytes}");
-        }
-        if let Some(n) = self.history_backlog {
-            header(
-                out,
-                "sluice_history_backlog",
-                "gauge",
-                "Finished deliveries waiting in the queue's store to be written to PostgreSQL ([history]).",
-            );
-            let _ = writeln!(out, "sluice_history_backlog {n}");
-        }
+        let _ = writeln!(out, "sluice_store_memory_bytes {bytes}");
+    }
+    if let Some(n) = depth.history_backlog {
+        header(
+            out,
+            "sluice_history_backlog",
+            "gauge",
+            "Finished deliveries waiting in the queue's store to be written to PostgreSQL ([history]).",
+        );
+        let _ = writeln!(out, "sluice_history_backlog {n}");
     }
 }
 

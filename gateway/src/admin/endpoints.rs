@@ -73,7 +73,7 @@ pub async fn enable_endpoint(
             reason: format!(
                 "enabled through the admin API ({resumed} parked deliveries resumed); it was disabled: {reason}"
             ),
-            at: crate::delivery::unix_millis(),
+            at: crate::clock::unix_millis(),
         });
     }
     Ok(json!({ "endpoint": name, "state": "enabled", "resumed": resumed }))
@@ -84,7 +84,7 @@ pub async fn disable_endpoint(queue: &Store, name: &str, known: bool) -> Result<
     if !known {
         return Err(unknown_endpoint(name));
     }
-    queue.disable(name, "disabled through the admin API", crate::delivery::unix_millis()).await?;
+    queue.disable(name, "disabled through the admin API", crate::clock::unix_millis()).await?;
     tracing::warn!(endpoint = name, "Endpoint disabled through the admin API.");
     Ok(json!({ "endpoint": name, "state": "disabled" }))
 }

@@ -139,7 +139,7 @@ impl Alerter {
                 .header("content-type", "application/json")
                 .body(body.clone());
             if let Some(secret) = &self.secret {
-                let timestamp = super::unix_seconds();
+                let timestamp = crate::clock::unix_seconds();
                 request = request
                     .header("webhook-id", &alert_id)
                     .header("webhook-timestamp", timestamp)

@@ -17,19 +17,7 @@ pub mod retry;
 pub mod sign;
 pub mod worker;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use worker::Worker;
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
-}
 
 /// An error with its causes, `: `-separated (reqwest's own message alone says little).
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {

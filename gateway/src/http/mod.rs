@@ -236,7 +236,7 @@ async fn metrics(state: &AppState, live: &Live) -> Reply {
         history.render_metrics(&mut text);
     }
     match tokio::time::timeout(PROBE_TIMEOUT, state.queue.depth(&live.endpoint_names)).await {
-        Ok(Ok(depth)) => depth.render(&mut text),
+        Ok(Ok(depth)) => crate::metrics::render_queue_depth(&depth, &mut text),
         _ => state.metrics.store_error("admin"),
     }
     let mut reply = Response::new(Full::new(Bytes::from(text)));

@@ -206,7 +206,7 @@ impl Ingest {
             return Err(IngestError::TooLarge { limit: self.max_body_bytes });
         }
         if self.auth.verifies_body(source) {
-            self.auth.check_body(source, headers, body, crate::delivery::unix_seconds())?;
+            self.auth.check_body(source, headers, body, crate::clock::unix_seconds())?;
             self.check_rate(source)?;
         }
         Ok(())

@@ -65,7 +65,7 @@ pub async fn watch(
                     errors,
                     error_rate: (rate * 1000.0).round() / 1000.0,
                     window_seconds: config.plugin_window.as_secs(),
-                    at: crate::delivery::unix_millis(),
+                    at: crate::clock::unix_millis(),
                 });
             } else if was && !over {
                 tracing::info!(plugin = %name, calls, errors, "Plugin error rate is back under the alert threshold.");

@@ -195,7 +195,7 @@ impl LineBudget {
     /// Whether one more line may be logged now; logs the count held back in the previous second
     /// when a new second starts.
     pub fn allow(&self, plugin: &str) -> bool {
-        let now = crate::delivery::unix_seconds();
+        let now = crate::clock::unix_seconds();
         let second = self.second.load(Ordering::Relaxed);
         if now != second && self.second.compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.used.store(0, Ordering::Relaxed);

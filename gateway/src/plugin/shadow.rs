@@ -103,7 +103,7 @@ impl Shadow {
         let difference = Difference {
             event_id: event.id.clone(),
             event_type: event.event_type.clone(),
-            at: crate::delivery::unix_millis(),
+            at: crate::clock::unix_millis(),
             live: summary(live),
             candidate: summary(&candidate),
         };

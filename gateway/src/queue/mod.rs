@@ -271,6 +271,24 @@ pub struct AttemptRecord {
     pub response: Option<String>,
 }
 
+/// The queue's depth as read at scrape time.
+#[derive(Debug, Default)]
+pub struct QueueDepth {
+    /// Deliveries due now (waiting for a worker).
+    pub due: u64,
+    /// Deliveries scheduled later: retries waiting for their time, and deliveries leased to a worker.
+    pub scheduled: u64,
+    /// Dead-lettered deliveries.
+    pub dead: u64,
+    /// Parked deliveries per endpoint (the endpoint is disabled).
+    pub paused: Vec<(String, u64)>,
+    /// Memory the store uses: Redis `used_memory` (summed over a cluster's primaries), or the
+    /// embedded store's file size; `None` when it cannot be read.
+    pub store_bytes: Option<u64>,
+    /// With `[history]`: finished deliveries waiting to be written to PostgreSQL.
+    pub history_backlog: Option<u64>,
+}
+
 /// The contract of a queue backend. Both backends keep the same semantics, checked by one
 /// conformance suite: deliveries ordered by next-attempt time, claimed under a lease, settled only
 /// by the lease holder, dead letters, an attempt log, parked deliveries of disabled endpoints,
@@ -377,10 +395,7 @@ pub trait Queue: Send + Sync {
     fn discard_parked(&self, name: &str, reason: &str) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// The queue's depth: deliveries due now, scheduled later (or leased), dead, and parked per endpoint.
-    fn depth(
-        &self,
-        endpoints: &[String],
-    ) -> impl Future<Output = Result<crate::metrics::QueueDepth, QueueError>> + Send;
+    fn depth(&self, endpoints: &[String]) -> impl Future<Output = Result<QueueDepth, QueueError>> + Send;
 
     /// Finished deliveries (succeeded or dead) of `shard` not yet written to history, oldest
     /// first, at most `limit`, each with its attempt log and its event. Only a backend that hands

@@ -10,9 +10,10 @@ use hyper::header::HeaderValue;
 use url::Url;
 
 use super::super::retry::{self, Outcome};
-use super::super::{client, error_chain, unix_seconds};
+use super::super::{client, error_chain};
 use super::endpoint::Endpoint;
 use super::Shared;
+use crate::clock::unix_seconds;
 use crate::queue::{AttemptRecord, Claimed};
 
 /// Most bytes of a receiver's answer kept in the attempt log.

@@ -24,7 +24,7 @@ use super::alert::{Alerter, DeadLetterAlert, EndpointAlert};
 use super::client;
 use super::limits::Admission;
 use super::retry::{self, Outcome, RetryAction};
-use super::unix_millis;
+use crate::clock::unix_millis;
 use crate::config::Config;
 use crate::id;
 use crate::queue::{AttemptRecord, Claimed, Queue, Settle, Store};

@@ -49,8 +49,8 @@ use super::{
     idempotency_pending, AttemptRecord, ClaimBatch, Claimed, DeadCursor, DeadLetter, DeliverySummary, DeliveryView,
     EndpointState, EventView, NewDelivery, NewEvent, Queue, QueueError, Settle,
 };
+use crate::clock::unix_millis;
 use crate::config::QueueConfig;
-use crate::delivery::unix_millis;
 use crate::id;
 
 pub(super) type Shared<T> = Result<T, Arc<QueueError>>;
@@ -415,7 +415,7 @@ impl Queue for EmbeddedQueue {
         }
     }
 
-    async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
+    async fn depth(&self, endpoints: &[String]) -> Result<crate::queue::QueueDepth, QueueError> {
         let endpoints = endpoints.to_vec();
         let path = self.path().to_path_buf();
         self.read(move |txn| {
@@ -428,7 +428,7 @@ impl Queue for EmbeddedQueue {
                 due_now += 1;
             }
             let paused = txn.open_table(PAUSED)?;
-            Ok(crate::metrics::QueueDepth {
+            Ok(crate::queue::QueueDepth {
                 due: due_now,
                 scheduled: total - due_now,
                 dead: txn.open_table(DEAD)?.len()?,

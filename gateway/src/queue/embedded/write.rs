@@ -15,7 +15,7 @@ use super::super::store_file::StoreFile;
 use super::super::{AttemptRecord, ClaimBatch, Claimed, NewDelivery, QueueError, Settle};
 use super::records::*;
 use super::{millis, Shared};
-use crate::delivery::unix_millis;
+use crate::clock::unix_millis;
 use crate::id;
 
 /// Creates every table (readers never meet a missing one).

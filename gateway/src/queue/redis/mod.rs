@@ -314,8 +314,8 @@ impl Queue for RedisQueue {
         RedisQueue::discard_parked(self, name, reason).await
     }
 
-    async fn depth(&self, endpoints: &[String]) -> Result<crate::metrics::QueueDepth, QueueError> {
-        let now = crate::delivery::unix_millis();
+    async fn depth(&self, endpoints: &[String]) -> Result<crate::queue::QueueDepth, QueueError> {
+        let now = crate::clock::unix_millis();
         // One pipeline per shard (one slot each on a cluster), the shards concurrently.
         let shards = (0..self.core.shards).map(|shard| {
             let prefix = self.core.shard_prefix(shard);
@@ -336,7 +336,7 @@ impl Queue for RedisQueue {
         });
         let counts = futures_util::future::try_join_all(shards).await?;
         let mut conn = self.core.conn.clone();
-        let mut depth = crate::metrics::QueueDepth {
+        let mut depth = crate::queue::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
             store_bytes: conn.used_memory().await.ok(),
             history_backlog: if self.core.history_keep_secs.is_some() {
@@ -445,7 +445,7 @@ impl Queue for RedisQueue {
                 "A claimed delivery's record is malformed; dead-lettered so the others go on.");
             let record = AttemptRecord {
                 attempt: claimed.attempt,
-                at: crate::delivery::unix_millis(),
+                at: crate::clock::unix_millis(),
                 outcome: "error".to_string(),
                 error: Some(reason),
                 ..AttemptRecord::default()
