@@ -60,7 +60,7 @@ impl Labels {
         sources.sort();
         sources.dedup();
         // Alerts are deliveries to the internal endpoint `_alerts`, counted like the others.
-        let alerts = config.alerts.url.as_ref().map(|_| crate::delivery::alert::ALERTS_ENDPOINT.to_string());
+        let alerts = config.alerts.url.as_ref().map(|_| crate::config::ALERTS_ENDPOINT.to_string());
         let endpoints = config.endpoints.iter().map(|e| e.name.clone()).chain(alerts);
         let mut next = Labels {
             sources: self.sources.clone(),

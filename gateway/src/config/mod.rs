@@ -32,7 +32,8 @@ pub use load::{from_toml, load, report, Report};
 pub use pipeline::{EndpointConfig, OnError, PluginConfig, PreviousSecret, RouteConfig, SignatureScheme, SourceConfig};
 pub use plan::{needs_restart, plan, Plan, Running, RELOADABLE};
 pub use process::{
-    AdminConfig, AlertsConfig, Backend, QueueConfig, RedisConfig, RetryConfig, SecurityConfig, ServerConfig, WasmConfig,
+    AdminConfig, AlertsConfig, Backend, QueueConfig, RedisConfig, RetryConfig, SecurityConfig, ServerConfig,
+    WasmConfig, ALERTS_ENDPOINT,
 };
 pub use shown::Shown;
 

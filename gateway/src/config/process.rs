@@ -238,6 +238,10 @@ pub struct RetryConfig {
     pub jitter: f64,
 }
 
+/// The internal endpoint (and source) alerts are queued for: alerts ride the same queue and worker
+/// as deliveries.
+pub const ALERTS_ENDPOINT: &str = "_alerts";
+
 /// `[alerts]`
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

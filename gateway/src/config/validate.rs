@@ -135,7 +135,7 @@ impl Config {
         if endpoint.name.starts_with('_') {
             problems.push(format!(
                 "{at}.name: names starting with `_` are reserved (`{}` carries alerts)",
-                crate::delivery::alert::ALERTS_ENDPOINT
+                super::ALERTS_ENDPOINT
             ));
         }
         validate_url(&format!("{at}.url"), &endpoint.url, problems);

@@ -17,8 +17,27 @@ use url::Url;
 use super::sign::Secret;
 use crate::queue::{NewDelivery, NewEvent, Queue, Store};
 
-/// The internal endpoint (and source) alerts are queued for.
-pub const ALERTS_ENDPOINT: &str = "_alerts";
+pub use crate::config::ALERTS_ENDPOINT;
+
+/// The body of a `plugin.failing` alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginFailingAlert {
+    /// `plugin.failing`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Plugin name.
+    pub plugin: String,
+    /// Calls in the window.
+    pub calls: u64,
+    /// Failed calls in the window.
+    pub errors: u64,
+    /// `errors / calls`.
+    pub error_rate: f64,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// When, ms since the epoch.
+    pub at: u64,
+}
 
 /// Delays before the alert's retries.
 const ALERT_RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)];
@@ -107,7 +126,7 @@ impl Alerter {
     }
 
     /// Sends a `plugin.failing` alert in the background.
-    pub fn send_plugin(&self, alert: crate::plugin::failing::PluginFailingAlert) {
+    pub fn send_plugin(&self, alert: PluginFailingAlert) {
         let id = format!("alert_{}_{}_{}", alert.kind, alert.plugin, alert.at);
         self.send_json(id, alert.kind, &alert);
     }

@@ -5,32 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::PluginSet;
 use crate::config::AlertsConfig;
-use crate::delivery::alert::Alerter;
-
-/// The body of a `plugin.failing` alert.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginFailingAlert {
-    /// `plugin.failing`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Plugin name.
-    pub plugin: String,
-    /// Calls in the window.
-    pub calls: u64,
-    /// Failed calls in the window.
-    pub errors: u64,
-    /// `errors / calls`.
-    pub error_rate: f64,
-    /// The window, in seconds.
-    pub window_seconds: u64,
-    /// When, ms since the epoch.
-    pub at: u64,
-}
+use crate::delivery::alert::{Alerter, PluginFailingAlert};
 
 /// Checks every plugin of the set `plugins` returns (the running one: a config reload replaces it)
 /// once per window until `shutdown`; alerts through `alerter`.
