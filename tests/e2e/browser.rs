@@ -159,7 +159,7 @@ impl Browser {
 
     /// The visible text of the first element matching `selector` ("" when there is none).
     pub async fn text(&mut self, selector: &str) -> String {
-        let selector = serde_json::to_string(selector).unwrap();
+        let selector = js_string(selector);
         self.eval(&format!("document.querySelector({selector})?.innerText ?? ''"))
             .await
             .as_str()
@@ -169,7 +169,7 @@ impl Browser {
 
     /// Types `text` into the input matching `selector` as a user would (focus, then key input).
     pub async fn type_into(&mut self, selector: &str, text: &str) {
-        let quoted = serde_json::to_string(selector).unwrap();
+        let quoted = js_string(selector);
         self.eval(&format!("(() => {{ const e = document.querySelector({quoted}); e.value = ''; e.focus(); }})()"))
             .await;
         self.call("Input.insertText", json!({ "text": text })).await;
@@ -177,7 +177,7 @@ impl Browser {
 
     /// Clicks the first element matching `selector`.
     pub async fn click(&mut self, selector: &str) {
-        let quoted = serde_json::to_string(selector).unwrap();
+        let quoted = js_string(selector);
         let found = self
             .eval(&format!("(() => {{ const e = document.querySelector({quoted}); e?.click(); return !!e; }})()"))
             .await;
@@ -199,6 +199,11 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `text` as a JavaScript string literal.
+fn js_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
 }
 
 fn which(program: &str) -> bool {

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::browser::Browser;
 use crate::harness::*;
 
-/// The end of an HTML id to use in a CSS selector.
+/// A CSS selector for the table row whose `attribute` is `value`.
 fn row(attribute: &str, value: &str) -> String {
     format!("tr[{attribute}=\"{value}\"]")
 }

@@ -143,7 +143,7 @@ impl Queue for Store {
         each!(self, q => q.discard_parked(name, reason))
     }
 
-    async fn depth(&self, endpoints: &[String]) -> Result<crate::queue::QueueDepth, QueueError> {
+    async fn depth(&self, endpoints: &[String]) -> Result<super::QueueDepth, QueueError> {
         each!(self, q => q.depth(endpoints))
     }
 

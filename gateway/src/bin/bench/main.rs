@@ -137,6 +137,24 @@ async fn start_receiver(
     target: Arc<AtomicUsize>,
     done: Arc<Notify>,
 ) -> anyhow::Result<SocketAddr> {
+    start_answering(hyper::StatusCode::OK, count, target, done).await
+}
+
+/// A bare HTTP server that answers every request 202 at once: what the producers reach when nothing
+/// stands between them and the wire (the producers want ingest's 202).
+async fn start_raw_server() -> anyhow::Result<SocketAddr> {
+    start_answering(hyper::StatusCode::ACCEPTED, Arc::default(), Arc::new(AtomicUsize::new(usize::MAX)), Arc::default())
+        .await
+}
+
+/// A loopback server that reads each request's body and answers `status` with an empty body,
+/// counting requests; `done` fires when `target` requests have arrived.
+async fn start_answering(
+    status: hyper::StatusCode,
+    count: Arc<AtomicUsize>,
+    target: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -150,30 +168,10 @@ async fn start_receiver(
                         if count.fetch_add(1, Ordering::Relaxed) + 1 == target.load(Ordering::Relaxed) {
                             done.notify_one();
                         }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = status;
+                        Ok::<_, Infallible>(response)
                     }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// A bare HTTP server that answers every request 202 with an empty JSON object: what the
-/// producers reach when nothing stands between them and the wire.
-async fn start_raw_server() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
-                    let _ = request.into_body().collect().await;
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                    *response.status_mut() = hyper::StatusCode::ACCEPTED;
-                    Ok::<_, Infallible>(response)
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

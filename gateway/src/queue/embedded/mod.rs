@@ -415,7 +415,7 @@ impl Queue for EmbeddedQueue {
         }
     }
 
-    async fn depth(&self, endpoints: &[String]) -> Result<crate::queue::QueueDepth, QueueError> {
+    async fn depth(&self, endpoints: &[String]) -> Result<super::QueueDepth, QueueError> {
         let endpoints = endpoints.to_vec();
         let path = self.path().to_path_buf();
         self.read(move |txn| {
@@ -428,7 +428,7 @@ impl Queue for EmbeddedQueue {
                 due_now += 1;
             }
             let paused = txn.open_table(PAUSED)?;
-            Ok(crate::queue::QueueDepth {
+            Ok(super::QueueDepth {
                 due: due_now,
                 scheduled: total - due_now,
                 dead: txn.open_table(DEAD)?.len()?,

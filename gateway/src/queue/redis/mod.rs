@@ -314,7 +314,7 @@ impl Queue for RedisQueue {
         RedisQueue::discard_parked(self, name, reason).await
     }
 
-    async fn depth(&self, endpoints: &[String]) -> Result<crate::queue::QueueDepth, QueueError> {
+    async fn depth(&self, endpoints: &[String]) -> Result<super::QueueDepth, QueueError> {
         let now = crate::clock::unix_millis();
         // One pipeline per shard (one slot each on a cluster), the shards concurrently.
         let shards = (0..self.core.shards).map(|shard| {
@@ -336,7 +336,7 @@ impl Queue for RedisQueue {
         });
         let counts = futures_util::future::try_join_all(shards).await?;
         let mut conn = self.core.conn.clone();
-        let mut depth = crate::queue::QueueDepth {
+        let mut depth = super::QueueDepth {
             paused: endpoints.iter().map(|e| (e.clone(), 0)).collect(),
             store_bytes: conn.used_memory().await.ok(),
             history_backlog: if self.core.history_keep_secs.is_some() {
