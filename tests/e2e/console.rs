@@ -116,6 +116,19 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
     assert!(timeline.contains("http_error"), "{timeline}");
     shots.take(&mut browser, "delivery").await;
 
+    // Search by endpoint and state: the two dead letters, newest first, on either store.
+    browser.goto(&format!("{base}#/deliveries")).await;
+    browser.wait_for("the search form", "document.querySelector('#search input[name=endpoint]')").await;
+    browser.type_into("#search input[name=endpoint]", "flaky").await;
+    browser.eval("document.querySelector('#search select[name=state]').value = 'dead'").await;
+    browser.click("#search button").await;
+    browser.wait_for("the matches", "document.querySelectorAll('#results tbody tr').length === 2").await;
+    let rows = browser.text("#results tbody").await;
+    let (newer, older) = (rows.find(&second_dead), rows.find(&dead_id));
+    assert!(newer.is_some() && older.is_some() && newer < older, "both dead letters, newest first: {rows}");
+    assert_eq!(rows.matches("dead").count(), 2, "{rows}");
+    shots.take(&mut browser, "search").await;
+
     // Replay one dead letter and watch it go out, then every other one of the endpoint.
     browser.goto(&format!("{base}#/dead/flaky")).await;
     browser.wait_for("the dead letter", &format!("document.querySelector('{}')", row("data-id", &dead_id))).await;

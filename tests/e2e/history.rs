@@ -366,16 +366,52 @@ async fn finished_deliveries_are_searched_by_endpoint_state_and_time_a_page_at_a
     let (_, page) = admin_get(gateway.addr(), &format!("/v1/deliveries?since={since}&until={until}")).await;
     assert_eq!(ids(&page), newest_first[4..7].to_vec(), "created in [since, until)");
 
+    // Nothing is pending: history has no pending deliveries, and Redis has none.
     let (status, answer) = admin_get(gateway.addr(), "/v1/deliveries?state=pending").await;
-    assert_eq!(status, 400, "{answer}");
+    assert_eq!((status, ids(&answer)), (200, Vec::<String>::new()), "{answer}");
+
+    // A live delivery (in Redis, and in history once the writer has it) comes first, once.
+    let (status, posted) = post_event(gateway.addr(), "shop", r#"{"n":1}"#).await;
+    assert_eq!(status, 202);
+    let live = posted["deliveries"][0]["id"].as_str().unwrap().to_string();
+    wait_for_state(gateway.addr(), &live, "succeeded").await;
+    wait_in_history(&history, &live).await;
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?limit=50").await;
+    let mut want = vec![live.clone()];
+    want.extend(newest_first.iter().cloned());
+    assert_eq!(ids(&page), want, "{page}");
+    assert_eq!(page["deliveries"][0]["state"], "succeeded");
+
+    // A dead letter only history held, replayed: Redis holds it again, and its state there is the
+    // one shown; it is no longer found among the dead.
+    let oldest = newest_first.last().unwrap().clone();
+    let (status, replayed) = admin_post(gateway.addr(), &format!("/v1/deliveries/{oldest}/replay")).await;
+    assert_eq!(status, 200, "{replayed}");
+    wait_for_state(gateway.addr(), &oldest, "succeeded").await;
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?limit=50").await;
+    assert_eq!(ids(&page), want, "still once each: {page}");
+    assert_eq!(page["deliveries"][10]["state"], "succeeded", "{page}");
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?endpoint=orders&state=dead").await;
+    assert!(!ids(&page).contains(&oldest), "{page}");
     gateway.shutdown().await;
 
-    // Without [history], the search says what it needs.
+    // Without [history], the same search reads Redis alone: the live delivery and the replayed one.
     let plain = start_gateway(&(base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), ""))).await;
-    let (status, answer) = admin_get(plain.addr(), "/v1/deliveries").await;
-    assert_eq!(status, 400);
-    assert!(answer["error"]["message"].as_str().unwrap().contains("[history]"), "{answer}");
+    let (status, page) = admin_get(plain.addr(), "/v1/deliveries").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), [live, oldest], "{page}");
+    assert!(page["next_before_id"].is_null());
     plain.shutdown().await;
+}
+
+/// Waits until history holds `delivery`.
+async fn wait_in_history(history: &sluice::history::History, delivery: &str) {
+    let id = sluice::id::parse_delivery(delivery).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while history.delivery(id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "{delivery} never reached history");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until Redis holds none of `keys`.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice::queue::search::Search;
 use sluice::queue::{AttemptRecord, Claimed, DeadCursor, NewDelivery, NewEvent, Queue, Settle, Store};
 use ulid::Ulid;
 
@@ -99,6 +100,8 @@ conformance!(
     depth_counts_due_scheduled_dead_and_parked,
     dead_letters_filter_by_endpoint_newest_first,
     dead_letter_pages_skip_nothing_when_one_batch_buries_many_at_once,
+    search_finds_deliveries_by_endpoint_state_and_time_newest_first,
+    a_search_over_more_records_than_a_page_reads_stops_and_resumes_where_it_stopped,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -593,6 +596,175 @@ async fn dead_letter_pages_skip_nothing_when_one_batch_buries_many_at_once(kind:
         }
     }
     assert_eq!(seen.len(), 100, "paging 7 at a time saw every dead letter once");
+}
+
+/// An event id created at `ms` in `shard` (of `shards`).
+fn event_at(ms: u64, shard: u32, shards: u32) -> Ulid {
+    let high = Ulid::from_parts(ms, rand_low()).0 >> 16;
+    Ulid((high - high % u128::from(shards) + u128::from(shard)) << 16)
+}
+
+/// A store with four shards where the backend has shards (the searches span them all).
+async fn open_sharded(kind: Kind) -> Subject {
+    let toml = if matches!(kind, Kind::Embedded) { "" } else { "shards = 4" };
+    open(kind, toml).await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Random low bits for an id (distinct ids at the same ms).
+fn rand_low() -> u128 {
+    Ulid::new().random()
+}
+
+/// Stores an event created at `ms` in `shard` with a delivery per `(endpoint, delay)`; returns its
+/// delivery ids.
+async fn enqueue_created_at(store: &Store, ms: u64, shard: u32, deliveries: &[(&str, Duration)]) -> Vec<Ulid> {
+    let event = event_at(ms, shard, store.shards());
+    let new = NewEvent {
+        id: event,
+        source: "shop",
+        event_type: "order.created",
+        headers: &[],
+        payload: b"{}",
+        idempotency: None,
+    };
+    let deliveries: Vec<NewDelivery> = deliveries
+        .iter()
+        .enumerate()
+        .map(|(i, (endpoint, delay))| NewDelivery {
+            id: sluice::id::delivery_of(event, i + 1),
+            endpoint: Arc::from(*endpoint),
+            headers: Vec::new(),
+            payload: None,
+            delay: *delay,
+        })
+        .collect();
+    store.enqueue(&new, &deliveries).await.unwrap();
+    deliveries.iter().map(|d| d.id).collect()
+}
+
+/// A search's matching ids, in the order given.
+async fn search_ids(store: &Store, search: &Search) -> Vec<Ulid> {
+    let page = store.search(search).await.unwrap();
+    assert!(page.stopped_at.is_none(), "a small store is read whole");
+    page.found.iter().map(|f| sluice::id::parse_delivery(&f.id).unwrap()).collect()
+}
+
+async fn search_finds_deliveries_by_endpoint_state_and_time_newest_first(kind: Kind) {
+    let s = open_sharded(kind).await;
+    // Six events a minute apart, ten hours ago, each with a delivery to `a` and one to `b`. Even
+    // ones: a succeeds, b dies. Odd ones: a waits a day (pending), b is parked (paused).
+    let base =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 - 10 * 3_600_000;
+    let day = Duration::from_secs(86_400);
+    let mut want: Vec<(Ulid, &str, &str)> = Vec::new();
+    for i in 0..6u64 {
+        let a_delay = if i % 2 == 0 { Duration::ZERO } else { day };
+        // In shard 0, where the test claims.
+        let ids = enqueue_created_at(&s.store, base + i * 60_000, 0, &[("a", a_delay), ("b", Duration::ZERO)]).await;
+        let (a, b) = if i % 2 == 0 { ("succeeded", "dead") } else { ("pending", "paused") };
+        want.push((ids[0], "a", a));
+        want.push((ids[1], "b", b));
+    }
+    // Newer ones, in every shard, that the time range leaves out.
+    let (mut outside, now) = (Vec::new(), now_ms());
+    for shard in 0..s.store.shards() {
+        outside.extend(enqueue_created_at(&s.store, now - u64::from(shard), shard, &[("a", day)]).await);
+    }
+    assert!(s.store.disable("b", "test", 1).await.unwrap());
+    for c in claim_when_due(&s.store, 9, LEASE).await {
+        let (_, endpoint, state) = *want.iter().find(|(id, _, _)| *id == c.id).expect("one of the test's deliveries");
+        assert_eq!(c.endpoint, endpoint);
+        let (record, action) = match state {
+            "succeeded" => (Some(record(1, Some(200), None)), Settle::Ack),
+            "dead" => (Some(record(1, Some(500), Some("HTTP 500"))), Settle::Bury),
+            _ => (None, Settle::Pause),
+        };
+        claimed_settles(&s.store, &c, record.as_ref(), action).await;
+    }
+    want.sort_by_key(|(id, _, _)| std::cmp::Reverse(*id));
+    let in_range = Search { since: Some(base), until: Some(base + 3_600_000), limit: 100, ..Search::default() };
+
+    // Everything in range, newest first, each with its endpoint, state, time and attempt.
+    let page = s.store.search(&in_range).await.unwrap();
+    let shown: Vec<(Ulid, &str, &str)> = page
+        .found
+        .iter()
+        .map(|f| (sluice::id::parse_delivery(&f.id).unwrap(), f.endpoint.as_str(), f.state.as_str()))
+        .collect();
+    assert_eq!(shown, want);
+    for found in &page.found {
+        let id = sluice::id::parse_delivery(&found.id).unwrap();
+        assert_eq!(found.event_id, sluice::id::format_event(sluice::id::event_of(id)));
+        assert_eq!(found.created_at, id.timestamp_ms());
+        let finished = found.state == "succeeded" || found.state == "dead";
+        assert_eq!(found.finished_at.is_some(), finished, "{found:?}");
+        assert_eq!(found.next_attempt_at.is_some(), found.state == "pending", "{found:?}");
+        assert_eq!(found.attempts_made, u32::from(finished), "{found:?}");
+        assert_eq!(found.last_error.as_deref(), (found.state == "dead").then_some("HTTP 500"), "{found:?}");
+    }
+    // Without a time range, the newer ones come first, from every shard.
+    let all = search_ids(&s.store, &Search { limit: 100, ..Search::default() }).await;
+    assert_eq!(all.len(), 12 + outside.len());
+    assert_eq!(all[..outside.len()], outside[..], "newest first across shards");
+
+    // By state, by endpoint and state, by a narrower time range.
+    let only = |endpoint: Option<&str>, state: Option<&str>| -> Vec<Ulid> {
+        want.iter()
+            .filter(|(_, e, s)| endpoint.is_none_or(|x| x == *e) && state.is_none_or(|x| x == *s))
+            .map(|(id, _, _)| *id)
+            .collect()
+    };
+    for state in ["pending", "paused", "succeeded", "dead"] {
+        let search = Search { state: Some(state.into()), ..in_range.clone() };
+        assert_eq!(search_ids(&s.store, &search).await, only(None, Some(state)), "{state}");
+    }
+    let search = Search { endpoint: Some("a".into()), state: Some("pending".into()), ..in_range.clone() };
+    assert_eq!(search_ids(&s.store, &search).await, only(Some("a"), Some("pending")));
+    let search = Search { endpoint: Some("b".into()), ..in_range.clone() };
+    assert_eq!(search_ids(&s.store, &search).await, only(Some("b"), None));
+    let narrow = Search { since: Some(base + 120_000), until: Some(base + 240_000), ..in_range.clone() };
+    let minutes_2_and_3: Vec<Ulid> = want[4..8].iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(search_ids(&s.store, &narrow).await, minutes_2_and_3, "created in [since, until)");
+
+    // Pages of 5 resume below the last id shown, also from the middle of an event.
+    let mut seen: Vec<Ulid> = Vec::new();
+    let mut search = Search { limit: 5, ..in_range.clone() };
+    loop {
+        let page = search_ids(&s.store, &search).await;
+        seen.extend(&page);
+        match page.len() {
+            5 => search.before = page.last().copied(),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, want.iter().map(|(id, _, _)| *id).collect::<Vec<_>>());
+    let mid_event = Search { before: Some(want[2].0), limit: 1, ..in_range.clone() };
+    assert_eq!(search_ids(&s.store, &mid_event).await, [want[3].0], "the cursor's event's older delivery is next");
+}
+
+async fn a_search_over_more_records_than_a_page_reads_stops_and_resumes_where_it_stopped(kind: Kind) {
+    let s = open_sharded(kind).await;
+    let day = Duration::from_secs(86_400);
+    let needle = enqueue(&s.store, &[("needle", day)]).await.1[0];
+    // A millisecond later, more events than one page reads (10,000), none to `needle`.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let hay_deliveries = [("hay", day)];
+    let hay = (0..10_100).map(|_| enqueue(&s.store, &hay_deliveries));
+    use futures_util::StreamExt;
+    futures_util::stream::iter(hay).buffer_unordered(256).collect::<Vec<_>>().await;
+
+    let wanted = Search { endpoint: Some("needle".into()), limit: 10, ..Search::default() };
+    let first = s.store.search(&wanted).await.unwrap();
+    assert!(first.found.is_empty(), "{:?}", first.found);
+    let stopped = first.stopped_at.expect("the page stopped before reading everything, and says where");
+    assert!(stopped > needle, "it stopped above the needle");
+    let rest = s.store.search(&Search { before: Some(stopped), ..wanted.clone() }).await.unwrap();
+    assert_eq!(rest.found.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), [sluice::id::format_delivery(needle)]);
+    assert!(rest.stopped_at.is_none());
 }
 
 /// Redis only: one disable reaches every shard's `off` hash in the same script as the endpoint's

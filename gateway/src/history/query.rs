@@ -6,53 +6,14 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
-use ulid::Ulid;
-
 use super::store::{millis, time};
 use super::{History, HistoryError};
 use crate::id;
-
-/// What to look for; every field narrows the search.
-#[derive(Debug, Default, Clone)]
-pub struct Search {
-    /// Only deliveries to this endpoint.
-    pub endpoint: Option<String>,
-    /// Only deliveries in this state (`succeeded`, `dead`).
-    pub state: Option<String>,
-    /// Created at or after this time, ms since the epoch.
-    pub since: Option<u64>,
-    /// Created before this time, ms since the epoch.
-    pub until: Option<u64>,
-    /// Older than this delivery (the `next_before_id` of the previous page).
-    pub before: Option<Ulid>,
-    /// Most rows.
-    pub limit: usize,
-}
-
-/// One delivery in a page of search results.
-#[derive(Debug, Clone, Serialize)]
-pub struct Found {
-    /// Delivery id.
-    pub id: String,
-    /// Event id.
-    pub event_id: String,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// `succeeded` or `dead`.
-    pub state: String,
-    /// Attempts made.
-    pub attempts_made: u32,
-    /// When it was created, ms since the epoch.
-    pub created_at: u64,
-    /// When it finished, ms since the epoch.
-    pub finished_at: Option<u64>,
-    /// The last attempt's error.
-    pub last_error: Option<String>,
-}
+use crate::queue::search::{Found, Search};
 
 impl History {
-    /// Finished deliveries matching `search`, newest first.
+    /// Finished deliveries matching `search`, newest first (a state other than `succeeded` or
+    /// `dead` matches none).
     pub async fn search(&self, search: &Search) -> Result<Vec<Found>, HistoryError> {
         self.ensure_migrated().await?;
         let client = self.inner.pool.get().await?;
@@ -84,6 +45,7 @@ impl History {
                 attempts_made: row.get::<_, i32>(4).max(0) as u32,
                 created_at: millis(row.get(5)),
                 finished_at: row.get::<_, Option<SystemTime>>(6).map(millis),
+                next_attempt_at: None,
                 last_error: row.get(7),
             })
             .collect())

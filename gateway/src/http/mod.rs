@@ -158,7 +158,8 @@ async fn handle(state: &AppState, request: Request<Incoming>, peer: SocketAddr) 
         }
         "/v1/deliveries" => {
             let query = request.uri().query().unwrap_or_default().to_string();
-            admin_call(state, &request, peer, admin::search::deliveries(state.history.as_ref(), &query)).await
+            admin_call(state, &request, peer, admin::search::deliveries(&state.queue, state.history.as_ref(), &query))
+                .await
         }
         "/v1/deliveries/{id}/replay" => {
             admin_call(state, &request, peer, admin::replay_one(&state.queue, state.history.as_ref(), value)).await

@@ -10,12 +10,14 @@
 //! - [`store`]: [`Store`], the backend the configuration picks.
 //! - [`store_file`]: the embedded store's file, reopened after a failed write.
 //! - [`batcher`]: group commit of concurrent requests into one round trip (or one transaction).
+//! - [`search`]: deliveries by endpoint, state and creation time, newest first, a page at a time.
 //!
 //! The types below are the hand-offs between ingest, the queue and the delivery worker.
 
 pub mod batcher;
 pub mod embedded;
 pub mod redis;
+pub mod search;
 pub mod store;
 pub mod store_file;
 pub mod views;
@@ -336,6 +338,11 @@ pub trait Queue: Send + Sync {
 
     /// An event with its deliveries' states, or `None` when unknown (or expired).
     fn event(&self, event: Ulid) -> impl Future<Output = Result<Option<EventView>, QueueError>> + Send;
+
+    /// Deliveries the store holds in any state that match `search`, newest first (highest id
+    /// first), at most `search.limit`. Reads a bounded number of records per call: when that ends
+    /// the page before it is full, [`search::Scanned::stopped_at`] says how far it got.
+    fn search(&self, search: &search::Search) -> impl Future<Output = Result<search::Scanned, QueueError>> + Send;
 
     /// Dead letters, newest first (by burial time, then delivery id): up to `limit` that come after
     /// `before` in that order, optionally only those of `endpoint`.

@@ -90,6 +90,10 @@ impl Queue for Store {
         each!(self, q => q.event(event))
     }
 
+    async fn search(&self, search: &super::search::Search) -> Result<super::search::Scanned, QueueError> {
+        each!(self, q => q.search(search))
+    }
+
     async fn dead_letters(
         &self,
         endpoint: Option<&str>,

@@ -30,6 +30,7 @@
 //! clock can disagree. Expired records are invisible to reads at once and removed by a sweep.
 
 mod records;
+mod search;
 mod upkeep;
 mod write;
 
@@ -280,6 +281,10 @@ impl Queue for EmbeddedQueue {
             }))
         })
         .await
+    }
+
+    async fn search(&self, search: &crate::queue::search::Search) -> Result<crate::queue::search::Scanned, QueueError> {
+        self.search_deliveries(search).await
     }
 
     async fn dead_letters(

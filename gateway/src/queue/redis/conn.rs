@@ -83,6 +83,30 @@ impl Conn {
 }
 
 impl Conn {
+    /// One `SCAN` step over the keys of the node that holds `slot_key`'s slot (of a single Redis:
+    /// over all of them): the next cursor (0 when done) and the keys matching `pattern`.
+    pub(super) async fn scan_step(
+        &mut self,
+        slot_key: &str,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>), QueueError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        Ok(match self {
+            Conn::Single(conn) => scan.query_async(conn).await?,
+            Conn::Cluster(conn) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                    slot_key,
+                    SlotAddr::Master,
+                )));
+                let value = conn.route_command(scan, route).await?;
+                redis::from_redis_value(value).map_err(|e| QueueError::Corrupt(format!("SCAN answered: {e}")))?
+            }
+        })
+    }
+
     /// Redis' `used_memory`, summed over a cluster's primaries.
     pub(super) async fn used_memory(&mut self) -> Result<u64, QueueError> {
         let info = match self {

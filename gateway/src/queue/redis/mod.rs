@@ -40,7 +40,7 @@
 //! checks of the data's layout and the server's settings; [`record`] writes and reads the
 //! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
 //! replays dead letters; [`parked`] resumes, counts and discards parked deliveries; [`export`] hands finished deliveries to history; [`restore`] brings dead
-//! letters back from it; [`view`] reads deliveries and events for the admin API; [`idempotency`]
+//! letters back from it; [`search`] finds deliveries by endpoint, state and time; [`view`] reads deliveries and events for the admin API; [`idempotency`]
 //! keeps idempotency keys.
 
 mod batch;
@@ -54,6 +54,7 @@ mod packed;
 mod parked;
 mod record;
 mod restore;
+mod search;
 mod view;
 
 use std::sync::Arc;
@@ -473,6 +474,10 @@ impl Queue for RedisQueue {
 
     async fn event(&self, event: Ulid) -> Result<Option<EventView>, QueueError> {
         self.view_event(event).await
+    }
+
+    async fn search(&self, search: &super::search::Search) -> Result<super::search::Scanned, QueueError> {
+        self.search_deliveries(search).await
     }
 }
 

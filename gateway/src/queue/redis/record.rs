@@ -90,6 +90,22 @@ fn field(text: &str) -> Result<String, QueueError> {
     }
 }
 
+/// A field as [`field`] wrote it.
+fn read_field(line: &str) -> Result<String, QueueError> {
+    Ok(if line.starts_with('"') { serde_json::from_str(line)? } else { line.to_string() })
+}
+
+/// The endpoint of each delivery, out of a record's first bytes (`GETRANGE`, so a search need not
+/// read bodies); `None` when those bytes end before the endpoint lines do.
+pub(super) fn decode_endpoints(head: &[u8]) -> Result<Option<Vec<String>>, QueueError> {
+    // Metadata lines are never empty (an empty field is written `""`): the first blank line ends them.
+    let Some(end) = head.windows(2).position(|pair| pair == b"\n\n") else { return Ok(None) };
+    let meta = std::str::from_utf8(&head[..end])
+        .map_err(|_| QueueError::Corrupt("event record: metadata that is not UTF-8".into()))?;
+    // Counts, source and type come first.
+    meta.split('\n').skip(3).map(read_field).collect::<Result<_, _>>().map(Some)
+}
+
 /// Reads a record written by [`encode`] (and updated by the scripts).
 pub(super) fn decode(record: &[u8]) -> Result<EventRecord, QueueError> {
     let corrupt = |what: &str| QueueError::Corrupt(format!("event record: {what}"));
@@ -112,7 +128,7 @@ pub(super) fn decode(record: &[u8]) -> Result<EventRecord, QueueError> {
         if line.is_empty() {
             break;
         }
-        fields.push(if line.starts_with('"') { serde_json::from_str(line)? } else { line.to_string() });
+        fields.push(read_field(line)?);
     }
     if fields.len() < 2 {
         return Err(corrupt("no source or type"));
@@ -194,6 +210,19 @@ mod tests {
         for bad in [("x:y", "v"), ("x", "a\nb"), ("", "v")] {
             assert!(encode("s", "t", &[], &headers(&[bad]), b"{}").is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_endpoints_read_out_of_the_head_alone_or_not_at_all() {
+        let record = encode("s", "t", &["orders", "", "\"q\""], &headers(&[("h", "v")]), b"{}\n\n").unwrap();
+        let all = Some(vec!["orders".to_string(), String::new(), "\"q\"".to_string()]);
+        assert_eq!(decode_endpoints(&record).unwrap(), all);
+        let head_end = record.windows(2).position(|pair| pair == b"\n\n").unwrap();
+        assert_eq!(decode_endpoints(&record[..head_end + 2]).unwrap(), all);
+        for len in 0..head_end + 1 {
+            assert_eq!(decode_endpoints(&record[..len]).unwrap(), None, "{len} bytes");
+        }
+        assert_eq!(decode_endpoints(&encode("s", "t", &[], &[], b"").unwrap()).unwrap(), Some(vec![]));
     }
 
     #[test]
