@@ -170,6 +170,12 @@ async fn postgres_going_away_under_load_stops_no_delivery_and_loses_nothing_from
     let (status, listed) = admin_get(addr, "/v1/dead-letters").await;
     assert_eq!(status, 200, "{listed}");
     assert!(listed["history_unavailable"].as_str().is_some_and(|r| !r.is_empty()), "{listed}");
+    // So is the search for finished deliveries, which history serves when it is up: Redis holds
+    // the 300 delivered while PostgreSQL is away, and says what is missing.
+    let (status, found) = admin_get(addr, "/v1/deliveries?state=succeeded&limit=500").await;
+    assert_eq!(status, 200, "{found}");
+    assert!(found["history_unavailable"].as_str().is_some_and(|r| !r.is_empty()), "{found}");
+    assert_eq!(found["deliveries"].as_array().unwrap().len(), 300, "{found}");
     assert_eq!(metric_value(&text, "sluice_history_up"), Some(0));
 
     // Back (recovering from its WAL): the backlog drains, every delivery once in history.

@@ -5,8 +5,9 @@
 //! finished deliveries it keeps for `queue.retention` (with `[history]`: for `history.keep_in_redis`,
 //! dead letters for `queue.dead_retention`). With `[history]`, PostgreSQL adds the finished
 //! deliveries it holds that the store no longer does; a delivery in both is shown as the store has
-//! it. While PostgreSQL is away, the store's deliveries are listed alone and the answer says so
-//! (`history_unavailable`).
+//! it, and a search for finished deliveries only (`state=succeeded` or `dead`) is served by
+//! PostgreSQL alone, less the deliveries the store has taken back (replayed). While PostgreSQL is
+//! away, the store's deliveries are listed alone and the answer says so (`history_unavailable`).
 
 use serde_json::{json, Value};
 
@@ -23,21 +24,33 @@ const HISTORY_SCAN: usize = 5000;
 /// Searches the store and, with `[history]`, history.
 pub async fn deliveries(queue: &Store, history: Option<&History>, query: &str) -> Result<Value, AdminError> {
     let search = parse(query)?;
-    let store = queue.search(&search).await?;
     let finished_wanted = search.state.as_deref().is_none_or(|s| s == "succeeded" || s == "dead");
+    // With history, finished deliveries reach PostgreSQL a writer batch after they finish, and its
+    // index answers at once; the store's search (on Redis, a pass over the keyspace) is only needed
+    // for what history never holds: pending and parked deliveries.
+    let mut store = match (history, search.state.as_deref()) {
+        (Some(_), Some("succeeded" | "dead")) => None,
+        _ => Some(queue.search(&search).await?),
+    };
     let mut unavailable = None;
     let from_history = match history.filter(|_| finished_wanted) {
-        Some(history) => match only_in_history(queue, history, &search, &store).await {
-            Ok(rows) => rows,
-            Err(AdminError::History(e)) => {
-                tracing::warn!(error = %e, "Deliveries searched in the store alone: history did not answer.");
-                unavailable = Some(e.to_string());
-                Scanned::default()
+        Some(history) => {
+            match only_in_history(queue, history, &search, store.as_ref().unwrap_or(&Scanned::default())).await {
+                Ok(rows) => rows,
+                Err(AdminError::History(e)) => {
+                    tracing::warn!(error = %e, "Deliveries searched in the store alone: history did not answer.");
+                    unavailable = Some(e.to_string());
+                    if store.is_none() {
+                        store = Some(queue.search(&search).await?);
+                    }
+                    Scanned::default()
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        },
+        }
         None => Scanned::default(),
     };
+    let store = store.unwrap_or_default();
     let (page, next) = search::merge(store, from_history, search.limit);
     let mut answer = json!({ "deliveries": page, "next_before_id": next.map(id::format_delivery) });
     if let Some(reason) = unavailable {

@@ -19,15 +19,18 @@
 //! With `--scale`, only the scaling curve instead ([`scale`]): events/s delivered by 1, 2 and 3
 //! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas. With
 //! `--history`, only the cost of `[history]` ([`history`]): events/s with and without it, the
-//! history writer's rows/s, Redis memory after the drain.
+//! history writer's rows/s, Redis memory after the drain. With `--search`, only what a page of
+//! the delivery search costs as the store grows ([`search`]).
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]]` (`--memory`: only the memory phase)
+//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search]` (`--memory`: only the memory
+//! phase)
 
 mod history;
 mod memory;
 mod plugin_calls;
 mod scale;
+mod search;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -58,6 +61,7 @@ struct Options {
     scale: bool,
     memory: bool,
     history: bool,
+    search: bool,
     rounds: usize,
 }
 
@@ -71,6 +75,7 @@ fn options() -> anyhow::Result<Options> {
         scale: false,
         memory: false,
         history: false,
+        search: false,
         rounds: 3,
     };
     let mut args = std::env::args().skip(1);
@@ -82,6 +87,7 @@ fn options() -> anyhow::Result<Options> {
             "--scale" => options.scale = true,
             "--memory" => options.memory = true,
             "--history" => options.history = true,
+            "--search" => options.search = true,
             "--rounds" => options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
@@ -487,6 +493,9 @@ fn main() -> anyhow::Result<()> {
     }
     if options.history {
         return runtime.block_on(history::cost(options.events, options.producers, options.rounds));
+    }
+    if options.search {
+        return runtime.block_on(search::cost());
     }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {
