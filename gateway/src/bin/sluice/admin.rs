@@ -14,12 +14,13 @@ pub enum AdminCommand {
         /// Delivery id (`dlv_…`).
         id: String,
     },
-    /// Search finished deliveries in history (needs `[history]`), newest first.
+    /// Search deliveries by endpoint, state and creation time, newest first (the store's, and with
+    /// `[history]` PostgreSQL's).
     Deliveries {
         /// Only this endpoint's.
         #[arg(long)]
         endpoint: Option<String>,
-        /// Only those in this state (`succeeded` or `dead`).
+        /// Only those in this state (`pending`, `paused`, `succeeded` or `dead`).
         #[arg(long)]
         state: Option<String>,
         /// Created at or after this time (ms since the epoch).
