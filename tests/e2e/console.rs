@@ -124,7 +124,9 @@ async fn console_walkthrough(store_toml: String, tag: &str) {
     browser.click("#search button").await;
     browser.wait_for("the matches", "document.querySelectorAll('#results tbody tr').length === 2").await;
     let rows = browser.text("#results tbody").await;
-    let (newer, older) = (rows.find(&second_dead), rows.find(&dead_id));
+    // Newest first: by id (two events made in the same millisecond have ids in no particular order).
+    let (newer, older) = if second_dead > dead_id { (&second_dead, &dead_id) } else { (&dead_id, &second_dead) };
+    let (newer, older) = (rows.find(newer.as_str()), rows.find(older.as_str()));
     assert!(newer.is_some() && older.is_some() && newer < older, "both dead letters, newest first: {rows}");
     assert_eq!(rows.matches("dead").count(), 2, "{rows}");
     shots.take(&mut browser, "search").await;

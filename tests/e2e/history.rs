@@ -399,15 +399,55 @@ async fn finished_deliveries_are_searched_by_endpoint_state_and_time_a_page_at_a
     assert_eq!(page["deliveries"][10]["state"], "succeeded", "{page}");
     let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?endpoint=orders&state=dead").await;
     assert!(!ids(&page).contains(&oldest), "{page}");
+
+    // An open delivery (parked while its endpoint is disabled) is only in Redis: found there, first.
+    // The worker sees the disable within a second: until it does, a delivery goes out (noted).
+    assert_eq!(admin_post(gateway.addr(), "/v1/endpoints/orders/disable").await.0, 200);
+    let mut went_out = Vec::new();
+    let parked = loop {
+        let (status, posted) = post_event(gateway.addr(), "shop", r#"{"n":2}"#).await;
+        assert_eq!(status, 202);
+        let id = posted["deliveries"][0]["id"].as_str().unwrap().to_string();
+        match settled_state(gateway.addr(), &id).await.as_str() {
+            "paused" => break id,
+            _ => went_out.push(id),
+        }
+    };
+    // The newest (ids made in the same millisecond are not in the order they were made).
+    let newest = went_out.iter().chain([&parked]).max().unwrap().clone();
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?limit=1").await;
+    assert_eq!(ids(&page), [newest], "{page}");
+    let (_, page) = admin_get(gateway.addr(), "/v1/deliveries?state=paused").await;
+    assert_eq!(ids(&page), std::slice::from_ref(&parked), "{page}");
+    assert_eq!(admin_post(gateway.addr(), "/v1/endpoints/orders/enable").await.0, 200);
+    wait_for_state(gateway.addr(), &parked, "succeeded").await;
     gateway.shutdown().await;
 
-    // Without [history], the same search reads Redis alone: the live delivery and the replayed one.
+    // Without [history], the same search reads Redis alone: what went through this gateway, not
+    // what was only written to PostgreSQL.
     let plain = start_gateway(&(base_toml(&redis) + &endpoint_toml("orders", &receiver.url(), ""))).await;
-    let (status, page) = admin_get(plain.addr(), "/v1/deliveries").await;
+    let (status, page) = admin_get(plain.addr(), "/v1/deliveries?limit=500").await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(ids(&page), [live, oldest], "{page}");
+    went_out.push(parked);
+    went_out.sort();
+    let mut want: Vec<String> = went_out.into_iter().rev().collect();
+    want.extend([live, oldest]);
+    assert_eq!(ids(&page), want, "{page}");
     assert!(page["next_before_id"].is_null());
     plain.shutdown().await;
+}
+
+/// Waits until `delivery` is parked or delivered, and says which.
+async fn settled_state(gateway: std::net::SocketAddr, delivery: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, shown) = admin_get(gateway, &format!("/v1/deliveries/{delivery}")).await;
+        if let Some(state @ ("paused" | "succeeded")) = shown["state"].as_str() {
+            return state.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{delivery} was never parked or delivered: {shown}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until history holds `delivery`.

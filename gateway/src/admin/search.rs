@@ -2,12 +2,13 @@
 //! state and creation time, newest first, a page at a time, in any state, on every backend.
 //!
 //! The store (Redis or the embedded file) is searched for what it holds: pending, parked, and
-//! finished deliveries it keeps for `queue.retention` (with `[history]`: for `history.keep_in_redis`,
-//! dead letters for `queue.dead_retention`). With `[history]`, PostgreSQL adds the finished
-//! deliveries it holds that the store no longer does; a delivery in both is shown as the store has
-//! it, and a search for finished deliveries only (`state=succeeded` or `dead`) is served by
-//! PostgreSQL alone, less the deliveries the store has taken back (replayed). While PostgreSQL is
-//! away, the store's deliveries are listed alone and the answer says so (`history_unavailable`).
+//! finished deliveries it keeps for `queue.retention` (dead letters for `queue.dead_retention`).
+//! With `[history]`, PostgreSQL holds the finished
+//! deliveries, and the store is asked only for open ones (pending, parked); a delivery the store
+//! holds open is shown as the store has it (a dead letter replayed since is pending, whatever
+//! history's row says). A search for finished deliveries only (`state=succeeded` or `dead`) is
+//! then served by PostgreSQL alone. While PostgreSQL is away, the store's deliveries, finished
+//! ones too, are listed alone and the answer says so (`history_unavailable`).
 
 use serde_json::{json, Value};
 
@@ -23,13 +24,15 @@ const HISTORY_SCAN: usize = 5000;
 
 /// Searches the store and, with `[history]`, history.
 pub async fn deliveries(queue: &Store, history: Option<&History>, query: &str) -> Result<Value, AdminError> {
-    let search = parse(query)?;
+    let mut search = parse(query)?;
     let finished_wanted = search.state.as_deref().is_none_or(|s| s == "succeeded" || s == "dead");
     // With history, finished deliveries reach PostgreSQL a writer batch after they finish, and its
-    // index answers at once; the store's search (on Redis, a pass over the keyspace) is only needed
-    // for what history never holds: pending and parked deliveries.
-    let mut store = match (history, search.state.as_deref()) {
-        (Some(_), Some("succeeded" | "dead")) => None,
+    // index answers at once: the store is asked for open deliveries only (on Redis, read from the
+    // sorted sets that hold them instead of a pass over the keyspace), and not at all for finished
+    // ones only.
+    search.open_only = history.is_some();
+    let mut store = match (history, finished_wanted && search.state.is_some()) {
+        (Some(_), true) => None,
         _ => Some(queue.search(&search).await?),
     };
     let mut unavailable = None;
@@ -38,11 +41,11 @@ pub async fn deliveries(queue: &Store, history: Option<&History>, query: &str) -
             match only_in_history(queue, history, &search, store.as_ref().unwrap_or(&Scanned::default())).await {
                 Ok(rows) => rows,
                 Err(AdminError::History(e)) => {
+                    // The store answers alone, finished deliveries and all.
                     tracing::warn!(error = %e, "Deliveries searched in the store alone: history did not answer.");
                     unavailable = Some(e.to_string());
-                    if store.is_none() {
-                        store = Some(queue.search(&search).await?);
-                    }
+                    search.open_only = false;
+                    store = Some(queue.search(&search).await?);
                     Scanned::default()
                 }
                 Err(e) => return Err(e),
@@ -108,7 +111,7 @@ async fn only_in_history(
         let Some(last) = rows.last().and_then(|f| id::parse_delivery(&f.id)) else { return Ok(kept) };
         let full = rows.len() == after.limit;
         scanned += rows.len();
-        kept.found.extend(unheld(queue, rows).await?);
+        kept.found.extend(as_they_stand(queue, rows, search).await?);
         if !full || kept.found.len() >= search.limit || floor.is_some_and(|floor| last <= floor) {
             return Ok(kept);
         }
@@ -120,13 +123,29 @@ async fn only_in_history(
     }
 }
 
-/// The rows of history whose delivery the store no longer holds, in order.
-async fn unheld(queue: &Store, rows: Vec<Found>) -> Result<Vec<Found>, AdminError> {
+/// History's rows as they stand: a delivery the store holds open is left out (the store's search
+/// lists it as it is now: a dead letter replayed since is pending, whatever history's row says),
+/// one it holds finished takes its state there (history may not have its last record yet), and
+/// what no longer matches `search` then is left out too. In order.
+async fn as_they_stand(queue: &Store, rows: Vec<Found>, search: &Search) -> Result<Vec<Found>, AdminError> {
     let ids = rows
         .iter()
         .map(|f| id::parse_delivery(&f.id))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| HistoryError::Corrupt("a delivery in history has a malformed id".to_string()))?;
-    let held = queue.holds(&ids).await?;
-    Ok(rows.into_iter().zip(held).filter(|(_, held)| !held).map(|(row, _)| row).collect())
+    let states = queue.states_of(&ids).await?;
+    // History's rows are finished ones: `open_only` is what the store was asked.
+    let wanted = Search { open_only: false, ..search.clone() };
+    let mut kept = Vec::with_capacity(rows.len());
+    for (mut row, state) in rows.into_iter().zip(states) {
+        match state {
+            Some(state) if search::is_open(&state) => continue,
+            Some(state) => row.state = state,
+            None => {}
+        }
+        if wanted.matches(&row.endpoint, &row.state) {
+            kept.push(row);
+        }
+    }
+    Ok(kept)
 }

@@ -441,6 +441,19 @@ pub trait Queue: Send + Sync {
         }
     }
 
+    /// The state the store holds each of `deliveries` in (`pending`, `paused`, `succeeded`,
+    /// `dead`), in order; `None` for one it does not hold. A search with `[history]` asks: where
+    /// the store holds a delivery, its state there is the current one.
+    fn states_of(&self, deliveries: &[Ulid]) -> impl Future<Output = Result<Vec<Option<String>>, QueueError>> + Send {
+        async move {
+            let mut states = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                states.push(self.delivery(*delivery).await?.map(|d| d.state));
+            }
+            Ok(states)
+        }
+    }
+
     /// Brings a dead letter that only history holds back into the queue, due after `delay`, its
     /// attempt log kept and a `replayed` record added, as [`Self::replay`] does; stores its event
     /// again when the store no longer has it. `Ok(false)`, changing nothing, when the store holds

@@ -28,6 +28,9 @@ pub struct Search {
     pub before: Option<Ulid>,
     /// Most rows.
     pub limit: usize,
+    /// Only pending and parked deliveries: history has the finished ones, so a store need not
+    /// look for those (on Redis, that spares a pass over the keyspace).
+    pub open_only: bool,
 }
 
 impl Search {
@@ -42,10 +45,22 @@ impl Search {
         (lo, hi)
     }
 
-    /// Whether a delivery to `endpoint` in `state` matches the endpoint and state asked for.
+    /// Whether a delivery to `endpoint` in `state` matches what is asked for.
     pub fn matches(&self, endpoint: &str, state: &str) -> bool {
-        self.endpoint.as_deref().is_none_or(|e| e == endpoint) && self.state.as_deref().is_none_or(|s| s == state)
+        self.endpoint.as_deref().is_none_or(|e| e == endpoint)
+            && self.state.as_deref().is_none_or(|s| s == state)
+            && (!self.open_only || is_open(state))
     }
+
+    /// Whether only pending or parked deliveries can match.
+    pub fn wants_open_only(&self) -> bool {
+        self.open_only || self.state.as_deref().is_some_and(is_open)
+    }
+}
+
+/// Whether a delivery in `state` is still to be delivered (pending, or parked).
+pub fn is_open(state: &str) -> bool {
+    state == "pending" || state == "paused"
 }
 
 /// The largest time a ULID holds (48 bits of ms).

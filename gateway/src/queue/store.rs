@@ -90,6 +90,10 @@ impl Queue for Store {
         each!(self, q => q.event(event))
     }
 
+    async fn states_of(&self, deliveries: &[Ulid]) -> Result<Vec<Option<String>>, QueueError> {
+        each!(self, q => q.states_of(deliveries))
+    }
+
     async fn search(&self, search: &super::search::Search) -> Result<super::search::Scanned, QueueError> {
         each!(self, q => q.search(search))
     }

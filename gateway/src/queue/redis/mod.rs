@@ -479,6 +479,10 @@ impl Queue for RedisQueue {
     async fn search(&self, search: &super::search::Search) -> Result<super::search::Scanned, QueueError> {
         self.search_deliveries(search).await
     }
+
+    async fn states_of(&self, deliveries: &[Ulid]) -> Result<Vec<Option<String>>, QueueError> {
+        self.states_in(deliveries).await
+    }
 }
 
 impl Core {

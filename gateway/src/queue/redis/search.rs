@@ -1,17 +1,22 @@
 //! Searching Redis for deliveries by endpoint, state and creation time, with no index to keep.
 //!
-//! Redis keeps no list of deliveries by time, and this search adds none: an index would cost every
-//! event bytes of memory and a write on the hot path, for a query an operator runs now and then.
-//! Instead a search walks the event records' keys with `SCAN`, matching the ULID's leading
-//! characters, which encode its creation time (`e:01JQ…*`), keeps the newest candidates, and reads
-//! those newest first (each record's head with `GETRANGE`, not its body; each delivery's hash and
-//! queue entry) until the page is full.
+//! - **Open deliveries** (a search for `pending` or `paused`, or one with `open_only`, which the
+//!   admin API sets when history holds the finished ones) are listed from the sorted sets that
+//!   hold them: each shard's queue (and the older layout's), and the parked sets of the endpoints
+//!   its `off` and `gone` hashes name. A page costs in proportion to the deliveries waiting.
+//! - **Every delivery** (finished ones too, without history): Redis keeps no list of them by time,
+//!   and this search adds none. An index would cost every event bytes of memory and a write on the
+//!   hot path, for a query an operator runs now and then. Instead the search walks the event
+//!   records' keys with `SCAN`, matching the ULID's leading characters, which encode its creation
+//!   time (`e:01JQ…*`), keeps the newest candidates, and reads those newest first (each record's
+//!   head with `GETRANGE`, not its body; each delivery's hash and queue entry) until the page is
+//!   full. A page costs one pass over the keyspace (on a Cluster: one over each shard's node),
+//!   paid by Redis in short `SCAN` steps between deliveries.
 //!
-//! So a page costs one pass over the keyspace (on a Cluster: one over each shard's node), paid by
-//! Redis in short `SCAN` steps between deliveries, plus at most [`SEARCH_READ`] event reads. When
-//! that many were read before the page filled, the page stops and says where
-//! ([`Scanned::stopped_at`]); the next one resumes there. Events stored by a version before the
-//! event record (`ev:` hashes) are not searched; they are looked up by id as before.
+//! Either way a page reads at most about [`SEARCH_READ`] records; when that many were read before
+//! the page filled, it stops and says where ([`Scanned::stopped_at`]), and the next one resumes
+//! there. Events stored by a version before the event record (`ev:` hashes) are not searched; they
+//! are looked up by id as before.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -36,10 +41,13 @@ impl RedisQueue {
     /// Deliveries matching `search`, newest first; see [`crate::queue::Queue::search`].
     pub(super) async fn search_deliveries(&self, search: &Search) -> Result<Scanned, QueueError> {
         let (lo, hi) = search.id_range();
-        let mut page = Scanned::default();
         if lo >= hi || search.limit == 0 {
-            return Ok(page);
+            return Ok(Scanned::default());
         }
+        if search.wants_open_only() {
+            return self.search_open(search, (lo, hi)).await;
+        }
+        let mut page = Scanned::default();
         let (candidates, dropped) = self.newest_events(lo, hi).await?;
         for chunk in candidates.chunks(CHUNK) {
             let mut rows = Vec::new();
@@ -127,30 +135,12 @@ impl RedisQueue {
     ) -> Result<Vec<(Ulid, Found)>, QueueError> {
         let prefix = self.core.shard_prefix(shard);
         let mut conn = self.core.conn.clone();
-        let mut heads = redis::pipe();
-        for event in events {
-            heads.cmd("GETRANGE").arg(format!("{prefix}e:{event}")).arg(0).arg(HEAD_BYTES - 1);
-        }
-        let heads: Vec<Vec<u8>> = heads.query_async(&mut conn).await?;
+        let endpoints = endpoints_of(&mut conn, &prefix, events).await?;
         // Each delivery in range, with the endpoint its event's record names.
         let mut wanted: Vec<(Ulid, String)> = Vec::new();
-        for (event, head) in events.iter().zip(heads) {
-            if head.is_empty() {
-                continue; // expired since the scan
-            }
-            let endpoints = match record::decode_endpoints(&head)? {
-                Some(endpoints) => endpoints,
-                None => {
-                    let whole: Option<Vec<u8>> =
-                        redis::cmd("GET").arg(format!("{prefix}e:{event}")).query_async(&mut conn).await?;
-                    match whole {
-                        Some(whole) => record::decode(&whole)?.endpoints,
-                        None => continue,
-                    }
-                }
-            };
+        for (event, endpoints) in endpoints {
             for (k, endpoint) in endpoints.into_iter().enumerate().take(id::MAX_DELIVERIES_PER_EVENT) {
-                let delivery = id::delivery_of(*event, k + 1);
+                let delivery = id::delivery_of(event, k + 1);
                 if (lo..hi).contains(&delivery.0) {
                     wanted.push((delivery, endpoint));
                 }
@@ -161,52 +151,221 @@ impl RedisQueue {
         }
         let mut states = redis::pipe();
         for (delivery, _) in &wanted {
-            let name = id::format_delivery(*delivery);
-            states
-                .cmd("HMGET")
-                .arg(format!("{prefix}d:{name}"))
-                .arg(&["endpoint", "status", "attempts", "updated", "last_error"])
-                .zscore(format!("{prefix}{QUEUE}"), &name)
-                .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
+            state_reads(&mut states, &prefix, *delivery);
         }
-        type Row = ([Option<String>; 5], Option<f64>, Option<f64>);
         let rows: Vec<Row> = states.query_async(&mut conn).await?;
-        let mut found = Vec::new();
-        for ((delivery, recorded), ([endpoint, status, attempts, updated, last_error], queued, queued_older)) in
-            wanted.into_iter().zip(rows)
-        {
-            let due = queued.or(queued_older);
-            // No state recorded: pending while queued, otherwise gone.
-            let Some(state) = status.or_else(|| due.map(|_| "pending".to_string())) else { continue };
-            let endpoint = endpoint.unwrap_or(recorded);
-            if !search.matches(&endpoint, &state) {
-                continue;
+        Ok(wanted
+            .into_iter()
+            .zip(rows)
+            .filter_map(|((delivery, recorded), row)| found_in(delivery, Some(recorded), row, search))
+            .collect())
+    }
+
+    /// See [`crate::queue::Queue::states_of`]: one pipeline per shard.
+    pub(super) async fn states_in(&self, deliveries: &[Ulid]) -> Result<Vec<Option<String>>, QueueError> {
+        let mut states = vec![None; deliveries.len()];
+        let mut conn = self.core.conn.clone();
+        let groups = super::batch::by_shard(deliveries.iter().map(|d| id::shard_of(*d, self.core.shards)));
+        for (shard, places) in groups {
+            let prefix = self.core.shard_prefix(shard);
+            let mut pipe = redis::pipe();
+            for &at in &places {
+                state_reads(&mut pipe, &prefix, deliveries[at]);
             }
-            let finished = state == "succeeded" || state == "dead";
-            found.push((
-                delivery,
-                Found {
-                    id: id::format_delivery(delivery),
-                    event_id: id::format_event(id::event_of(delivery)),
-                    endpoint,
-                    next_attempt_at: due.filter(|_| state == "pending").map(|at| at as u64),
-                    finished_at: updated.and_then(|at| at.parse().ok()).filter(|_| finished),
-                    attempts_made: attempts.and_then(|a| a.parse().ok()).unwrap_or(0),
-                    created_at: delivery.timestamp_ms(),
-                    last_error: last_error.filter(|e| !e.is_empty()),
-                    state,
-                },
-            ));
+            let rows: Vec<Row> = pipe.query_async(&mut conn).await?;
+            for (at, ([_, status, ..], queued, queued_older)) in places.into_iter().zip(rows) {
+                // No state recorded: pending while queued, otherwise not held.
+                states[at] = status.or_else(|| queued.or(queued_older).map(|_| "pending".to_string()));
+            }
         }
-        Ok(found)
+        Ok(states)
+    }
+
+    /// Pending and parked deliveries matching `search`, newest first, listed from the sorted sets
+    /// that hold them (each shard's queue, and the parked sets of the endpoints its `off` and
+    /// `gone` hashes name) instead of a pass over the keyspace: what a search costs when history
+    /// holds the finished deliveries, or when only open ones are asked for.
+    async fn search_open(&self, search: &Search, (lo, hi): (u128, u128)) -> Result<Scanned, QueueError> {
+        let mut candidates: Vec<Ulid> = Vec::new();
+        let mut conn = self.core.conn.clone();
+        for shard in 0..self.core.shards {
+            let prefix = self.core.shard_prefix(shard);
+            let mut sets = Vec::new();
+            if search.state.as_deref() != Some("paused") {
+                sets.extend([format!("{prefix}{QUEUE}"), format!("{prefix}{OLDER_QUEUE}")]);
+            }
+            if search.state.as_deref() != Some("pending") {
+                let (off, gone): (Vec<String>, Vec<String>) = redis::pipe()
+                    .hkeys(format!("{prefix}off"))
+                    .hkeys(format!("{prefix}gone"))
+                    .query_async(&mut conn)
+                    .await?;
+                let mut names: Vec<String> = off.into_iter().chain(gone).collect();
+                names.sort();
+                names.dedup();
+                sets.extend(names.iter().map(|name| format!("{prefix}paused:{name}")));
+            }
+            for set in sets {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, members): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+                        .arg(&set)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn)
+                        .await?;
+                    candidates.extend(
+                        members
+                            .iter()
+                            .filter_map(|(member, _)| id::parse_delivery(member))
+                            .filter(|d| (lo..hi).contains(&d.0)),
+                    );
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.dedup();
+        let mut page = Scanned::default();
+        for chunk in candidates.chunks(CHUNK).take(SEARCH_READ.div_ceil(CHUNK)) {
+            let mut rows = Vec::new();
+            for (shard, ids) in by_shard(chunk, self.core.shards) {
+                rows.extend(self.read_deliveries(shard, &ids, search).await?);
+            }
+            rows.sort_by_key(|row| Reverse(row.0));
+            page.found.extend(rows.into_iter().map(|(_, found)| found).take(search.limit - page.found.len()));
+            if page.found.len() >= search.limit {
+                return Ok(page);
+            }
+            page.stopped_at = chunk.last().copied();
+        }
+        // Every candidate was read: nothing older is left.
+        if candidates.len() <= SEARCH_READ.div_ceil(CHUNK) * CHUNK {
+            page.stopped_at = None;
+        }
+        Ok(page)
+    }
+
+    /// The deliveries `ids` (of one shard) that match `search`, each with its id; the endpoint of
+    /// one never claimed is read from its event's record.
+    async fn read_deliveries(
+        &self,
+        shard: u32,
+        ids: &[Ulid],
+        search: &Search,
+    ) -> Result<Vec<(Ulid, Found)>, QueueError> {
+        let prefix = self.core.shard_prefix(shard);
+        let mut conn = self.core.conn.clone();
+        let mut states = redis::pipe();
+        for delivery in ids {
+            state_reads(&mut states, &prefix, *delivery);
+        }
+        let rows: Vec<Row> = states.query_async(&mut conn).await?;
+        // Events whose record names an endpoint the hash does not have yet.
+        let mut unclaimed: Vec<Ulid> =
+            ids.iter().zip(&rows).filter(|(_, row)| row.0[0].is_none()).map(|(d, _)| id::event_of(*d)).collect();
+        unclaimed.dedup();
+        let endpoints = endpoints_of(&mut conn, &prefix, &unclaimed).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .filter_map(|(delivery, row)| {
+                let recorded = endpoints
+                    .get(&id::event_of(*delivery))
+                    .and_then(|names| names.get(id::number_of(*delivery).wrapping_sub(1)))
+                    .cloned();
+                found_in(*delivery, recorded, row, search)
+            })
+            .collect())
     }
 }
 
-/// `events` grouped by shard (each group keeps their order).
-fn by_shard(events: &[Ulid], shards: u32) -> BTreeMap<u32, Vec<Ulid>> {
-    let mut groups: BTreeMap<u32, Vec<Ulid>> = BTreeMap::new();
+/// The endpoint of each delivery of `events` (of the shard `prefix` names), by event, out of their
+/// records' heads (`GETRANGE`, so bodies are not read; a longer head is read whole). An event
+/// whose record is gone is left out.
+async fn endpoints_of(
+    conn: &mut super::conn::Conn,
+    prefix: &str,
+    events: &[Ulid],
+) -> Result<BTreeMap<Ulid, Vec<String>>, QueueError> {
+    let mut endpoints = BTreeMap::new();
+    if events.is_empty() {
+        return Ok(endpoints);
+    }
+    let mut heads = redis::pipe();
     for event in events {
-        groups.entry(id::shard_of(*event, shards)).or_default().push(*event);
+        heads.cmd("GETRANGE").arg(format!("{prefix}e:{event}")).arg(0).arg(HEAD_BYTES - 1);
+    }
+    let heads: Vec<Vec<u8>> = heads.query_async(conn).await?;
+    for (event, head) in events.iter().zip(heads) {
+        if head.is_empty() {
+            continue; // expired since it was listed
+        }
+        let names = match record::decode_endpoints(&head)? {
+            Some(names) => names,
+            None => {
+                let whole: Option<Vec<u8>> =
+                    redis::cmd("GET").arg(format!("{prefix}e:{event}")).query_async(conn).await?;
+                match whole {
+                    Some(whole) => record::decode(&whole)?.endpoints,
+                    None => continue,
+                }
+            }
+        };
+        endpoints.insert(*event, names);
+    }
+    Ok(endpoints)
+}
+
+/// What a search reads of a delivery: its hash's endpoint, status, attempts, updated and last
+/// error, and its scores in the queue and the older queue.
+type Row = ([Option<String>; 5], Option<f64>, Option<f64>);
+
+/// Adds the reads of a [`Row`] for `delivery` to `pipe`.
+fn state_reads(pipe: &mut redis::Pipeline, prefix: &str, delivery: Ulid) {
+    let name = id::format_delivery(delivery);
+    pipe.cmd("HMGET")
+        .arg(format!("{prefix}d:{name}"))
+        .arg(&["endpoint", "status", "attempts", "updated", "last_error"])
+        .zscore(format!("{prefix}{QUEUE}"), &name)
+        .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
+}
+
+/// `delivery` as a search result, if it is still held and matches `search`; `recorded` is the
+/// endpoint its event's record names.
+fn found_in(delivery: Ulid, recorded: Option<String>, row: Row, search: &Search) -> Option<(Ulid, Found)> {
+    let ([endpoint, status, attempts, updated, last_error], queued, queued_older) = row;
+    let due = queued.or(queued_older);
+    // No state recorded: pending while queued, otherwise gone.
+    let state = status.or_else(|| due.map(|_| "pending".to_string()))?;
+    let endpoint = endpoint.or(recorded)?;
+    if !search.matches(&endpoint, &state) {
+        return None;
+    }
+    let finished = state == "succeeded" || state == "dead";
+    let found = Found {
+        id: id::format_delivery(delivery),
+        event_id: id::format_event(id::event_of(delivery)),
+        endpoint,
+        next_attempt_at: due.filter(|_| state == "pending").map(|at| at as u64),
+        finished_at: updated.and_then(|at| at.parse().ok()).filter(|_| finished),
+        attempts_made: attempts.and_then(|a| a.parse().ok()).unwrap_or(0),
+        created_at: delivery.timestamp_ms(),
+        last_error: last_error.filter(|e| !e.is_empty()),
+        state,
+    };
+    Some((delivery, found))
+}
+
+/// `ids` grouped by shard (each group keeps their order).
+fn by_shard(ids: &[Ulid], shards: u32) -> BTreeMap<u32, Vec<Ulid>> {
+    let mut groups: BTreeMap<u32, Vec<Ulid>> = BTreeMap::new();
+    for one in ids {
+        groups.entry(id::shard_of(*one, shards)).or_default().push(*one);
     }
     groups
 }
