@@ -164,7 +164,7 @@ impl Gateway {
             history: history.clone(),
             admin_token: config.admin.token.clone(),
             replay_spacing: Duration::from_secs_f64(1.0 / f64::from(config.queue.replay_rate.max(1))),
-            metrics,
+            metrics: metrics.clone(),
             alerter: alerter.clone(),
             expose_plugin_errors: config.wasm.expose_errors,
             admin_throttle: Default::default(),
@@ -191,6 +191,7 @@ impl Gateway {
             tokio::spawn(http::serve(listener, state, watcher.clone())),
             tokio::spawn(plugin::reload::watch(running_plugins(), watcher.clone())),
             tokio::spawn(control.reload_on_hangup(watcher.clone())),
+            tokio::spawn(delivery::summary::run(metrics, config.queue.log_summary_every, watcher.clone())),
             tokio::spawn(worker.run(watcher)),
         ]);
         tracing::info!(%addr, endpoints = config.endpoints.len(), routes = config.routes.len(),

@@ -35,6 +35,15 @@ struct EndpointStats {
     sum_micros: AtomicU64,
 }
 
+/// One endpoint's attempts so far in this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttemptTotals {
+    /// Attempts by outcome, in [`OUTCOMES`] order.
+    pub outcomes: [u64; 4],
+    /// Their latencies summed, µs.
+    pub sum_micros: u64,
+}
+
 /// One source's counters.
 #[derive(Default)]
 struct SourceStats {
@@ -187,6 +196,20 @@ impl Metrics {
         stats.sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Each endpoint's attempts so far in this process, by name in the order first configured.
+    pub fn attempt_totals(&self) -> Vec<(String, AttemptTotals)> {
+        let labels = self.labels.load();
+        labels
+            .endpoint_names
+            .iter()
+            .filter_map(|name| {
+                let stats = labels.endpoints.get(name)?;
+                let outcomes = std::array::from_fn(|i| stats.outcomes[i].load(Ordering::Relaxed));
+                Some((name.clone(), AttemptTotals { outcomes, sum_micros: stats.sum_micros.load(Ordering::Relaxed) }))
+            })
+            .collect()
+    }
+
     /// A delivery attempt started (`+1`) or ended (`-1`) in this process.
     pub fn in_flight(&self, change: i64) {
         self.in_flight.fetch_add(change, Ordering::Relaxed);
@@ -279,6 +302,13 @@ impl Metrics {
             "sluice_http_connection_cap_waits_total {}",
             self.connection_cap_waits.load(Ordering::Relaxed)
         );
+        header(
+            out,
+            "sluice_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the log writer's queue was full (stderr read too slowly).",
+        );
+        let _ = writeln!(out, "sluice_log_lines_dropped_total {}", crate::telemetry::dropped_lines());
         header(
             out,
             "sluice_deliveries_put_back_total",

@@ -1,6 +1,20 @@
 //! Logging: `tracing` to stderr, human-readable or JSON lines, filtered by `RUST_LOG` (default `info`).
+//!
+//! Lines are written by a thread of their own, not by the threads that serve requests and deliver:
+//! a slow reader of stderr (a full pipe, a stalled log shipper) must not hold up either. Its queue
+//! holds [`LOG_QUEUE_LINES`] lines; when it is full, further lines are dropped, not waited for, and
+//! counted (`sluice_log_lines_dropped_total`).
 
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+
+/// Lines the log writer's queue holds before it drops.
+pub const LOG_QUEUE_LINES: usize = 100_000;
+
+/// The count of lines dropped by the log writer, once installed.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -11,15 +25,38 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(format: LogFormat) {
+/// Keeps the log writer running; dropping it writes what is queued and stops it. Hold it until
+/// the process exits.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
+/// Installs the global subscriber, writing through a queue to its own thread. Safe to call more
+/// than once (later calls install nothing and return an empty guard).
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
-    let _ = match format {
+    let (writer, guard) =
+        NonBlockingBuilder::default().lossy(true).buffered_lines_limit(LOG_QUEUE_LINES).finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    match installed {
+        Ok(()) => {
+            let _ = DROPPED.set(dropped);
+            LogGuard { _writer: Some(guard) }
+        }
+        Err(_) => LogGuard { _writer: None },
+    }
+}
+
+/// Log lines dropped so far because the log writer's queue was full (0 before [`init`]).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
 /// Lets a repeated log line through at most once a second, counting the ones it held back, so a

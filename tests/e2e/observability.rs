@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -172,4 +173,66 @@ async fn a_failing_plugin_raises_one_plugin_failing_alert() {
     }
     gateway.shutdown().await;
     assert_eq!(alerts.count(), 1, "one alert per episode");
+}
+
+/// The real binary's log at INFO: no line per delivery, one summary line per endpoint that had
+/// attempts, with its counts (`queue.log_summary_every`).
+#[tokio::test]
+async fn the_log_sums_up_each_endpoints_deliveries_instead_of_a_line_per_delivery() {
+    let redis = RedisServer::start().await;
+    let ok = Receiver::start().await;
+    let down = Receiver::start().await;
+    down.answer_always(Answer::Status(500));
+    let scratch = Scratch::new("log-summary");
+    let port = free_port();
+    let toml = base_toml(&redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        + "\n[queue]\nlog_summary_every = \"1s\"\n"
+        + &endpoint_toml("orders", &ok.url(), "")
+        + &endpoint_toml("down", &down.url(), "retry_schedule = [\"0s\", \"1h\"]")
+        + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\", \"down\"]\n";
+    let config = scratch.path().join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    let log = scratch.path().join("sluice.log");
+    let env = [("RUST_LOG", "info".to_string())];
+    let sluice =
+        SluiceProcess::spawn(&["--log-format", "json", "run", "--config", config.to_str().unwrap()], &env, Some(&log));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening_for(addr, PATIENCE).await;
+    for n in 0..3 {
+        assert_eq!(post_event(addr, "shop", &format!(r#"{{"n":{n}}}"#)).await.0, 202);
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while ok.count() < 3 || down.count() < 3 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(tokio::time::Instant::now() < deadline, "deliveries never all arrived:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every attempt is made; the summaries of the stretches that had them add up to them.
+    let summaries = |endpoint: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["message"] == "Deliveries since the last summary." && l["endpoint"] == endpoint)
+            .collect()
+    };
+    let sum = |lines: &[serde_json::Value], field: &str| lines.iter().map(|l| l[field].as_u64().unwrap()).sum::<u64>();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (orders, failing) = (summaries("orders"), summaries("down"));
+        if sum(&orders, "succeeded") == 3 && sum(&failing, "failed") == 3 {
+            assert_eq!((sum(&orders, "failed"), sum(&failing, "succeeded")), (0, 0));
+            assert_eq!(sum(&failing, "http_error"), 3);
+            assert!(failing.iter().all(|l| l["level"] == "INFO" && l["period"] == "1s"), "{failing:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no summary adding up to the deliveries: {orders:?} {failing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("Delivery succeeded."), "no line per delivery at INFO:\n{text}");
+    assert!(!text.contains("will retry"), "no line per failed attempt at INFO:\n{text}");
+    drop(sluice);
 }

@@ -182,6 +182,11 @@ pub struct QueueConfig {
     /// a store that never evicts does not fill up with them. Default `30d`.
     #[serde(with = "humantime_serde")]
     pub dead_retention: Duration,
+    /// How often each endpoint's deliveries are summed up in one INFO line (succeeded, failed
+    /// attempts by outcome, mean latency); each delivery's own line is at DEBUG. `0s`: never.
+    /// Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub log_summary_every: Duration,
 }
 
 /// The queue backend.
@@ -374,6 +379,7 @@ impl Default for QueueConfig {
             replay_rate: 100,
             retention: Duration::from_secs(7 * 24 * 3600),
             dead_retention: Duration::from_secs(30 * 24 * 3600),
+            log_summary_every: Duration::from_secs(60),
         }
     }
 }

@@ -91,6 +91,9 @@ impl Config {
         if self.queue.shards == 0 || self.queue.shards > 1024 {
             problems.push("queue.shards: must be between 1 and 1024".to_string());
         }
+        if !self.queue.log_summary_every.is_zero() && self.queue.log_summary_every < std::time::Duration::from_secs(1) {
+            problems.push("queue.log_summary_every: must be at least 1s, or 0s for no summary".to_string());
+        }
         if self.queue.dead_retention < std::time::Duration::from_secs(1) {
             problems.push("queue.dead_retention: must be at least 1s".to_string());
         }

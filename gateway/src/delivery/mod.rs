@@ -8,6 +8,7 @@
 //! - [`retry`]: what to do after an attempt (decision) and when (schedule).
 //! - [`sign`]: Standard Webhooks signatures.
 //! - [`alert`]: dead-letter alerts to the admin.
+//! - [`summary`]: each endpoint's deliveries summed up at INFO every `queue.log_summary_every`.
 
 pub mod alert;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod headers;
 pub mod limits;
 pub mod retry;
 pub mod sign;
+pub mod summary;
 pub mod worker;
 
 pub use worker::Worker;

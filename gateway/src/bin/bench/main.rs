@@ -23,8 +23,8 @@
 //! the delivery search costs as the store grows ([`search`]).
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search]` (`--memory`: only the memory
-//! phase)
+//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--log]` (`--memory`: only the memory
+//! phase; `--log`: the gateway logs as the binary does, to stderr)
 
 mod history;
 mod memory;
@@ -62,6 +62,7 @@ struct Options {
     memory: bool,
     history: bool,
     search: bool,
+    log: bool,
     rounds: usize,
 }
 
@@ -76,6 +77,7 @@ fn options() -> anyhow::Result<Options> {
         memory: false,
         history: false,
         search: false,
+        log: false,
         rounds: 3,
     };
     let mut args = std::env::args().skip(1);
@@ -88,6 +90,7 @@ fn options() -> anyhow::Result<Options> {
             "--memory" => options.memory = true,
             "--history" => options.history = true,
             "--search" => options.search = true,
+            "--log" => options.log = true,
             "--rounds" => options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
@@ -484,6 +487,8 @@ fn us(d: Duration) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let options = options()?;
+    // The gateway's own logging, as the binary installs it (to stderr: redirect it).
+    let _log = options.log.then(|| sluice::telemetry::init(sluice::telemetry::LogFormat::Text));
     let runtime = tokio::runtime::Runtime::new()?;
     if options.scale {
         return runtime.block_on(scale::curve(options.events, options.producers));

@@ -69,7 +69,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Held until main returns: dropping it writes out the lines still queued.
+    let _log = telemetry::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

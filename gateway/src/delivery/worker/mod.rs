@@ -337,12 +337,14 @@ impl Shared {
             _ => self.note_failure(endpoint).await,
         }
         match &action {
+            // Per delivery at DEBUG: at INFO, `summary` sums each endpoint's up (dead letters stay
+            // ERROR lines of their own).
             Settle::Ack => {
-                tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+                tracing::debug!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
                 status = record.status, latency_ms = record.latency_ms, "Delivery succeeded.")
             }
             Settle::Retry(delay) => {
-                tracing::info!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
+                tracing::debug!(%delivery_id, %event_id, endpoint = %claimed.endpoint, attempt = claimed.attempt,
                 outcome = %record.outcome, error = record.error.as_deref().unwrap_or_default(), retry_in = ?delay,
                 "Delivery attempt failed; will retry.")
             }
