@@ -98,7 +98,9 @@ async fn two_sluice_processes_on_one_redis_share_the_work_and_deliver_each_event
     for name in ["first", "second"] {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        let env = [("SLUICE_SERVER__LISTEN", addr.to_string())];
+        // Each delivery's own line (DEBUG) names the process that made it.
+        let env =
+            [("SLUICE_SERVER__LISTEN", addr.to_string()), ("RUST_LOG", "info,sluice::delivery=debug".to_string())];
         processes.push(SluiceProcess::spawn(&["run", "--config", config.to_str().unwrap()], &env, Some(&log)));
         wait_listening(addr).await;
         addrs.push(addr);
