@@ -6,7 +6,8 @@
 //! the receiver. Then:
 //!
 //! 0. raw HTTP baseline: the same producers POST the same events to a bare hyper server on loopback
-//!    that answers 202 at once; every throughput figure below is also printed as a ratio to it;
+//!    that answers 202 at once, right before each end-to-end phase; each phase's throughput is also
+//!    printed as a ratio to the run just before it;
 //! 1. peak: `--producers` concurrent producers POST `--events` events as fast as they can; prints
 //!    events/s delivered end to end (first POST → last delivery received) and ingest latency;
 //! 2. half rate: the same at half the measured peak, paced; prints ingest latency p50/p99;
@@ -190,9 +191,11 @@ async fn start_answering(
     Ok(addr)
 }
 
-/// Requests/s of the producers against [`start_raw_server`]: the baseline the figures are ratios of.
-async fn raw_baseline(options: &Options) -> anyhow::Result<f64> {
-    let server = start_raw_server().await?;
+/// Requests/s of the producers against the bare server `server` ([`start_raw_server`]): the
+/// baseline the figures are ratios of. Measured again right before each end-to-end phase, so each
+/// ratio compares two runs seconds apart (this VM's speed drifts by a quarter and more between
+/// minutes).
+async fn raw_baseline(server: SocketAddr, options: &Options) -> anyhow::Result<f64> {
     produce(server, 500, options.producers, None).await?;
     let started = Instant::now();
     produce(server, options.events, options.producers, None).await?;
@@ -324,7 +327,7 @@ endpoints = ["receiver"]
 
 /// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
 /// measures ingest latency at half the peak rate.
-/// `raw` is [`raw_baseline`]'s figure.
+/// `raw` is [`raw_baseline`]'s figure, measured just before.
 async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<()> {
     // The queue: a redis-server of our own, or a scratch embedded store.
     let mut _redis = None;
@@ -509,10 +512,19 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let chains: &[usize] = if options.plugin && built { &[1, 0, 3] } else { &[0] };
-    let raw = runtime.block_on(raw_baseline(&options))?;
+    let raw_server = runtime.block_on(start_raw_server())?;
+    let mut raws = Vec::new();
     for (i, chain) in chains.iter().enumerate() {
+        let raw = runtime.block_on(raw_baseline(raw_server, &options))?;
+        raws.push(raw);
         runtime.block_on(end_to_end(&options, *chain, i == 0, raw))?;
     }
+    raws.sort_by(f64::total_cmp);
+    println!(
+        "raw HTTP baseline over the run: {} (median {:.0} requests/s); each ratio above is to the run just before it",
+        raws.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
+        raws[raws.len() / 2]
+    );
     if plugin_path("rust-chaos").exists() {
         runtime.block_on(noisy_neighbour())?;
     }
