@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use ulid::Ulid;
 
 use super::{unknown_endpoint, AdminError, MAX_PAGE};
-use crate::history::{History, HistoryError};
+use crate::history::History;
 use crate::id;
 use crate::queue::{DeadCursor, DeadLetter, Queue, Store};
 
@@ -215,11 +215,7 @@ async fn restore_endpoint(
 
 /// The rows of history whose delivery Redis no longer holds (each with its id), in order.
 async fn only_in_history(queue: &Store, rows: Vec<DeadLetter>) -> Result<Vec<(DeadLetter, Ulid)>, AdminError> {
-    let ids = rows
-        .iter()
-        .map(|d| id::parse_delivery(&d.id))
-        .collect::<Option<Vec<Ulid>>>()
-        .ok_or_else(|| HistoryError::Corrupt("a dead letter in history has a malformed id".to_string()))?;
+    let ids = super::history_ids(rows.iter().map(|d| d.id.as_str()), "a dead letter")?;
     let held = queue.holds(&ids).await?;
     Ok(rows.into_iter().zip(ids).zip(held).filter(|(_, held)| !held).map(|(row, _)| row).collect())
 }

@@ -130,6 +130,14 @@ pub fn plugin_shadow(plugins: &crate::plugin::PluginSet, name: &str) -> Result<V
 /// Longest page of a listing (dead letters, the search).
 const MAX_PAGE: usize = 500;
 
+/// The delivery ids of rows read from history, in order; a malformed one means history is corrupt
+/// (`what` names the rows in the error).
+pub(crate) fn history_ids<'a>(ids: impl Iterator<Item = &'a str>, what: &str) -> Result<Vec<ulid::Ulid>, AdminError> {
+    ids.map(id::parse_delivery)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| HistoryError::Corrupt(format!("{what} in history has a malformed id")).into())
+}
+
 pub(crate) fn unknown_endpoint(name: &str) -> AdminError {
     AdminError::NotFound(format!("endpoint `{}`", name.chars().take(64).collect::<String>()))
 }

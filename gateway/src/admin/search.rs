@@ -13,7 +13,7 @@
 use serde_json::{json, Value};
 
 use super::{AdminError, MAX_PAGE};
-use crate::history::{History, HistoryError};
+use crate::history::History;
 use crate::id;
 use crate::queue::search::{self, Found, Scanned, Search, STATES};
 use crate::queue::{Queue, Store};
@@ -128,11 +128,7 @@ async fn only_in_history(
 /// one it holds finished takes its state there (history may not have its last record yet), and
 /// what no longer matches `search` then is left out too. In order.
 async fn as_they_stand(queue: &Store, rows: Vec<Found>, search: &Search) -> Result<Vec<Found>, AdminError> {
-    let ids = rows
-        .iter()
-        .map(|f| id::parse_delivery(&f.id))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| HistoryError::Corrupt("a delivery in history has a malformed id".to_string()))?;
+    let ids = super::history_ids(rows.iter().map(|f| f.id.as_str()), "a delivery")?;
     let states = queue.states_of(&ids).await?;
     // History's rows are finished ones: `open_only` is what the store was asked.
     let wanted = Search { open_only: false, ..search.clone() };
