@@ -64,17 +64,7 @@ impl Conn {
     ) -> Result<(), QueueError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(timeout.as_millis() as u64);
-        let acked: i64 = match self {
-            Conn::Single(conn) => wait.query_async(conn).await?,
-            Conn::Cluster(conn) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                    key,
-                    SlotAddr::Master,
-                )));
-                let value = conn.route_command(wait, route).await?;
-                redis::from_redis_value(value).map_err(|e| QueueError::Corrupt(format!("WAIT answered: {e}")))?
-            }
-        };
+        let acked: i64 = self.on_node_of(key, wait, "WAIT").await?;
         if acked < i64::from(replicas) {
             return Err(QueueError::NotReplicated { wanted: replicas, acked: acked.max(0) as u32 });
         }
@@ -94,17 +84,23 @@ impl Conn {
     ) -> Result<(u64, Vec<Vec<u8>>), QueueError> {
         let mut scan = redis::cmd("SCAN");
         scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        Ok(match self {
-            Conn::Single(conn) => scan.query_async(conn).await?,
+        self.on_node_of(slot_key, scan, "SCAN").await
+    }
+
+    /// Runs `cmd` (named `name` in errors), which names no key, on the primary that holds `key`'s
+    /// slot (of a single Redis: on it).
+    async fn on_node_of<T: redis::FromRedisValue>(&mut self, key: &str, cmd: Cmd, name: &str) -> Result<T, QueueError> {
+        match self {
+            Conn::Single(conn) => Ok(cmd.query_async(conn).await?),
             Conn::Cluster(conn) => {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                    slot_key,
+                    key,
                     SlotAddr::Master,
                 )));
-                let value = conn.route_command(scan, route).await?;
-                redis::from_redis_value(value).map_err(|e| QueueError::Corrupt(format!("SCAN answered: {e}")))?
+                let value = conn.route_command(cmd, route).await?;
+                redis::from_redis_value(value).map_err(|e| QueueError::Corrupt(format!("{name} answered: {e}")))
             }
-        })
+        }
     }
 
     /// Redis' `used_memory`, summed over a cluster's primaries.
