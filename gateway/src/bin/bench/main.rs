@@ -21,19 +21,29 @@
 //! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas. With
 //! `--history`, only the cost of `[history]` ([`history`]): events/s with and without it, the
 //! history writer's rows/s, Redis memory after the drain. With `--search`, only what a page of
-//! the delivery search costs as the store grows ([`search`]).
+//! the delivery search costs as the store grows ([`search`]). With `--latency`, only receipt → first
+//! attempt latency at half the peak over 100 endpoints, and the gateway's peak memory ([`latency`]).
+//! With `--backlog`, only the delivery rate past 1,000 and past 1,000,000 pending deliveries
+//! ([`backlog`]). Redis' CPU and commands per event are printed after each end-to-end phase on
+//! Redis ([`redis_stats`]).
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--log]` (`--memory`: only the memory
-//! phase; `--log`: the gateway logs as the binary does, to stderr)
+//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--latency]
+//! [--backlog [--rounds N]] [--log] [--peak]` (`--memory`: only the memory
+//! phase; `--log`: the gateway logs as the binary does, to stderr; `--peak`: only the raw baseline and
+//! the peak with one plugin, e.g. under `perf record`)
 
+mod backlog;
 mod history;
+mod latency;
+mod load;
 mod memory;
 mod plugin_calls;
+mod process;
+mod redis_stats;
 mod scale;
 mod search;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,10 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use load::{percentile, produce, produce_to, start_raw_server, start_receiver};
 use tokio::sync::Notify;
 
 /// mimalloc: markedly cheaper than glibc malloc for the many small, short-lived allocations of
@@ -55,6 +62,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Options {
     events: usize,
+    /// `--events` was given (phases with a default of their own keep it otherwise).
+    events_given: bool,
     producers: usize,
     plugin: bool,
     shards: u32,
@@ -64,12 +73,16 @@ struct Options {
     history: bool,
     search: bool,
     log: bool,
+    peak: bool,
+    latency: bool,
+    backlog: bool,
     rounds: usize,
 }
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         events: 30_000,
+        events_given: false,
         producers: 64,
         plugin: true,
         shards: 1,
@@ -79,12 +92,18 @@ fn options() -> anyhow::Result<Options> {
         history: false,
         search: false,
         log: false,
+        peak: false,
+        latency: false,
+        backlog: false,
         rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--events" => options.events = args.next().context("--events N")?.parse()?,
+            "--events" => {
+                options.events = args.next().context("--events N")?.parse()?;
+                options.events_given = true;
+            }
             "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
             "--no-plugin" => options.plugin = false,
             "--scale" => options.scale = true,
@@ -92,6 +111,9 @@ fn options() -> anyhow::Result<Options> {
             "--history" => options.history = true,
             "--search" => options.search = true,
             "--log" => options.log = true,
+            "--peak" => options.peak = true,
+            "--latency" => options.latency = true,
+            "--backlog" => options.backlog = true,
             "--rounds" => options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
@@ -141,56 +163,6 @@ async fn start_redis() -> anyhow::Result<(Redis, String)> {
     bail!("redis-server did not come up")
 }
 
-/// A receiver that answers 200 and counts; `done` fires when `target` requests have arrived.
-async fn start_receiver(
-    count: Arc<AtomicUsize>,
-    target: Arc<AtomicUsize>,
-    done: Arc<Notify>,
-) -> anyhow::Result<SocketAddr> {
-    start_answering(hyper::StatusCode::OK, count, target, done).await
-}
-
-/// A bare HTTP server that answers every request 202 at once: what the producers reach when nothing
-/// stands between them and the wire (the producers want ingest's 202).
-async fn start_raw_server() -> anyhow::Result<SocketAddr> {
-    start_answering(hyper::StatusCode::ACCEPTED, Arc::default(), Arc::new(AtomicUsize::new(usize::MAX)), Arc::default())
-        .await
-}
-
-/// A loopback server that reads each request's body and answers `status` with an empty body,
-/// counting requests; `done` fires when `target` requests have arrived.
-async fn start_answering(
-    status: hyper::StatusCode,
-    count: Arc<AtomicUsize>,
-    target: Arc<AtomicUsize>,
-    done: Arc<Notify>,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (count, target, done) = (count.clone(), target.clone(), done.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let (count, target, done) = (count.clone(), target.clone(), done.clone());
-                    async move {
-                        let _ = request.into_body().collect().await;
-                        if count.fetch_add(1, Ordering::Relaxed) + 1 == target.load(Ordering::Relaxed) {
-                            done.notify_one();
-                        }
-                        let mut response = Response::new(Full::new(Bytes::new()));
-                        *response.status_mut() = status;
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 /// Requests/s of the producers against the bare server `server` ([`start_raw_server`]): the
 /// baseline the figures are ratios of. Measured again right before each end-to-end phase, so each
 /// ratio compares two runs seconds apart (this VM's speed drifts by a quarter and more between
@@ -207,81 +179,6 @@ async fn raw_baseline(server: SocketAddr, options: &Options) -> anyhow::Result<f
 
 fn plugin_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist").join(format!("{name}.wasm"))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Posts `events` events from `producers` tasks; `pace` spaces each producer's posts. Returns ingest latencies.
-async fn produce(
-    gateway: SocketAddr,
-    events: usize,
-    producers: usize,
-    pace: Option<Duration>,
-) -> anyhow::Result<Vec<Duration>> {
-    produce_to(&[gateway], events, producers, pace).await
-}
-
-/// [`produce`] against several gateways: producer `i` posts to `gateways[i % n]`.
-async fn produce_to(
-    gateways: &[SocketAddr],
-    events: usize,
-    producers: usize,
-    pace: Option<Duration>,
-) -> anyhow::Result<Vec<Duration>> {
-    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(producers).build()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    // Parsed once: URL parsing per request would be the producers' cost, not the gateway's.
-    let urls = gateways
-        .iter()
-        .map(|gateway| reqwest::Url::parse(&format!("http://{gateway}/v1/events/bench")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for producer in 0..producers {
-        let (client, next, url) = (client.clone(), next.clone(), urls[producer % urls.len()].clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut ticker = pace.map(|p| {
-                // Stagger the producers across one period so their posts do not arrive in bursts.
-                let offset = p.mul_f64(producer as f64 / producers as f64);
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= events {
-                    return anyhow::Ok(latencies);
-                }
-                if let Some(ticker) = ticker.as_mut() {
-                    ticker.tick().await;
-                }
-                let started = Instant::now();
-                let response = client
-                    .post(url.clone())
-                    .header("content-type", "application/json")
-                    .body(format!(r#"{{"event":"order_created","order_id":{i},"amount":4200,"currency":"EUR"}}"#))
-                    .send()
-                    .await?;
-                let status = response.status();
-                let _ = response.bytes().await?;
-                if status.as_u16() != 202 {
-                    bail!("ingest answered {status}");
-                }
-                latencies.push(started.elapsed());
-            }
-        });
-    }
-    let mut all = Vec::with_capacity(events);
-    while let Some(result) = tasks.join_next().await {
-        all.extend(result??);
-    }
-    all.sort();
-    Ok(all)
 }
 
 /// What every benchmark gateway shares: a free port, the store, loopback allowed, the receiver.
@@ -331,6 +228,7 @@ endpoints = ["receiver"]
 async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<()> {
     // The queue: a redis-server of our own, or a scratch embedded store.
     let mut _redis = None;
+    let mut redis_conn = None;
     let scratch = std::env::temp_dir().join(format!("sluice-bench-{}-{chain}.redb", std::process::id()));
     let store = if options.embedded {
         let _ = std::fs::remove_file(&scratch);
@@ -338,6 +236,7 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
     } else {
         let (redis, url) = start_redis().await?;
         _redis = Some(redis);
+        redis_conn = Some(redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?);
         format!("[redis]\nurl = \"{url}\"\n[queue]\nshards = {}", options.shards)
     };
     let count = Arc::new(AtomicUsize::new(0));
@@ -361,6 +260,10 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
     count.store(0, Ordering::Relaxed);
     target.store(options.events, Ordering::Relaxed);
 
+    let redis_start = match redis_conn.as_mut() {
+        Some(conn) => Some(redis_stats::start(conn).await?),
+        None => None,
+    };
     let started = Instant::now();
     let latencies = produce(gateway.addr(), options.events, options.producers, None).await?;
     let ingest_secs = started.elapsed().as_secs_f64();
@@ -380,6 +283,9 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default())
     );
+    if let (Some(conn), Some(start)) = (redis_conn.as_mut(), redis_start) {
+        redis_stats::report(conn, start, options.events).await?;
+    }
 
     if !half_rate {
         gateway.shutdown().await;
@@ -505,19 +411,30 @@ fn main() -> anyhow::Result<()> {
     if options.search {
         return runtime.block_on(search::cost());
     }
+    if options.latency {
+        let events = if options.events_given { options.events } else { 100_000 };
+        return runtime.block_on(latency::receipt_to_attempt(events, options.producers));
+    }
+    if options.backlog {
+        return runtime.block_on(backlog::cost(options.events, options.producers, options.rounds));
+    }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {
         println!(
             "note: plugins/dist/rust-filter.wasm is not built (run plugins/build.sh); benchmarking without plugins"
         );
     }
-    let chains: &[usize] = if options.plugin && built { &[1, 0, 3] } else { &[0] };
+    let chains: &[usize] = match (options.plugin && built, options.peak) {
+        (true, true) => &[1],
+        (true, false) => &[1, 0, 3],
+        (false, _) => &[0],
+    };
     let raw_server = runtime.block_on(start_raw_server())?;
     let mut raws = Vec::new();
     for (i, chain) in chains.iter().enumerate() {
         let raw = runtime.block_on(raw_baseline(raw_server, &options))?;
         raws.push(raw);
-        runtime.block_on(end_to_end(&options, *chain, i == 0, raw))?;
+        runtime.block_on(end_to_end(&options, *chain, i == 0 && !options.peak, raw))?;
     }
     raws.sort_by(f64::total_cmp);
     println!(
@@ -525,6 +442,9 @@ fn main() -> anyhow::Result<()> {
         raws.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
         raws[raws.len() / 2]
     );
+    if options.peak {
+        return Ok(());
+    }
     if plugin_path("rust-chaos").exists() {
         runtime.block_on(noisy_neighbour())?;
     }

@@ -5,8 +5,8 @@
 //! is the figure, not its height.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::Notify;
 
+use super::process::start_gateway;
 use super::{base_toml, free_port, produce_to, start_receiver, Redis};
-
-/// A process killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Where the queue lives for one curve, with the servers behind it (killed on drop).
 struct Store {
@@ -106,16 +97,6 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<Store> {
     bail!("the cluster never became ok")
 }
 
-/// The `sluice` binary built beside this benchmark.
-fn sluice_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let binary = me.with_file_name("sluice");
-    if !binary.exists() {
-        bail!("{} is not built (cargo build --release -p sluice)", binary.display());
-    }
-    Ok(binary)
-}
-
 /// Events/s delivered by `gateways` processes on `store`.
 async fn run(store: &Store, gateways: usize, events: usize, producers: usize, dir: &Path) -> anyhow::Result<f64> {
     for url in &store.urls {
@@ -130,28 +111,11 @@ async fn run(store: &Store, gateways: usize, events: usize, producers: usize, di
     let config = dir.join(format!("scale-{gateways}.toml"));
     let toml = base_toml(&store.toml, receiver) + "\n[[routes]]\nsource = \"bench\"\nendpoints = [\"receiver\"]\n";
     std::fs::write(&config, toml)?;
-    let binary = sluice_binary()?;
     let mut processes = Vec::new();
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for _ in 0..gateways {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let child = Command::new(&binary)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("SLUICE_SERVER__LISTEN", addr.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        processes.push(Process(child));
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let started = Instant::now();
-        while http.get(format!("http://{addr}/healthz")).send().await.is_err() {
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("sluice on {addr} did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (process, addr) = start_gateway(&config).await?;
+        processes.push(process);
         addrs.push(addr);
     }
     // Warm up every process, then measure.

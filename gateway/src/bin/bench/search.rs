@@ -70,7 +70,7 @@ pub async fn cost() -> anyhow::Result<()> {
 }
 
 /// Stores events `from..to`, each with one delivery due in a day, concurrently.
-async fn fill(store: &Store, from: usize, to: usize) -> anyhow::Result<()> {
+pub(super) async fn fill(store: &Store, from: usize, to: usize) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     let started = Instant::now();
     let day = Duration::from_secs(86_400);

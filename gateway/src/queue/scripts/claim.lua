@@ -20,7 +20,8 @@
 local now = now_ms()
 local p = ARGV[1]
 local limit = tonumber(ARGV[2])
-local lease_until = now + tonumber(ARGV[3])
+-- A string: Redis would format the number with sprintf for every delivery.
+local lease_until = tostring(now + tonumber(ARGV[3]))
 local out = {}
 local zadd = { 'ZADD', KEYS[1] }
 local events = {}

@@ -46,6 +46,11 @@ local now_s = tostring(now)
 local min_id = tostring(now - math.max(retention, dead_retention) * 1000)
 local results = {}
 local at = 6
+-- Redis formats a number handed to redis.call with sprintf each time: the TTLs go as the strings
+-- they came as.
+local retention_s, dead_retention_s, keep_s = ARGV[2], ARGV[3], ARGV[4]
+-- Deliveries that leave the queue (acked, buried, parked) go in one ZREM at the end.
+local leaving = { 'ZREM', KEYS[1] }
 
 -- How long an event is kept once none of its deliveries is open.
 local function event_ttl(dead)
@@ -86,6 +91,16 @@ local function to_history(id, d, logkey, state, record, appended, last_error)
   redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'v1', cmsgpack.pack(id, d[3] or '',
     state .. ' ' .. now_s .. ' ' .. attempts .. ' ' .. (d[5] or '0'), last_error, log, event_record, older,
     d[6] or nil, d[7] or nil))
+end
+
+-- Sets a settled delivery's fields: its lease released, the time, its attempt count (`attempts`,
+-- nil when no attempt was made), and `...`. One HSET: counting the attempt is part of it.
+local function set_settled(dkey, attempts, ...)
+  if attempts then
+    redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'attempts', attempts, ...)
+  else
+    redis.call('HSET', dkey, 'lease', '', 'updated', now_s, ...)
+  end
 end
 
 -- One delivery of the event closed (acked or buried): once none is open, the event expires.
@@ -135,7 +150,7 @@ for i = 1, tonumber(ARGV[5]) do
   if history then
     d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts', 'lapsed', 'headers', 'payload', 'log')
   else
-    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint')
+    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts')
   end
   if d[1] ~= token then
     results[i] = 0
@@ -143,45 +158,43 @@ for i = 1, tonumber(ARGV[5]) do
     results[i] = 1
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
-    local appended
+    local appended, attempts
     if record ~= '' then
-      redis.call('HINCRBY', dkey, 'attempts', 1)
+      attempts = (tonumber(d[4]) or 0) + 1
       appended = redis.call('APPEND', logkey, record .. '\n')
     end
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[3]) then
       action = 'defer'
     end
     if action == 'retry' then
-      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error)
+      set_settled(dkey, attempts, 'last_error', last_error)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'defer' then
       -- Not attempted: the last attempt's error still stands.
-      redis.call('HSET', dkey, 'lease', '', 'updated', now_s)
+      set_settled(dkey, attempts)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'pause' or action == 'park' then
       if action == 'park' then
         redis.call('HSETNX', p .. 'gone', d[3], now_s)
       end
-      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'status', 'paused')
-      redis.call('ZREM', KEYS[1], id)
+      set_settled(dkey, attempts, 'status', 'paused')
+      leaving[#leaving + 1] = id
       redis.call('ZADD', p .. 'paused:' .. d[3], now, id)
     elseif action == 'bury' then
-      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error,
-        'status', 'dead', 'closed', 1)
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZADD', KEYS[2], now, id)
-      redis.call('EXPIRE', dkey, dead_retention)
-      redis.call('EXPIRE', logkey, dead_retention)
+      set_settled(dkey, attempts, 'last_error', last_error, 'status', 'dead', 'closed', '1')
+      leaving[#leaving + 1] = id
+      redis.call('ZADD', KEYS[2], now_s, id)
+      redis.call('EXPIRE', dkey, dead_retention_s)
+      redis.call('EXPIRE', logkey, dead_retention_s)
       close(id, d[2], true)
       if history then
         to_history(id, d, logkey, 'dead', record, appended, last_error)
       end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
-      redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'last_error', last_error,
-        'status', 'succeeded')
-      redis.call('ZREM', KEYS[1], id)
-      local ttl = history and keep or retention
+      set_settled(dkey, attempts, 'last_error', last_error, 'status', 'succeeded')
+      leaving[#leaving + 1] = id
+      local ttl = history and keep_s or retention_s
       redis.call('EXPIRE', dkey, ttl)
       redis.call('EXPIRE', logkey, ttl)
       close(id, d[2], false)
@@ -190,5 +203,8 @@ for i = 1, tonumber(ARGV[5]) do
       end
     end
   end
+end
+if #leaving > 2 then
+  redis.call(unpack(leaving))
 end
 return results
