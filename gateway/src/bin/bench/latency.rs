@@ -116,12 +116,3 @@ pub async fn receipt_to_attempt(events: usize, peak_producers: usize) -> anyhow:
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_stamp_is_read_out_of_a_body() {
-        assert_eq!(super::sent_us(br#"{"order_id":3,"sent_us":12345}"#), Some(12345));
-        assert_eq!(super::sent_us(br#"{"order_id":3}"#), None);
-    }
-}

@@ -67,14 +67,3 @@ pub async fn report(conn: &mut redis::aio::MultiplexedConnection, start: Start, 
     println!("  per event        {}", listed.join(", "));
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn commandstats_lines_are_read() {
-        let info =
-            "# Commandstats\r\ncmdstat_zadd:calls=10,usec=25,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\n";
-        let c = super::commandstats(info);
-        assert_eq!((c[0].name.as_str(), c[0].calls, c[0].usec), ("zadd", 10, 25));
-    }
-}
