@@ -36,6 +36,7 @@ pub mod plugin;
 pub mod queue;
 pub mod redact;
 pub mod route;
+pub mod signing;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -132,7 +133,7 @@ impl Gateway {
                 tracing::info!(path = %store.path().display(), "Queue: embedded store (single node).")
             }
         }
-        let http = delivery::client::build_delivery(config.security.guard());
+        let http = delivery::client::build_delivery(delivery::client::DestinationGuard::from(&config.security));
         let alerts_http = delivery::client::build_alerts()?;
         let wake = Arc::new(Notify::new());
         let listener = TcpListener::bind(config.server.listen)

@@ -10,8 +10,6 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::delivery::client::DestinationGuard;
-
 /// `[wasm]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -310,13 +308,6 @@ pub struct SecurityConfig {
     /// Accept events for sources with no `[[sources]]` entry (or an entry with no credential).
     /// Default false: every source must check a token or a signature.
     pub allow_unauthenticated_sources: bool,
-}
-
-impl SecurityConfig {
-    /// The destination guard these settings describe.
-    pub fn guard(&self) -> DestinationGuard {
-        DestinationGuard { allow_private: self.allow_private_destinations, allowed: self.allowed_destinations.clone() }
-    }
 }
 
 impl Default for ServerConfig {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::{Backend, Config, ConfigError, EndpointConfig, RouteConfig, SignatureScheme, LEASE_MARGIN};
-use crate::delivery::sign::Secret;
 use crate::route::TypePattern;
+use crate::signing::Secret;
 
 impl Config {
     /// Checks everything that types alone cannot: names, references, secrets, URLs, timings.

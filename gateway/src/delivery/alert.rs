@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use url::Url;
 
-use super::sign::Secret;
 use crate::queue::{NewDelivery, NewEvent, Queue, Store};
+use crate::signing::Secret;
 
 pub use crate::config::ALERTS_ENDPOINT;
 

@@ -51,6 +51,13 @@ pub struct DestinationGuard {
     pub allowed: Vec<IpNet>,
 }
 
+impl From<&crate::config::SecurityConfig> for DestinationGuard {
+    /// The guard `[security]` describes.
+    fn from(security: &crate::config::SecurityConfig) -> Self {
+        Self { allow_private: security.allow_private_destinations, allowed: security.allowed_destinations.clone() }
+    }
+}
+
 impl DestinationGuard {
     /// Whether `ip` may be contacted: public, inside an allowed network, or everything is allowed.
     /// IPv4-mapped IPv6 addresses are also matched against the IPv4 networks.

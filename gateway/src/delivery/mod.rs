@@ -15,7 +15,6 @@ pub mod client;
 pub mod headers;
 pub mod limits;
 pub mod retry;
-pub mod sign;
 pub mod summary;
 pub mod worker;
 

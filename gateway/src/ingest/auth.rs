@@ -13,7 +13,7 @@ use hyper::HeaderMap;
 use sha2::Sha256;
 
 use crate::config::{Config, SignatureScheme};
-use crate::delivery::sign::Secret;
+use crate::signing::Secret;
 
 /// Why a request was not authenticated (HTTP 401). The text is safe to show the caller.
 #[derive(Debug, Clone, thiserror::Error)]

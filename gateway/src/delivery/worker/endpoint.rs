@@ -12,8 +12,8 @@ use url::Url;
 
 use super::super::alert::{ALERTS_ENDPOINT, ALERT_TIMEOUT};
 use super::super::limits::Gate;
-use super::super::sign::Secret;
 use crate::config::{Config, LEASE_MARGIN};
+use crate::signing::Secret;
 
 /// An endpoint as the worker needs it.
 pub(super) struct Endpoint {

@@ -90,7 +90,7 @@ impl Worker {
                 allowed: Vec::new(),
             }),
             endpoints,
-            guard: config.security.guard(),
+            guard: client::DestinationGuard::from(&config.security),
             alerter,
             metrics,
             wake: wake.clone(),

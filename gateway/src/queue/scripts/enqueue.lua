@@ -12,6 +12,9 @@
 -- event record names its endpoint, and the first claim makes the hash.
 -- Returns { now ms, {ids of events skipped} }.
 local now = now_ms()
+-- Most deliveries are due at once: their score goes as a string (Redis formats a number with
+-- sprintf for every argument).
+local now_s = tostring(now)
 local p = ARGV[1]
 local retention = ARGV[2]
 local at = 4
@@ -44,7 +47,8 @@ for _ = 1, tonumber(ARGV[3]) do
       if ARGV[at + 4] == '1' then
         redis.call('HSET', dkey, 'payload', ARGV[at + 3])
       end
-      zadd[#zadd + 1] = now + tonumber(ARGV[at + 1])
+      local delay = ARGV[at + 1]
+      zadd[#zadd + 1] = (delay == '0') and now_s or (now + tonumber(delay))
       zadd[#zadd + 1] = id
       if #zadd >= 2000 then
         -- Stay well below Lua's limit on unpacked arguments.

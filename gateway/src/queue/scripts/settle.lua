@@ -159,9 +159,23 @@ for i = 1, tonumber(ARGV[5]) do
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
     local appended, attempts
+    -- A delivery that finishes keeps its log for as long as its hash.
+    local log_ttl = nil
+    if action == 'bury' then
+      log_ttl = dead_retention_s
+    elseif action ~= 'retry' and action ~= 'defer' and action ~= 'pause' and action ~= 'park' then
+      log_ttl = history and keep_s or retention_s
+    end
+    local log_expires = false
     if record ~= '' then
       attempts = (tonumber(d[4]) or 0) + 1
-      appended = redis.call('APPEND', logkey, record .. '\n')
+      local line = record .. '\n'
+      if log_ttl and redis.call('SET', logkey, line, 'NX', 'EX', log_ttl) then
+        -- No log yet (its first attempt finished it): written with its TTL in one command.
+        appended, log_expires = #line, true
+      else
+        appended = redis.call('APPEND', logkey, line)
+      end
     end
     if action == 'pause' and not redis.call('HGET', KEYS[3], d[3]) then
       action = 'defer'
@@ -185,7 +199,9 @@ for i = 1, tonumber(ARGV[5]) do
       leaving[#leaving + 1] = id
       redis.call('ZADD', KEYS[2], now_s, id)
       redis.call('EXPIRE', dkey, dead_retention_s)
-      redis.call('EXPIRE', logkey, dead_retention_s)
+      if not log_expires then
+        redis.call('EXPIRE', logkey, dead_retention_s)
+      end
       close(id, d[2], true)
       if history then
         to_history(id, d, logkey, 'dead', record, appended, last_error)
@@ -194,9 +210,10 @@ for i = 1, tonumber(ARGV[5]) do
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       set_settled(dkey, attempts, 'last_error', last_error, 'status', 'succeeded')
       leaving[#leaving + 1] = id
-      local ttl = history and keep_s or retention_s
-      redis.call('EXPIRE', dkey, ttl)
-      redis.call('EXPIRE', logkey, ttl)
+      redis.call('EXPIRE', dkey, log_ttl)
+      if not log_expires then
+        redis.call('EXPIRE', logkey, log_ttl)
+      end
       close(id, d[2], false)
       if history then
         to_history(id, d, logkey, 'succeeded', record, appended, last_error)
