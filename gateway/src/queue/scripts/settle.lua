@@ -198,9 +198,9 @@ for i = 1, tonumber(ARGV[5]) do
       set_settled(dkey, attempts, 'last_error', last_error, 'status', 'dead', 'closed', '1')
       leaving[#leaving + 1] = id
       redis.call('ZADD', KEYS[2], now_s, id)
-      redis.call('EXPIRE', dkey, dead_retention_s)
+      redis.call('EXPIRE', dkey, log_ttl)
       if not log_expires then
-        redis.call('EXPIRE', logkey, dead_retention_s)
+        redis.call('EXPIRE', logkey, log_ttl)
       end
       close(id, d[2], true)
       if history then
