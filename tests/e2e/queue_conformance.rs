@@ -986,6 +986,69 @@ async fn redis_deliveries_of_the_previous_layout_are_served_to_the_end() {
     assert!(ttl(&mut conn).await > 0);
 }
 
+/// Redis only: the settle that closes an event's only delivery writes the event's counts and sets
+/// its TTL without reading them (its claim noted that the event has one delivery), and ends where
+/// the general path of an event with more deliveries ends: none open, one dead when buried (kept
+/// for the longer retention), open again once replayed. A record that is gone is not made again.
+#[tokio::test]
+async fn redis_an_events_only_delivery_closes_it_with_the_counts_and_ttl_the_general_path_gives() {
+    let s = open(Kind::Redis, "retention = \"1h\"\ndead_retention = \"2h\"").await;
+    let redis = s._redis.as_ref().unwrap();
+    let conn = redis.connection().await;
+    let key = |event: Ulid| format!("sluice:{{s0}}:e:{event}");
+    // The record's counts (open, dead: one hex digit each below 16 deliveries) and its TTL.
+    let counts = |event: Ulid| {
+        let (mut conn, key) = (conn.clone(), key(event));
+        async move {
+            let head: String = ::redis::cmd("GETRANGE").arg(&key).arg(0).arg(1).query_async(&mut conn).await.unwrap();
+            let ttl: i64 = ::redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
+            (head, ttl)
+        }
+    };
+    let hour = 3600;
+
+    let (acked, _) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    assert_eq!(counts(acked).await, ("10".to_string(), -1));
+    claimed_settles(&s.store, &c, Some(&record(1, Some(200), None)), Settle::Ack).await;
+    let (head, ttl) = counts(acked).await;
+    assert_eq!(head, "00", "acked: none open, none dead");
+    assert!(ttl > 0 && ttl <= hour, "kept for the retention, not {ttl} s");
+
+    let (buried, ids) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &c, Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+    let (head, ttl) = counts(buried).await;
+    assert_eq!(head, "01", "buried: none open, one dead");
+    assert!(ttl > hour && ttl <= 2 * hour, "kept for the dead-letter retention, not {ttl} s");
+    assert_eq!(s.store.replay(&ids, Duration::ZERO).await.unwrap(), [sluice::id::format_delivery(ids[0])]);
+    assert_eq!(counts(buried).await, ("10".to_string(), -1), "replayed: open again, kept");
+    let again = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    claimed_settles(&s.store, &again, Some(&record(2, Some(200), None)), Settle::Ack).await;
+    let (head, ttl) = counts(buried).await;
+    assert_eq!(head, "00", "acked after the replay: none dead any more");
+    assert!(ttl > 0 && ttl <= hour);
+
+    // The general path, for comparison: two deliveries, the event closes with the second.
+    let (two, _) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", Duration::ZERO)]).await;
+    let mut both = claim_when_due(&s.store, 2, LEASE).await;
+    both.sort_by_key(|c| c.id);
+    claimed_settles(&s.store, &both[0], Some(&record(1, Some(200), None)), Settle::Ack).await;
+    assert_eq!(counts(two).await, ("10".to_string(), -1), "one still open: the event stays");
+    claimed_settles(&s.store, &both[1], Some(&record(1, Some(500), Some("HTTP 500"))), Settle::Bury).await;
+    let (head, ttl) = counts(two).await;
+    assert_eq!(head, "01");
+    assert!(ttl > hour && ttl <= 2 * hour);
+
+    let (gone, _) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    let c = claim_when_due(&s.store, 1, LEASE).await.remove(0);
+    let mut raw = conn.clone();
+    let _: () = ::redis::cmd("DEL").arg(key(gone)).query_async(&mut raw).await.unwrap();
+    claimed_settles(&s.store, &c, Some(&record(1, Some(200), None)), Settle::Ack).await;
+    let exists: i64 = ::redis::cmd("EXISTS").arg(key(gone)).query_async(&mut raw).await.unwrap();
+    assert_eq!(exists, 0, "the close made no record for an event that is gone");
+}
+
 /// Redis only: an event record that cannot be read (damaged, or naming fewer endpoints than it has
 /// deliveries) does not block the claims of others: its deliveries are dead-lettered with the
 /// reason, and burying them does not trip over its counts.

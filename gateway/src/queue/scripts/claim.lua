@@ -26,8 +26,8 @@ local out = {}
 local zadd = { 'ZADD', KEYS[1] }
 local events = {}
 
--- The event's type and body, and the delivery's endpoint, from a record of this version (read
--- once per event in this call); nil when the event is gone. A record that cannot be read (or names
+-- The event's type and body, the delivery's endpoint, and whether it is the event's only delivery,
+-- from a record of this version (read once per event in this call); nil when the event is gone. A record that cannot be read (or names
 -- no endpoint for this delivery) hands the delivery out under an event id that does not parse, so
 -- the gateway dead-letters it with the reason rather than the whole claim failing on it forever.
 local function from_record(id)
@@ -52,7 +52,7 @@ local function from_record(id)
   if rec.bad or not rec.endpoints[k] then
     return evid .. ' (unreadable event record)', '', '', ''
   end
-  return evid, rec.etype, rec.body, rec.endpoints[k]
+  return evid, rec.etype, rec.body, rec.endpoints[k], #rec.endpoints == 1
 end
 
 -- The same from an older version's records: event hash (body in its `:b` string, or older still,
@@ -83,17 +83,19 @@ local function claim(id, i)
     out[#out + 1] = { id, '', '', 1, '', '', '', '', 0 }
     return false
   end
-  local evid, etype, body, endpoint
+  local evid, etype, body, endpoint, only
   if d[1] then
     evid, etype, body = from_older(d[1])
   else
-    evid, etype, body, endpoint = from_record(id)
+    evid, etype, body, endpoint, only = from_record(id)
   end
   endpoint = d[2] or endpoint
   if not evid or not endpoint then
     return false
   end
-  local token = ARGV[4] .. '.' .. i
+  -- The token ends in `s` when this is its event's only delivery (a record of this version): the
+  -- settle that closes it then knows the event's counts without reading them (see settle.lua).
+  local token = ARGV[4] .. '.' .. i .. (only and 's' or '')
   -- A record from another version may lack a field: count from zero rather than fail the batch.
   local attempt = (tonumber(d[3]) or 0) + 1
   local lapsed = tonumber(d[8]) or 0

@@ -104,8 +104,11 @@ local function set_settled(dkey, attempts, ...)
 end
 
 -- One delivery of the event closed (acked or buried): once none is open, the event expires.
--- `older`: the event id an older version's delivery hash names (its event is a hash).
-local function close(id, older, buried)
+-- `older`: the event id an older version's delivery hash names (its event is a hash). `only`: the
+-- delivery is its event's only one (its lease token ends in `s`, see claim.lua), so the counts
+-- after it are known without reading them: none open, one dead when it was buried (a replay moved
+-- it from dead back to open). EXPIRE says whether the record is there; a gone one is not made.
+local function close(id, older, buried, only)
   if older then
     local evkey = p .. 'ev:' .. older
     if buried then
@@ -119,6 +122,13 @@ local function close(id, older, buried)
     return
   end
   local ekey = event_key(p, (event_of(id)))
+  if only then
+    if redis.call('EXPIRE', ekey, event_ttl(buried and 1 or 0)) == 1 then
+      -- A single delivery's counts are one hex digit each.
+      redis.call('SETRANGE', ekey, 0, buried and '01' or '00')
+    end
+    return
+  end
   local open, dead, w = event_counts(ekey)
   if not open then
     return
@@ -156,6 +166,7 @@ for i = 1, tonumber(ARGV[5]) do
     results[i] = 0
   else
     results[i] = 1
+    local only = string.byte(token, -1) == 115 -- 's'
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
     local appended, attempts
@@ -202,7 +213,7 @@ for i = 1, tonumber(ARGV[5]) do
       if not log_expires then
         redis.call('EXPIRE', logkey, log_ttl)
       end
-      close(id, d[2], true)
+      close(id, d[2], true, only)
       if history then
         to_history(id, d, logkey, 'dead', record, appended, last_error)
       end
@@ -214,7 +225,7 @@ for i = 1, tonumber(ARGV[5]) do
       if not log_expires then
         redis.call('EXPIRE', logkey, log_ttl)
       end
-      close(id, d[2], false)
+      close(id, d[2], false, only)
       if history then
         to_history(id, d, logkey, 'succeeded', record, appended, last_error)
       end
