@@ -27,9 +27,10 @@ local zadd = { 'ZADD', KEYS[1] }
 local events = {}
 
 -- The event's type and body, the delivery's endpoint, and whether it is the event's only delivery,
--- from a record of this version (read once per event in this call); nil when the event is gone. A record that cannot be read (or names
--- no endpoint for this delivery) hands the delivery out under an event id that does not parse, so
--- the gateway dead-letters it with the reason rather than the whole claim failing on it forever.
+-- from a record of this version (read once per event in this call); nil when the event is gone. A
+-- record that cannot be read (or names no endpoint for this delivery) hands the delivery out under
+-- an event id that does not parse, so the gateway dead-letters it with the reason rather than the
+-- whole claim failing on it forever.
 local function from_record(id)
   local evid, k = event_of(id)
   local rec = events[evid]

@@ -170,18 +170,19 @@ for i = 1, tonumber(ARGV[5]) do
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
     local appended, attempts
-    -- A delivery that finishes keeps its log for as long as its hash.
-    local log_ttl = nil
+    -- How long a delivery that finishes here is kept, its hash and its log alike (nil: it does not
+    -- finish).
+    local finished_ttl = nil
     if action == 'bury' then
-      log_ttl = dead_retention_s
+      finished_ttl = dead_retention_s
     elseif action ~= 'retry' and action ~= 'defer' and action ~= 'pause' and action ~= 'park' then
-      log_ttl = history and keep_s or retention_s
+      finished_ttl = history and keep_s or retention_s
     end
     local log_expires = false
     if record ~= '' then
       attempts = (tonumber(d[4]) or 0) + 1
       local line = record .. '\n'
-      if log_ttl and redis.call('SET', logkey, line, 'NX', 'EX', log_ttl) then
+      if finished_ttl and redis.call('SET', logkey, line, 'NX', 'EX', finished_ttl) then
         -- No log yet (its first attempt finished it): written with its TTL in one command.
         appended, log_expires = #line, true
       else
@@ -209,9 +210,9 @@ for i = 1, tonumber(ARGV[5]) do
       set_settled(dkey, attempts, 'last_error', last_error, 'status', 'dead', 'closed', '1')
       leaving[#leaving + 1] = id
       redis.call('ZADD', KEYS[2], now_s, id)
-      redis.call('EXPIRE', dkey, log_ttl)
+      redis.call('EXPIRE', dkey, finished_ttl)
       if not log_expires then
-        redis.call('EXPIRE', logkey, log_ttl)
+        redis.call('EXPIRE', logkey, finished_ttl)
       end
       close(id, d[2], true, only)
       if history then
@@ -221,9 +222,9 @@ for i = 1, tonumber(ARGV[5]) do
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
       set_settled(dkey, attempts, 'last_error', last_error, 'status', 'succeeded')
       leaving[#leaving + 1] = id
-      redis.call('EXPIRE', dkey, log_ttl)
+      redis.call('EXPIRE', dkey, finished_ttl)
       if not log_expires then
-        redis.call('EXPIRE', logkey, log_ttl)
+        redis.call('EXPIRE', logkey, finished_ttl)
       end
       close(id, d[2], false, only)
       if history then
