@@ -181,9 +181,10 @@ impl Control {
     }
 
     /// Reloads on every SIGHUP until `shutdown` turns true, logging the outcome. A gateway started
-    /// without a config file reloads its plugins' files instead.
-    pub async fn reload_on_hangup(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut hangup = hangup_signal();
+    /// without a config file reloads its plugins' files instead. `hangup` is [`hangup_signal`],
+    /// taken before the gateway listens: from then on a SIGHUP reloads and never ends the process
+    /// (its default action), however late this task first runs.
+    pub async fn reload_on_hangup(self: Arc<Self>, mut hangup: Hangup, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 Some(()) = recv(&mut hangup) => {}
@@ -246,18 +247,24 @@ fn build(
     }
 }
 
+/// SIGHUP as a stream (`None` where it cannot be had).
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+/// SIGHUP as a stream (`None` where it cannot be had).
 #[cfg(not(unix))]
-type Hangup = Option<()>;
+pub type Hangup = Option<()>;
 
+/// Handles SIGHUP from now on (instead of its default, ending the process); the signals arrive
+/// through what it returns.
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
+/// Handles SIGHUP from now on (instead of its default, ending the process); the signals arrive
+/// through what it returns.
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     None
 }
 

@@ -136,6 +136,8 @@ impl Gateway {
         let http = delivery::client::build_delivery(delivery::client::DestinationGuard::from(&config.security));
         let alerts_http = delivery::client::build_alerts()?;
         let wake = Arc::new(Notify::new());
+        // Before the listener: once a client can see this gateway, SIGHUP means reload.
+        let hangup = control::hangup_signal();
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
@@ -191,7 +193,7 @@ impl Gateway {
         tasks.extend([
             tokio::spawn(http::serve(listener, state, watcher.clone())),
             tokio::spawn(plugin::reload::watch(running_plugins(), watcher.clone())),
-            tokio::spawn(control.reload_on_hangup(watcher.clone())),
+            tokio::spawn(control.reload_on_hangup(hangup, watcher.clone())),
             tokio::spawn(delivery::summary::run(metrics, config.queue.log_summary_every, watcher.clone())),
             tokio::spawn(worker.run(watcher)),
         ]);

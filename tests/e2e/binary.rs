@@ -1,12 +1,13 @@
 //! The real `sluice` binary: `run` serves the seed story end to end, `check` reports config problems.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::*;
 
 /// Starts `sluice run` on a free port with the tests' base config plus `extra` (endpoint and route
-/// tables), and waits until it answers.
+/// tables), and waits until it answers. Its log goes to `sluice.log` beside the config, in the
+/// system's temp dir, for a failing test to be read against.
 async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::net::SocketAddr) {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
@@ -16,13 +17,21 @@ async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::
     let sluice = SluiceProcess(
         Command::new(SLUICE_BIN)
             .args(["run", "--config", config.to_str().unwrap()])
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "info,sluice=debug")
+            .stderr(std::fs::File::create(dir.join("sluice.log")).unwrap())
             .spawn()
             .unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr).await;
     (sluice, addr)
+}
+
+/// The log of the `sluice run` that [`spawn_sluice`] started on `addr`, for a failure message.
+fn log_of(addr: std::net::SocketAddr) -> String {
+    let path = std::env::temp_dir().join(format!("sluice-bin-{}", addr.port())).join("sluice.log");
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    format!("\n--- {} ---\n{log}", path.display())
 }
 
 #[tokio::test]
@@ -232,7 +241,7 @@ async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
     let pid = sluice.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let exit = tokio::task::spawn_blocking(move || sluice.0.wait()).await.unwrap().unwrap();
-    assert!(exit.success(), "sluice exited with {exit}");
+    assert!(exit.success(), "sluice exited with {exit}{}", log_of(addr));
 
     // The attempt finished and was recorded before the process ended: nothing to redo.
     let mut conn = redis.connection().await;
@@ -242,8 +251,8 @@ async fn sigterm_lets_the_delivery_in_flight_finish_and_exits_zero() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(status.as_deref(), Some("succeeded"));
-    assert_eq!(receiver.count(), 1);
+    assert_eq!(status.as_deref(), Some("succeeded"), "{}", log_of(addr));
+    assert_eq!(receiver.count(), 1, "{}", log_of(addr));
 }
 
 /// Runs `sluice admin … args` against `gateway`; returns (success, stdout, stderr).
@@ -326,7 +335,7 @@ async fn json_logs_carry_delivery_ids_and_never_a_secret() {
     let log = dir.join("sluice.log");
     let child = Command::new(SLUICE_BIN)
         .args(["--log-format", "json", "run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", "info,sluice=debug")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -526,7 +535,7 @@ async fn sighup_and_config_reload_apply_the_edited_file_to_a_running_sluice_or_l
     let mut receiver = Receiver::start().await;
     let routes =
         endpoint_toml("orders", &receiver.url(), "") + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
-    let (sluice, addr) = spawn_sluice(&redis, &routes).await;
+    let (mut sluice, addr) = spawn_sluice(&redis, &routes).await;
     let config = std::env::temp_dir().join(format!("sluice-bin-{}", addr.port())).join("sluice.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert_eq!(post_event(addr, "crm", "{}").await.0, 404);
@@ -537,8 +546,14 @@ async fn sighup_and_config_reload_apply_the_edited_file_to_a_running_sluice_or_l
     let pid = rustix::process::Pid::from_child(&sluice.0);
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while admin_get(addr, "/v1/config").await.1["hash"] == before["hash"] {
-        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the configuration");
+    loop {
+        // SIGHUP's default action ends a process: this one must have taken it as a reload.
+        let exited = sluice.0.try_wait().unwrap();
+        assert!(exited.is_none(), "sluice ended ({exited:?}) on SIGHUP{}", log_of(addr));
+        if admin_get(addr, "/v1/config").await.1["hash"] != before["hash"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the configuration{}", log_of(addr));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, accepted) = post_event(addr, "crm", r#"{"event":"lead_created"}"#).await;

@@ -85,13 +85,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
             let stopped_by_itself = runtime.block_on(async {
+                // Before the gateway listens: a SIGTERM from then on drains rather than kills.
+                let terminated = shutdown_signal();
                 // From a file, SIGHUP and `config reload` read it again.
                 let gateway = match config {
                     Some(path) => sluice::Gateway::start_file(&path).await?,
                     None => sluice::Gateway::start(sluice::config::load(None)?).await?,
                 };
                 let by_itself = tokio::select! {
-                    _ = shutdown_signal() => false,
+                    _ = terminated => false,
                     _ = gateway.stopped() => true,
                 };
                 tracing::info!("Shutting down.");
@@ -133,19 +135,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits for SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Both handlers are installed here, when called (not when first polled).
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return interrupt.await.unwrap_or_default(),
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                Some(_) = async { interrupt.as_mut()?.recv().await } => {}
+                Some(_) = async { term.as_mut()?.recv().await } => {}
+                else => std::future::pending::<()>().await,
+            }
         }
     }
     #[cfg(not(unix))]
-    interrupt.await.unwrap_or_default();
+    async {
+        tokio::signal::ctrl_c().await.unwrap_or_default()
+    }
 }
