@@ -59,6 +59,9 @@ impl Browser {
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
+            // Its own temporary files (`org.chromium.Chromium.*`, left behind by a killed browser)
+            // go in the profile's directory too, which is removed with it.
+            .env("TMPDIR", profile.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
