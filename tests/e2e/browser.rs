@@ -4,6 +4,7 @@
 //! name, so the only traffic is to the gateway under test.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -62,6 +63,9 @@ impl Browser {
             // Its own temporary files (`org.chromium.Chromium.*`, left behind by a killed browser)
             // go in the profile's directory too, which is removed with it.
             .env("TMPDIR", profile.path())
+            // A group of its own, so dropping the browser kills its helper processes too (left
+            // alive, they write into the profile while it is being removed, and keep it).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -199,6 +203,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
