@@ -29,9 +29,10 @@
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
 //! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--latency]
-//! [--backlog [--rounds N]] [--log] [--peak]` (`--memory`: only the memory
+//! [--backlog [--rounds N]] [--log] [--peak [--rounds N]]` (`--memory`: only the memory
 //! phase; `--log`: the gateway logs as the binary does, to stderr; `--peak`: only the raw baseline and
-//! the peak with one plugin, e.g. under `perf record`)
+//! the peak with one plugin, e.g. under `perf record`; with `--rounds N`, N such pairs and their
+//! medians)
 
 mod backlog;
 mod history;
@@ -77,6 +78,7 @@ struct Options {
     latency: bool,
     backlog: bool,
     rounds: usize,
+    rounds_given: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -96,6 +98,7 @@ fn options() -> anyhow::Result<Options> {
         latency: false,
         backlog: false,
         rounds: 3,
+        rounds_given: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -114,7 +117,10 @@ fn options() -> anyhow::Result<Options> {
             "--peak" => options.peak = true,
             "--latency" => options.latency = true,
             "--backlog" => options.backlog = true,
-            "--rounds" => options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1),
+            "--rounds" => {
+                options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1);
+                options.rounds_given = true;
+            }
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -224,8 +230,9 @@ endpoints = ["receiver"]
 
 /// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
 /// measures ingest latency at half the peak rate.
-/// `raw` is [`raw_baseline`]'s figure, measured just before.
-async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<()> {
+/// `raw` is [`raw_baseline`]'s figure, measured just before. Returns the peak's ratio to `raw`, and
+/// Redis' CPU per event (µs) on Redis.
+async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<(f64, Option<f64>)> {
     // The queue: a redis-server of our own, or a scratch embedded store.
     let mut _redis = None;
     let mut redis_conn = None;
@@ -283,14 +290,16 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default())
     );
-    if let (Some(conn), Some(start)) = (redis_conn.as_mut(), redis_start) {
-        redis_stats::report(conn, start, options.events).await?;
-    }
+    let redis_us = match (redis_conn.as_mut(), redis_start) {
+        (Some(conn), Some(start)) => Some(redis_stats::report(conn, start, options.events).await?),
+        _ => None,
+    };
+    let measured = (peak / raw, redis_us);
 
     if !half_rate {
         gateway.shutdown().await;
         let _ = std::fs::remove_file(&scratch);
-        return Ok(());
+        return Ok(measured);
     }
     // Half the peak rate, paced across the producers.
     let half_rate = peak / 2.0;
@@ -309,7 +318,21 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
     );
     gateway.shutdown().await;
     let _ = std::fs::remove_file(&scratch);
-    Ok(())
+    Ok(measured)
+}
+
+/// The peak's ratios to raw over the rounds, and Redis' CPU per event, each with its median.
+fn print_medians(peaks: &[(f64, Option<f64>)]) {
+    let mut ratios: Vec<f64> = peaks.iter().map(|p| p.0).collect();
+    ratios.sort_by(f64::total_cmp);
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!("peak over {} rounds: {} of raw, median {:.3}", ratios.len(), listed.join(", "), ratios[ratios.len() / 2]);
+    let mut redis: Vec<f64> = peaks.iter().filter_map(|p| p.1).collect();
+    if !redis.is_empty() {
+        redis.sort_by(f64::total_cmp);
+        let listed: Vec<String> = redis.iter().map(|r| format!("{r:.1}")).collect();
+        println!("Redis CPU per event: {} µs, median {:.1}", listed.join(", "), redis[redis.len() / 2]);
+    }
 }
 
 /// Ingest latency of a route without plugins, idle and while 8 producers drive a route whose
@@ -430,11 +453,17 @@ fn main() -> anyhow::Result<()> {
         (false, _) => &[0],
     };
     let raw_server = runtime.block_on(start_raw_server())?;
+    // `--peak --rounds N`: N pairs (raw, then the peak), for medians on a machine whose speed moves
+    // between minutes.
+    let rounds = if options.peak && options.rounds_given { options.rounds } else { 1 };
     let mut raws = Vec::new();
-    for (i, chain) in chains.iter().enumerate() {
-        let raw = runtime.block_on(raw_baseline(raw_server, &options))?;
-        raws.push(raw);
-        runtime.block_on(end_to_end(&options, *chain, i == 0 && !options.peak, raw))?;
+    let mut peaks = Vec::new();
+    for _ in 0..rounds {
+        for (i, chain) in chains.iter().enumerate() {
+            let raw = runtime.block_on(raw_baseline(raw_server, &options))?;
+            raws.push(raw);
+            peaks.push(runtime.block_on(end_to_end(&options, *chain, i == 0 && !options.peak, raw))?);
+        }
     }
     raws.sort_by(f64::total_cmp);
     println!(
@@ -443,6 +472,9 @@ fn main() -> anyhow::Result<()> {
         raws[raws.len() / 2]
     );
     if options.peak {
+        if rounds > 1 {
+            print_medians(&peaks);
+        }
         return Ok(());
     }
     if plugin_path("rust-chaos").exists() {
