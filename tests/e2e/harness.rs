@@ -28,7 +28,34 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("gateway/ has a parent").to_path_buf()
 }
 
+/// A port that is free now, for a server that a test starts by number (`redis-server`, `sluice
+/// run`). It is taken just below the kernel's ephemeral range, where the kernel hands out no port by
+/// itself: neither to a listener bound to port 0 (every receiver, every in-process gateway) nor as
+/// the source port of an outgoing connection, both of which could otherwise take it between this
+/// check and the server's bind. Successive calls go round the range from a start of the process'
+/// own, so two calls of one run never return the same port while it is in use.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: OnceLock<u32> = OnceLock::new();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.saturating_sub(10_000).min(12_000);
+    if span >= 1000 {
+        let base = ephemeral_low - span;
+        let start = *START.get_or_init(|| {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (std::process::id() ^ nanos.subsec_nanos()) % span
+        });
+        for _ in 0..span {
+            let port = base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if StdListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -108,17 +135,32 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Starts a server on a free port. A port is free when [`free_port`] looks, and another test may
+    /// take it before this server binds it: then this one cannot start, and it is started again on
+    /// another port.
     pub async fn start() -> Self {
-        Self::start_on(free_port()).await
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start_on(free_port()).await {
+                Ok(server) => return server,
+                Err(why) => last = why,
+            }
+        }
+        panic!("{last}");
     }
 
     /// Starts a server on `port` (e.g. again, after [`RedisServer::kill`]).
     pub async fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).await.unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    async fn try_start_on(port: u16) -> Result<Self, String> {
         // Its own working directory, so files Redis may write (e.g. when a test turns AOF on) stay
-        // out of the source tree.
+        // out of the source tree; emptied first, so nothing an earlier run left on this port loads.
         let dir = std::env::temp_dir().join(format!("sluice-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Self::spawn(port, &["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()]).await
+        Self::try_spawn(port, &["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()]).await
     }
 
     /// Starts a server on `port` that keeps its data in `dir` with an fsync per write (AOF,
@@ -135,28 +177,43 @@ impl RedisServer {
     }
 
     async fn spawn(port: u16, args: &[&str]) -> Self {
+        Self::try_spawn(port, args).await.unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    async fn try_spawn(port: u16, args: &[&str]) -> Result<Self, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = Self { port, child, killed: false };
-        server.wait_ready().await;
-        server
+        let mut server = Self { port, child, killed: false };
+        server.wait_ready().await?;
+        Ok(server)
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until this server answers on its port. The server that answers must be this one
+    /// (`INFO server` names its process): a port taken by another test's Redis would otherwise be
+    /// shared with it, silently.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let client = redis::Client::open(self.url()).unwrap();
+        let pid = self.child.id();
         for _ in 0..500 {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return Err(format!("redis-server on port {} ended at start ({exit}): port taken?", self.port));
+            }
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
-                    return;
+                if let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await {
+                    let answering = info.lines().find_map(|l| l.strip_prefix("process_id:")).map(str::trim);
+                    if answering == Some(pid.to_string().as_str()) {
+                        return Ok(());
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("redis-server on port {} did not come up", self.port);
+        self.kill();
+        Err(format!("redis-server on port {} did not come up as its own process", self.port))
     }
 
     pub fn url(&self) -> String {
