@@ -18,15 +18,25 @@ async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::
     let base = base_toml(redis).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let base = base.replace("timeout = \"500ms\"", "timeout = \"5s\"");
     std::fs::write(&config, base + extra).unwrap();
-    let sluice = SluiceProcess(
+    let log = dir.join("sluice.log");
+    let mut sluice = SluiceProcess(
         Command::new(SLUICE_BIN)
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info,sluice=debug")
-            .stderr(std::fs::File::create(dir.join("sluice.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // This process must be the one listening (its log says so), not whatever else may answer on
+    // the port.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("Sluice is listening.") {
+        let exited = sluice.0.try_wait().unwrap();
+        assert!(exited.is_none(), "sluice ended at start ({exited:?}){}", log_of(addr));
+        assert!(tokio::time::Instant::now() < deadline, "sluice did not start{}", log_of(addr));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     wait_listening(addr).await;
     (sluice, addr)
 }
