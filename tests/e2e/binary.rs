@@ -10,7 +10,8 @@ use crate::harness::*;
 /// system's temp dir, for a failing test to be read against.
 async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::net::SocketAddr) {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sluice-bin-{port}"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = bin_dir(addr);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sluice.toml");
     // Redis calls get 5 s rather than the base's 500 ms: these tests are about the binary, not about
@@ -27,7 +28,6 @@ async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::
             .spawn()
             .unwrap(),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // This process must be the one listening (its log says so), not whatever else may answer on
     // the port.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -35,15 +35,21 @@ async fn spawn_sluice(redis: &RedisServer, extra: &str) -> (SluiceProcess, std::
         let exited = sluice.0.try_wait().unwrap();
         assert!(exited.is_none(), "sluice ended at start ({exited:?}){}", log_of(addr));
         assert!(tokio::time::Instant::now() < deadline, "sluice did not start{}", log_of(addr));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_listening(addr).await;
     (sluice, addr)
 }
 
+/// The directory of the `sluice run` that [`spawn_sluice`] started on `addr`: its config
+/// (`sluice.toml`) and its log (`sluice.log`).
+fn bin_dir(addr: std::net::SocketAddr) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("sluice-bin-{}", addr.port()))
+}
+
 /// The log of the `sluice run` that [`spawn_sluice`] started on `addr`, for a failure message.
 fn log_of(addr: std::net::SocketAddr) -> String {
-    let path = std::env::temp_dir().join(format!("sluice-bin-{}", addr.port())).join("sluice.log");
+    let path = bin_dir(addr).join("sluice.log");
     let log = std::fs::read_to_string(&path).unwrap_or_default();
     format!("\n--- {} ---\n{log}", path.display())
 }
@@ -550,7 +556,7 @@ async fn sighup_and_config_reload_apply_the_edited_file_to_a_running_sluice_or_l
     let routes =
         endpoint_toml("orders", &receiver.url(), "") + "\n[[routes]]\nsource = \"shop\"\nendpoints = [\"orders\"]\n";
     let (mut sluice, addr) = spawn_sluice(&redis, &routes).await;
-    let config = std::env::temp_dir().join(format!("sluice-bin-{}", addr.port())).join("sluice.toml");
+    let config = bin_dir(addr).join("sluice.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert_eq!(post_event(addr, "crm", "{}").await.0, 404);
     let (_, before) = admin_get(addr, "/v1/config").await;

@@ -37,18 +37,18 @@ pub fn repo_root() -> PathBuf {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    static START: OnceLock<u32> = OnceLock::new();
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let span = ephemeral_low.saturating_sub(10_000).min(12_000);
-    if span >= 1000 {
-        let base = ephemeral_low - span;
-        let start = *START.get_or_init(|| {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            (std::process::id() ^ nanos.subsec_nanos()) % span
-        });
+    // (first port, number of ports, where this process starts in them); None: no room below.
+    static RANGE: OnceLock<Option<(u32, u32, u32)>> = OnceLock::new();
+    let range = *RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        let span = ephemeral_low.saturating_sub(10_000).min(12_000);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (span >= 1000).then(|| (ephemeral_low - span, span, (std::process::id() ^ nanos.subsec_nanos()) % span))
+    });
+    if let Some((base, span, start)) = range {
         for _ in 0..span {
             let port = base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
             if StdListener::bind(("127.0.0.1", port as u16)).is_ok() {
@@ -197,7 +197,7 @@ impl RedisServer {
     /// shared with it, silently.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let client = redis::Client::open(self.url()).unwrap();
-        let pid = self.child.id();
+        let pid = self.child.id().to_string();
         for _ in 0..500 {
             if let Ok(Some(exit)) = self.child.try_wait() {
                 return Err(format!("redis-server on port {} ended at start ({exit}): port taken?", self.port));
@@ -205,7 +205,7 @@ impl RedisServer {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 if let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut conn).await {
                     let answering = info.lines().find_map(|l| l.strip_prefix("process_id:")).map(str::trim);
-                    if answering == Some(pid.to_string().as_str()) {
+                    if answering == Some(pid.as_str()) {
                         return Ok(());
                     }
                 }

@@ -77,8 +77,8 @@ struct Options {
     peak: bool,
     latency: bool,
     backlog: bool,
-    rounds: usize,
-    rounds_given: bool,
+    /// `--rounds N`; each phase that takes it has its own default.
+    rounds: Option<usize>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -97,8 +97,7 @@ fn options() -> anyhow::Result<Options> {
         peak: false,
         latency: false,
         backlog: false,
-        rounds: 3,
-        rounds_given: false,
+        rounds: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -117,10 +116,7 @@ fn options() -> anyhow::Result<Options> {
             "--peak" => options.peak = true,
             "--latency" => options.latency = true,
             "--backlog" => options.backlog = true,
-            "--rounds" => {
-                options.rounds = args.next().context("--rounds N")?.parse::<usize>()?.max(1);
-                options.rounds_given = true;
-            }
+            "--rounds" => options.rounds = Some(args.next().context("--rounds N")?.parse::<usize>()?.max(1)),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
                 Some("redis") => options.embedded = false,
@@ -323,16 +319,20 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
 
 /// The peak's ratios to raw over the rounds, and Redis' CPU per event, each with its median.
 fn print_medians(peaks: &[(f64, Option<f64>)]) {
-    let mut ratios: Vec<f64> = peaks.iter().map(|p| p.0).collect();
-    ratios.sort_by(f64::total_cmp);
-    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-    println!("peak over {} rounds: {} of raw, median {:.3}", ratios.len(), listed.join(", "), ratios[ratios.len() / 2]);
-    let mut redis: Vec<f64> = peaks.iter().filter_map(|p| p.1).collect();
+    let (listed, median) = sorted_with_median(peaks.iter().map(|p| p.0).collect(), 3);
+    println!("peak over {} rounds: {listed} of raw, median {median}", peaks.len());
+    let redis: Vec<f64> = peaks.iter().filter_map(|p| p.1).collect();
     if !redis.is_empty() {
-        redis.sort_by(f64::total_cmp);
-        let listed: Vec<String> = redis.iter().map(|r| format!("{r:.1}")).collect();
-        println!("Redis CPU per event: {} µs, median {:.1}", listed.join(", "), redis[redis.len() / 2]);
+        let (listed, median) = sorted_with_median(redis, 1);
+        println!("Redis CPU per event: {listed} µs, median {median}");
     }
+}
+
+/// `values` sorted and listed, and their median, with `decimals` decimals.
+fn sorted_with_median(mut values: Vec<f64>, decimals: usize) -> (String, String) {
+    values.sort_by(f64::total_cmp);
+    let listed: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+    (listed.join(", "), format!("{:.decimals$}", percentile(&values, 0.5)))
 }
 
 /// Ingest latency of a route without plugins, idle and while 8 producers drive a route whose
@@ -429,7 +429,7 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(memory::per_delivery());
     }
     if options.history {
-        return runtime.block_on(history::cost(options.events, options.producers, options.rounds));
+        return runtime.block_on(history::cost(options.events, options.producers, options.rounds.unwrap_or(3)));
     }
     if options.search {
         return runtime.block_on(search::cost());
@@ -439,7 +439,7 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(latency::receipt_to_attempt(events, options.producers));
     }
     if options.backlog {
-        return runtime.block_on(backlog::cost(options.events, options.producers, options.rounds));
+        return runtime.block_on(backlog::cost(options.events, options.producers, options.rounds.unwrap_or(3)));
     }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {
@@ -455,7 +455,7 @@ fn main() -> anyhow::Result<()> {
     let raw_server = runtime.block_on(start_raw_server())?;
     // `--peak --rounds N`: N pairs (raw, then the peak), for medians on a machine whose speed moves
     // between minutes.
-    let rounds = if options.peak && options.rounds_given { options.rounds } else { 1 };
+    let rounds = options.rounds.filter(|_| options.peak).unwrap_or(1);
     let mut raws = Vec::new();
     let mut peaks = Vec::new();
     for _ in 0..rounds {
