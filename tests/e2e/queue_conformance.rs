@@ -813,9 +813,23 @@ async fn redis_records_of_another_version_load_and_a_malformed_one_does_not_bloc
     let _: () = ::redis::cmd("HDEL").arg(key(ids[0])).arg("attempts").query_async(&mut conn).await.unwrap();
     let _: () =
         ::redis::cmd("HSET").arg(key(ids[1])).arg("headers").arg("{not json").query_async(&mut conn).await.unwrap();
+    // Queued as a version that writes hashes queues them: at a whole millisecond (a score ending
+    // in `.5` says no hash describes the delivery, and the claim would not read one), and before
+    // the third, so one claim of two takes both.
+    for id in &ids[..2] {
+        let _: () = ::redis::cmd("ZADD")
+            .arg("sluice:{s0}:queue")
+            .arg("XX")
+            .arg(id.timestamp_ms() - 1)
+            .arg(sluice::id::format_delivery(*id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 
     let claimed = claim_when_due(&s.store, 2, LEASE).await;
-    let got: Vec<Ulid> = claimed.iter().map(|c| c.id).collect();
+    let mut got: Vec<Ulid> = claimed.iter().map(|c| c.id).collect();
+    got.sort();
     assert_eq!(got, [ids[0], ids[2]], "the malformed one is set aside, the others served");
     let bad = view(&s.store, ids[1]).await;
     assert_eq!(bad.state, "dead");
@@ -1076,5 +1090,58 @@ async fn redis_an_unreadable_event_record_dead_letters_its_deliveries_and_blocks
         let v = view(&s.store, id).await;
         assert_eq!(v.state, "dead", "{id}");
         assert!(v.last_error.as_deref().unwrap_or_default().contains("unreadable event record"), "{:?}", v.last_error);
+    }
+}
+
+/// Redis only: a delivery no hash describes yet (no headers or payload of its own) is queued with a
+/// score ending in `.5`, and its first claim writes nothing but its score (the lease expiry plus a
+/// quarter of a millisecond); its settle makes the hash whole. One with a plugin's own payload has
+/// a hash from the start, is queued at a whole millisecond and leased in its hash.
+#[tokio::test]
+async fn redis_a_first_claim_writes_only_the_queue_score_and_the_settle_makes_the_hash() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let conn = redis.connection().await;
+    let own = Some(Bytes::from_static(b"{\"own\":true}"));
+    let (_, ids) = enqueue_with(&s.store, b"{}", vec![("a", Duration::ZERO, None), ("b", Duration::ZERO, own)]).await;
+    let (plain, owned) = (sluice::id::format_delivery(ids[0]), sluice::id::format_delivery(ids[1]));
+    // A delivery's score's fraction, and its hash's fields.
+    let state = |name: &str| {
+        let (mut conn, name) = (conn.clone(), name.to_string());
+        async move {
+            let score: Option<f64> =
+                ::redis::cmd("ZSCORE").arg("sluice:{s0}:queue").arg(&name).query_async(&mut conn).await.unwrap();
+            let hash: std::collections::HashMap<String, String> =
+                ::redis::cmd("HGETALL").arg(format!("sluice:{{s0}}:d:{name}")).query_async(&mut conn).await.unwrap();
+            (score.map(f64::fract), hash)
+        }
+    };
+    let (fraction, hash) = state(&plain).await;
+    assert_eq!((fraction, hash.len()), (Some(0.5), 0), "queued without a hash");
+    let (fraction, hash) = state(&owned).await;
+    assert_eq!(fraction, Some(0.0));
+    assert!(hash.contains_key("payload"), "{hash:?}");
+
+    let claimed = claim_when_due(&s.store, 2, LEASE).await;
+    assert_eq!(claimed.len(), 2);
+    let (fraction, hash) = state(&plain).await;
+    assert_eq!((fraction, hash.len()), (Some(0.25), 0), "leased by its score alone");
+    let (fraction, hash) = state(&owned).await;
+    assert_eq!(fraction, Some(0.0));
+    assert!(hash.get("lease").is_some_and(|l| !l.is_empty()), "leased in its hash: {hash:?}");
+    let leased = view(&s.store, ids[0]).await;
+    assert_eq!((leased.state.as_str(), leased.endpoint.as_str()), ("pending", "a"));
+
+    for c in &claimed {
+        claimed_settles(&s.store, c, Some(&record(1, Some(200), None)), Settle::Ack).await;
+    }
+    let (score, hash) = state(&plain).await;
+    assert_eq!(score, None, "out of the queue");
+    let field = |name: &str| hash.get(name).map(String::as_str);
+    assert_eq!((field("endpoint"), field("status"), field("attempts")), (Some("a"), Some("succeeded"), Some("1")));
+    assert_eq!(field("lease"), None, "no lease to release");
+    for id in &ids {
+        let done = view(&s.store, *id).await;
+        assert_eq!((done.state.as_str(), done.attempts_made, done.attempts.len()), ("succeeded", 1, 1));
     }
 }

@@ -3,7 +3,13 @@
 -- A claim counts no attempt: the settle that records an attempt does (a claim whose reply was lost
 -- must not spend one). A delivery still holding a lease when claimed again had its lease run out
 -- unsettled; `lapsed` counts those, so a delivery that keeps killing its workers can be given up.
--- The first claim of a delivery makes its hash (lease, endpoint); see record.lua.
+-- A delivery that no hash describes yet (queued by enqueue.lua with a score ending in `.5`) is
+-- leased without one: its lease is its score, the lease expiry plus a quarter of a millisecond,
+-- and its token names that expiry and its endpoint (`~<s|m><expiry ms>:<endpoint>`), so the settle
+-- checks the lease against the score and writes the hash whole; nothing is read or written per
+-- delivery here but its event record. A score ending in `.25` seen here is such a lease that ran
+-- out: the delivery is claimed as any other, and its lapsed lease counted. Any other claim makes
+-- (or updates) the delivery's hash: lease, endpoint.
 -- Deliveries stored by an older version (event hash `ev:<id>` with a `:b` string, a delivery hash
 -- from the start, queued in the `due` ZSET, which older gateways still serve during an upgrade)
 -- are claimed too, after this version's, and move to the queue ZSET when claimed.
@@ -22,6 +28,7 @@ local p = ARGV[1]
 local limit = tonumber(ARGV[2])
 -- A string: Redis would format the number with sprintf for every delivery.
 local lease_until = tostring(now + tonumber(ARGV[3]))
+local lease_fresh = lease_until .. '.25'
 local out = {}
 local zadd = { 'ZADD', KEYS[1] }
 local events = {}
@@ -70,9 +77,23 @@ local function from_older(evid)
   return evid, e[1] or '', body
 end
 
+-- Leases a delivery no hash describes yet (see above); false when its event is gone.
+local function claim_fresh(id)
+  local evid, etype, body, endpoint, only = from_record(id)
+  if not evid or not endpoint then
+    return false
+  end
+  zadd[#zadd + 1] = lease_fresh
+  zadd[#zadd + 1] = id
+  out[#out + 1] = { id, '~' .. (only and 's' or 'm') .. lease_until .. ':' .. endpoint, endpoint, 1, evid, etype,
+    body, '', 0 }
+  return true
+end
+
 -- Leases one delivery; false when no pending delivery is behind the id (expired, or settled
--- elsewhere): the caller drops it from its ZSET.
-local function claim(id, i)
+-- elsewhere): the caller drops it from its ZSET. `lapsed_fresh`: it held a lease without a hash
+-- (see above) that ran out.
+local function claim(id, i, lapsed_fresh)
   local dkey = p .. 'd:' .. id
   local d = redis.call('HMGET', dkey, 'event', 'endpoint', 'attempts', 'payload', 'headers', 'status', 'lease',
     'lapsed')
@@ -101,7 +122,7 @@ local function claim(id, i)
   local attempt = (tonumber(d[3]) or 0) + 1
   local lapsed = tonumber(d[8]) or 0
   local set = { 'HSET', dkey, 'lease', token }
-  if d[7] and d[7] ~= '' then
+  if lapsed_fresh or (d[7] and d[7] ~= '') then
     lapsed = lapsed + 1
     set[#set + 1] = 'lapsed'
     set[#set + 1] = lapsed
@@ -119,10 +140,19 @@ end
 
 -- Claims from one ZSET; returns how many of its ids were claimed or dropped.
 local function claim_from(key, n)
-  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, n)
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, n)
   local gone = { 'ZREM', key }
-  for _, id in ipairs(ids) do
-    if not claim(id, #out + 1) then
+  for j = 1, #due, 2 do
+    local id = due[j]
+    -- What the score's fraction says (see above).
+    local mark = tonumber(due[j + 1]) % 1
+    local claimed
+    if mark == 0.5 then
+      claimed = claim_fresh(id)
+    else
+      claimed = claim(id, #out + 1, mark == 0.25)
+    end
+    if not claimed then
       gone[#gone + 1] = id
     elseif key ~= KEYS[1] then
       -- Moves to this version's queue (the lease's ZADD below puts it there).
@@ -132,7 +162,7 @@ local function claim_from(key, n)
   if #gone > 2 then
     redis.call(unpack(gone))
   end
-  return #ids
+  return #due / 2
 end
 
 local seen = claim_from(KEYS[1], limit)

@@ -9,12 +9,15 @@
 -- (the key expired, or was released as not stored: skip it), and the key takes the answer in the
 -- same step; so a lost reply leaves the key saying what happened. The key is in this shard's slot.
 -- A delivery gets no hash of its own here unless a plugin gave it its own headers or payload: the
--- event record names its endpoint, and the first claim makes the hash.
+-- event record names its endpoint, and its first settle (or a claim after a lapsed lease) makes
+-- the hash. One without a hash is queued half a millisecond before it is due: a score ending in
+-- `.5` tells the claim that nothing but the event record describes the delivery (see claim.lua).
 -- Returns { now ms, {ids of events skipped} }.
 local now = now_ms()
 -- Most deliveries are due at once: their score goes as a string (Redis formats a number with
 -- sprintf for every argument).
 local now_s = tostring(now)
+local fresh_now = tostring(now - 1) .. '.5'
 local p = ARGV[1]
 local retention = ARGV[2]
 local at = 4
@@ -41,14 +44,23 @@ for _ = 1, tonumber(ARGV[3]) do
     if store then
       local id = ARGV[at]
       local dkey = p .. 'd:' .. id
+      local own = false
       if ARGV[at + 2] ~= '' then
         redis.call('HSET', dkey, 'headers', ARGV[at + 2])
+        own = true
       end
       if ARGV[at + 4] == '1' then
         redis.call('HSET', dkey, 'payload', ARGV[at + 3])
+        own = true
       end
       local delay = ARGV[at + 1]
-      zadd[#zadd + 1] = (delay == '0') and now_s or (now + tonumber(delay))
+      if own then
+        zadd[#zadd + 1] = (delay == '0') and now_s or (now + tonumber(delay))
+      elseif delay == '0' then
+        zadd[#zadd + 1] = fresh_now
+      else
+        zadd[#zadd + 1] = tostring(now + tonumber(delay) - 1) .. '.5'
+      end
       zadd[#zadd + 1] = id
       if #zadd >= 2000 then
         -- Stay well below Lua's limit on unpacked arguments.

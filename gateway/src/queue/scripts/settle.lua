@@ -33,6 +33,8 @@
 -- the admin API reads fast: they expire after `keep_in_redis` instead of `queue.retention`. Entries
 -- older than `queue.retention` and `queue.dead_retention` (PostgreSQL away that long) are trimmed:
 -- that bounds Redis' memory as the TTLs bound it without `[history]`.
+-- A lease taken without a hash (its token starts with `~`, see claim.lua) holds while the
+-- delivery's score is still the one the claim gave it; its settle makes the hash, endpoint included.
 -- Returns one integer per settlement: 1 applied, 0 lease lost.
 local now = now_ms()
 local p = ARGV[1]
@@ -93,19 +95,33 @@ local function to_history(id, d, logkey, state, record, appended, last_error)
     d[6] or nil, d[7] or nil))
 end
 
--- Sets a settled delivery's fields: its lease released, the time, its attempt count (`attempts`,
--- nil when no attempt was made), and `...`. One HSET: counting the attempt is part of it.
-local function set_settled(dkey, attempts, ...)
-  if attempts then
-    redis.call('HSET', dkey, 'lease', '', 'updated', now_s, 'attempts', attempts, ...)
-  else
-    redis.call('HSET', dkey, 'lease', '', 'updated', now_s, ...)
+-- The settlement at hand, for `set_settled`: its delivery's hash key, its attempt count (nil when
+-- no attempt was made), and its endpoint when its lease had no hash (nil otherwise).
+local dkey, attempts, fresh_endpoint
+
+-- Sets a settled delivery's fields: its lease released (or its hash made, endpoint included), the
+-- time, its attempt count, and `...`. One HSET: counting the attempt is part of it.
+local function set_settled(...)
+  -- The first field pair: what makes the hash whole, or releases the lease.
+  local field, value = 'lease', ''
+  if fresh_endpoint then
+    field, value = 'endpoint', fresh_endpoint
   end
+  if attempts then
+    redis.call('HSET', dkey, field, value, 'updated', now_s, 'attempts', attempts, ...)
+  else
+    redis.call('HSET', dkey, field, value, 'updated', now_s, ...)
+  end
+end
+
+-- The hash's fields as the settle reads them, for a lease without a hash (`token`, still held).
+local function fresh(token, endpoint)
+  return { token, nil, endpoint }
 end
 
 -- One delivery of the event closed (acked or buried): once none is open, the event expires.
 -- `older`: the event id an older version's delivery hash names (its event is a hash). `only`: the
--- delivery is its event's only one (its lease token ends in `s`, see claim.lua), so the counts
+-- delivery is its event's only one (its lease token says so, see claim.lua), so the counts
 -- after it are known without reading them: none open, one dead when it was buried (a replay moved
 -- it from dead back to open). EXPIRE says whether the record is there; a gone one is not made.
 local function close(id, older, buried, only)
@@ -143,13 +159,44 @@ local function close(id, older, buried, only)
   end
 end
 
+-- The scores of the deliveries whose leases have no hash, read in one call: such a lease holds
+-- while the delivery's score is still the one its claim gave it.
+local scores = {}
+do
+  local ids = { 'ZMSCORE', KEYS[1] }
+  for j = 6, 5 + 6 * tonumber(ARGV[5]), 6 do
+    if string.byte(ARGV[j + 1], 1) == 126 then -- '~'
+      ids[#ids + 1] = ARGV[j]
+    end
+  end
+  if #ids > 2 then
+    local got = redis.call(unpack(ids))
+    for j = 3, #ids do
+      scores[ids[j]] = got[j - 2]
+    end
+  end
+end
+
 for i = 1, tonumber(ARGV[5]) do
   local id, token, record, action = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local delay, last_error = tonumber(ARGV[at + 4]), ARGV[at + 5]
   at = at + 6
-  local dkey = p .. 'd:' .. id
+  dkey, attempts, fresh_endpoint = p .. 'd:' .. id, nil, nil
   local d
-  if action == 'discard' then
+  local only
+  if string.byte(token, 1) == 126 then -- '~': a lease without a hash
+    local colon = string.find(token, ':', 3, true)
+    local lease = colon and tonumber(string.sub(token, 3, colon - 1))
+    local score = scores[id]
+    -- Taken: a second settlement of the same lease in this batch finds it gone.
+    scores[id] = nil
+    if lease and score and tonumber(score) == lease + 0.25 then
+      fresh_endpoint = string.sub(token, colon + 1)
+      d, only = fresh(token, fresh_endpoint), string.byte(token, 2) == 115 -- 's'
+    else
+      d = {}
+    end
+  elseif action == 'discard' then
     if redis.call('HGET', dkey, 'status') == 'paused' then
       redis.call('ZREM', p .. 'paused:' .. redis.call('HGET', dkey, 'endpoint'), id)
       action = 'bury'
@@ -157,19 +204,21 @@ for i = 1, tonumber(ARGV[5]) do
       token = false
     end
   end
-  if history then
-    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts', 'lapsed', 'headers', 'payload', 'log')
-  else
-    d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts')
+  if not d then
+    if history then
+      d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts', 'lapsed', 'headers', 'payload', 'log')
+    else
+      d = redis.call('HMGET', dkey, 'lease', 'event', 'endpoint', 'attempts')
+    end
+    only = token and string.byte(token, -1) == 115 -- 's'
   end
   if d[1] ~= token then
     results[i] = 0
   else
     results[i] = 1
-    local only = string.byte(token, -1) == 115 -- 's'
     local logkey = dkey .. ':log'
     -- No record: no attempt was made, nothing to count, the log stays as it is.
-    local appended, attempts
+    local appended
     -- How long a delivery that finishes here is kept, its hash and its log alike (nil: it does not
     -- finish).
     local finished_ttl = nil
@@ -193,21 +242,21 @@ for i = 1, tonumber(ARGV[5]) do
       action = 'defer'
     end
     if action == 'retry' then
-      set_settled(dkey, attempts, 'last_error', last_error)
+      set_settled('last_error', last_error)
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'defer' then
       -- Not attempted: the last attempt's error still stands.
-      set_settled(dkey, attempts)
+      set_settled()
       redis.call('ZADD', KEYS[1], now + delay, id)
     elseif action == 'pause' or action == 'park' then
       if action == 'park' then
         redis.call('HSETNX', p .. 'gone', d[3], now_s)
       end
-      set_settled(dkey, attempts, 'status', 'paused')
+      set_settled('status', 'paused')
       leaving[#leaving + 1] = id
       redis.call('ZADD', p .. 'paused:' .. d[3], now, id)
     elseif action == 'bury' then
-      set_settled(dkey, attempts, 'last_error', last_error, 'status', 'dead', 'closed', '1')
+      set_settled('last_error', last_error, 'status', 'dead', 'closed', '1')
       leaving[#leaving + 1] = id
       redis.call('ZADD', KEYS[2], now_s, id)
       redis.call('EXPIRE', dkey, finished_ttl)
@@ -220,7 +269,7 @@ for i = 1, tonumber(ARGV[5]) do
       end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
-      set_settled(dkey, attempts, 'last_error', last_error, 'status', 'succeeded')
+      set_settled('last_error', last_error, 'status', 'succeeded')
       leaving[#leaving + 1] = id
       redis.call('EXPIRE', dkey, finished_ttl)
       if not log_expires then
