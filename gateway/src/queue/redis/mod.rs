@@ -44,7 +44,7 @@
 //! running beside this one during an upgrade never meet a record they cannot read.
 //!
 //! # Files
-//! This module opens the queue and runs claims and endpoint state; [`checks`] runs the start-up
+//! This module opens the queue and runs endpoint state; [`claim`] leases due deliveries; [`checks`] runs the start-up
 //! checks of the data's layout and the server's settings; [`record`] writes and reads the
 //! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
 //! replays dead letters; [`parked`] resumes, counts and discards parked deliveries; [`export`] hands finished deliveries to history; [`restore`] brings dead
@@ -53,6 +53,7 @@
 
 mod batch;
 mod checks;
+mod claim;
 mod conn;
 mod dead;
 mod done;
@@ -68,7 +69,6 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::{AsyncCommands, Script};
 use ulid::Ulid;
 
@@ -80,7 +80,6 @@ use super::{
     NewEvent, Queue, QueueError, Settle,
 };
 use crate::config::{QueueConfig, RedisConfig};
-use crate::id;
 
 /// A script with the shared prelude (the clock and the event record's layout) before it.
 macro_rules! script {
@@ -393,78 +392,7 @@ impl Queue for RedisQueue {
     }
 
     async fn claim(&self, shard: u32, limit: usize, lease: Duration, token: &str) -> Result<ClaimBatch, QueueError> {
-        type Row = (String, String, String, u32, String, String, Vec<u8>, String, u32);
-        let core = &self.core;
-        let prefix = core.shard_prefix(shard);
-        let mut conn = core.conn.clone();
-        let (rows, wait, _now): (Vec<Row>, i64, u64) = core
-            .claim
-            .key(format!("{prefix}{QUEUE}"))
-            .key(format!("{prefix}dead"))
-            .key(format!("{prefix}{OLDER_QUEUE}"))
-            .key(format!("{prefix}{DONE}"))
-            .arg(&prefix)
-            .arg(limit.min(MAX_CLAIM))
-            .arg(lease.as_millis() as u64)
-            .arg(token)
-            .arg(core.dead_retention_secs.saturating_mul(1000))
-            .arg(core.retention_secs)
-            .invoke_async(&mut conn)
-            .await?;
-        let mut deliveries = Vec::with_capacity(rows.len());
-        let mut malformed = Vec::new();
-        for (delivery, token, endpoint, attempt, event, event_type, payload, headers, lapsed) in rows {
-            let Some(id) = id::parse_delivery(&delivery) else {
-                // Not one of our ids: take it out of the queue so it cannot block claims.
-                tracing::error!(member = %delivery, "A queue entry that is not a delivery id; removed from the queue.");
-                let _: Result<(), _> = conn.zrem(format!("{prefix}{QUEUE}"), &delivery).await;
-                continue;
-            };
-            let event_id = id::parse_event(&event);
-            let headers = if headers.is_empty() {
-                Ok(Vec::new())
-            } else {
-                serde_json::from_str::<Vec<(String, String)>>(&headers)
-            };
-            let mut claimed = Claimed {
-                id,
-                shard,
-                token,
-                endpoint,
-                attempt,
-                lapsed,
-                event_id: event_id.unwrap_or_else(|| id::event_of(id)),
-                event_type,
-                payload: Bytes::from(payload),
-                headers: Vec::new(),
-            };
-            match (event_id, headers) {
-                (Some(_), Ok(headers)) => {
-                    claimed.headers = headers;
-                    deliveries.push(claimed);
-                }
-                (None, _) => malformed.push((claimed, format!("malformed record: event id `{event}` does not parse"))),
-                (_, Err(e)) => malformed.push((claimed, format!("malformed record: headers are not valid JSON ({e})"))),
-            }
-        }
-        // One bad record must not fail the claims of the rest: it is dead-lettered with the reason,
-        // where the admin API shows it, and the batch goes on.
-        for (claimed, reason) in malformed {
-            tracing::error!(delivery_id = %id::format_delivery(claimed.id), %reason,
-                "A claimed delivery's record is malformed; dead-lettered so the others go on.");
-            let record = AttemptRecord {
-                attempt: claimed.attempt,
-                at: crate::clock::unix_millis(),
-                outcome: "error".to_string(),
-                error: Some(reason),
-                ..AttemptRecord::default()
-            };
-            if let Err(e) = self.settle(&claimed, Some(&record), Settle::Bury).await {
-                tracing::warn!(error = %e, "Could not dead-letter a malformed delivery; it is retried when its lease ends.");
-            }
-        }
-        let next_due_in = u64::try_from(wait).ok().map(Duration::from_millis);
-        Ok(ClaimBatch { deliveries, next_due_in })
+        self.claim_batch(shard, limit, lease, token).await
     }
 
     async fn settle(

@@ -4,12 +4,13 @@
 -- must not spend one). A delivery still holding a lease when claimed again had its lease run out
 -- unsettled; `lapsed` counts those, so a delivery that keeps killing its workers can be given up.
 -- A delivery that no hash describes yet (queued by enqueue.lua with a score ending in `.5`) is
--- leased without one: its lease is its score, the lease expiry plus a quarter of a millisecond,
--- and its token names that expiry and its endpoint (`~<s|m><expiry ms>:<endpoint>`), so the settle
--- checks the lease against the score and writes the hash whole; nothing is read or written per
--- delivery here but its event record. A score ending in `.25` seen here is such a lease that ran
--- out: the delivery is claimed as any other, and its lapsed lease counted. Any other claim makes
--- (or updates) the delivery's hash: lease, endpoint.
+-- leased without one: its lease is its score, the lease expiry plus a quarter of a millisecond.
+-- Nothing is read or written per delivery but its event record, handed out whole (once per event
+-- in a reply): the gateway reads it, and makes the lease's token, `~<s|m><expiry ms>:<endpoint>`
+-- (`s`: the event's only delivery), from which the settle checks the lease against the score and
+-- writes the hash whole. A score ending in `.25` seen here is such a lease that ran out: the
+-- delivery is claimed as any other, and its lapsed lease counted. Any other claim makes (or
+-- updates) the delivery's hash: lease, endpoint.
 -- Deliveries stored by an older version (event hash `ev:<id>` with a `:b` string, a delivery hash
 -- from the start, queued in the `due` ZSET, which older gateways still serve during an upgrade)
 -- are claimed too, after this version's, and move to the queue ZSET when claimed.
@@ -20,9 +21,10 @@
 -- ZSET of older versions, KEYS[4] = the shard's `done` ZSET (a trimmed dead letter leaves it).
 -- ARGV: shard key prefix, limit, lease ms, token prefix (unique per worker and call), dead-letter
 --       retention ms, retention s.
--- Returns { {id, token, endpoint, attempt, event id, type, payload, headers, lapsed}..., wait ms,
--- now ms }, where attempt is the number the next attempt will have and wait is the time until the
--- next delivery falls due (-1: none queued).
+-- Returns { {row}..., wait ms, now ms, lease expiry ms }, where a row is {id, event record ('' when
+-- an earlier row of this reply holds its event's)} for a lease without a hash, else {id, token,
+-- endpoint, attempt, event id, type, payload, headers, lapsed}; attempt is the number the next
+-- attempt will have and wait the time until the next delivery falls due (-1: none queued).
 local now = now_ms()
 local p = ARGV[1]
 local limit = tonumber(ARGV[2])
@@ -32,6 +34,8 @@ local lease_fresh = lease_until .. '.25'
 local out = {}
 local zadd = { 'ZADD', KEYS[1] }
 local events = {}
+-- Events whose records this reply holds (true), or that are gone (false).
+local sent = {}
 
 -- The event's type and body, the delivery's endpoint, and whether it is the event's only delivery,
 -- from a record of this version (read once per event in this call); nil when the event is gone. A
@@ -77,16 +81,26 @@ local function from_older(evid)
   return evid, e[1] or '', body
 end
 
--- Leases a delivery no hash describes yet (see above); false when its event is gone.
+-- Leases a delivery no hash describes yet (see above); false when its event is gone (or the id
+-- names none: the general path hands such an id out, and drops it).
 local function claim_fresh(id)
-  local evid, etype, body, endpoint, only = from_record(id)
-  if not evid or not endpoint then
+  local evid = event_of(id)
+  if not evid then
+    return nil
+  end
+  local record = ''
+  local known = sent[evid]
+  if known == nil then
+    record = redis.call('GET', event_key(p, evid))
+    known = record and true
+    sent[evid] = known
+  end
+  if not known then
     return false
   end
   zadd[#zadd + 1] = lease_fresh
   zadd[#zadd + 1] = id
-  out[#out + 1] = { id, '~' .. (only and 's' or 'm') .. lease_until .. ':' .. endpoint, endpoint, 1, evid, etype,
-    body, '', 0 }
+  out[#out + 1] = { id, record }
   return true
 end
 
@@ -149,7 +163,8 @@ local function claim_from(key, n)
     local claimed
     if mark == 0.5 then
       claimed = claim_fresh(id)
-    else
+    end
+    if claimed == nil then
       claimed = claim(id, #out + 1, mark == 0.25)
     end
     if not claimed then
@@ -200,4 +215,4 @@ for _, key in ipairs({ KEYS[1], KEYS[3] }) do
     end
   end
 end
-return { out, wait, now }
+return { out, wait, now, lease_until }
