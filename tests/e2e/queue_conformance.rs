@@ -1095,17 +1095,24 @@ async fn redis_an_unreadable_event_record_dead_letters_its_deliveries_and_blocks
 
 /// Redis only: a delivery no hash describes yet (no headers or payload of its own) is queued with a
 /// score ending in `.5`, and its first claim writes nothing but its score (the lease expiry plus a
-/// quarter of a millisecond); its settle makes the hash whole. One with a plugin's own payload has
-/// a hash from the start, is queued at a whole millisecond and leased in its hash.
+/// quarter of a millisecond). A first attempt that succeeds leaves no hash either, only the
+/// attempt log, and every reader takes that for a success; one that fails makes the hash whole.
+/// A delivery with a plugin's own payload has a hash from the start, is queued at a whole
+/// millisecond and leased in its hash.
 #[tokio::test]
-async fn redis_a_first_claim_writes_only_the_queue_score_and_the_settle_makes_the_hash() {
+async fn redis_a_first_claim_writes_only_the_queue_score_and_a_first_success_only_the_log() {
     let s = open(Kind::Redis, "").await;
     let redis = s._redis.as_ref().unwrap();
     let conn = redis.connection().await;
     let own = Some(Bytes::from_static(b"{\"own\":true}"));
-    let (_, ids) = enqueue_with(&s.store, b"{}", vec![("a", Duration::ZERO, None), ("b", Duration::ZERO, own)]).await;
-    let (plain, owned) = (sluice::id::format_delivery(ids[0]), sluice::id::format_delivery(ids[1]));
-    // A delivery's score's fraction, and its hash's fields.
+    let (event, ids) = enqueue_with(
+        &s.store,
+        b"{}",
+        vec![("a", Duration::ZERO, None), ("b", Duration::ZERO, own), ("c", Duration::ZERO, None)],
+    )
+    .await;
+    let names: Vec<String> = ids.iter().map(|id| sluice::id::format_delivery(*id)).collect();
+    // A delivery's score's fraction, its hash's fields, and whether it has an attempt log.
     let state = |name: &str| {
         let (mut conn, name) = (conn.clone(), name.to_string());
         async move {
@@ -1113,35 +1120,68 @@ async fn redis_a_first_claim_writes_only_the_queue_score_and_the_settle_makes_th
                 ::redis::cmd("ZSCORE").arg("sluice:{s0}:queue").arg(&name).query_async(&mut conn).await.unwrap();
             let hash: std::collections::HashMap<String, String> =
                 ::redis::cmd("HGETALL").arg(format!("sluice:{{s0}}:d:{name}")).query_async(&mut conn).await.unwrap();
-            (score.map(f64::fract), hash)
+            let logged: bool =
+                ::redis::cmd("EXISTS").arg(format!("sluice:{{s0}}:d:{name}:log")).query_async(&mut conn).await.unwrap();
+            (score.map(f64::fract), hash, logged)
         }
     };
-    let (fraction, hash) = state(&plain).await;
-    assert_eq!((fraction, hash.len()), (Some(0.5), 0), "queued without a hash");
-    let (fraction, hash) = state(&owned).await;
+    for plain in [&names[0], &names[2]] {
+        let (fraction, hash, _) = state(plain).await;
+        assert_eq!((fraction, hash.len()), (Some(0.5), 0), "queued without a hash");
+    }
+    let (fraction, hash, _) = state(&names[1]).await;
     assert_eq!(fraction, Some(0.0));
     assert!(hash.contains_key("payload"), "{hash:?}");
 
-    let claimed = claim_when_due(&s.store, 2, LEASE).await;
-    assert_eq!(claimed.len(), 2);
-    let (fraction, hash) = state(&plain).await;
-    assert_eq!((fraction, hash.len()), (Some(0.25), 0), "leased by its score alone");
-    let (fraction, hash) = state(&owned).await;
+    let mut claimed = claim_when_due(&s.store, 3, LEASE).await;
+    claimed.sort_by_key(|c| c.id);
+    assert_eq!(claimed.iter().map(|c| c.endpoint.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    for plain in [&names[0], &names[2]] {
+        let (fraction, hash, _) = state(plain).await;
+        assert_eq!((fraction, hash.len()), (Some(0.25), 0), "leased by its score alone");
+    }
+    let (fraction, hash, _) = state(&names[1]).await;
     assert_eq!(fraction, Some(0.0));
     assert!(hash.get("lease").is_some_and(|l| !l.is_empty()), "leased in its hash: {hash:?}");
     let leased = view(&s.store, ids[0]).await;
     assert_eq!((leased.state.as_str(), leased.endpoint.as_str()), ("pending", "a"));
 
-    for c in &claimed {
-        claimed_settles(&s.store, c, Some(&record(1, Some(200), None)), Settle::Ack).await;
-    }
-    let (score, hash) = state(&plain).await;
-    assert_eq!(score, None, "out of the queue");
+    let ok = record(1, Some(200), None);
+    claimed_settles(&s.store, &claimed[0], Some(&ok), Settle::Ack).await;
+    claimed_settles(&s.store, &claimed[1], Some(&ok), Settle::Ack).await;
+    let failed = record(1, Some(500), Some("HTTP 500"));
+    claimed_settles(&s.store, &claimed[2], Some(&failed), Settle::Retry(Duration::from_secs(3600))).await;
+
+    let (score, hash, logged) = state(&names[0]).await;
+    assert_eq!((score, hash.len(), logged), (None, 0, true), "a first success leaves only its log");
+    let (_, hash, _) = state(&names[1]).await;
+    assert_eq!(hash.get("status").map(String::as_str), Some("succeeded"), "{hash:?}");
+    let (fraction, hash, _) = state(&names[2]).await;
     let field = |name: &str| hash.get(name).map(String::as_str);
-    assert_eq!((field("endpoint"), field("status"), field("attempts")), (Some("a"), Some("succeeded"), Some("1")));
+    assert_eq!(fraction, Some(0.0), "queued again at a whole millisecond: it has a hash now");
+    assert_eq!((field("endpoint"), field("attempts"), field("last_error")), (Some("c"), Some("1"), Some("HTTP 500")));
     assert_eq!(field("lease"), None, "no lease to release");
-    for id in &ids {
-        let done = view(&s.store, *id).await;
-        assert_eq!((done.state.as_str(), done.attempts_made, done.attempts.len()), ("succeeded", 1, 1));
+
+    // Every reader takes the log alone for a success.
+    for (id, endpoint) in [(ids[0], "a"), (ids[1], "b")] {
+        let done = view(&s.store, id).await;
+        assert_eq!((done.state.as_str(), done.endpoint.as_str()), ("succeeded", endpoint));
+        assert_eq!((done.attempts_made, done.attempts.len(), done.last_error), (1, 1, None));
+        assert!(done.updated_at.is_some_and(|at| at >= ok.at), "{:?}", done.updated_at);
     }
+    let shown = s.store.event(event).await.unwrap().expect("the event is kept");
+    let states: Vec<Option<&str>> = shown.deliveries.iter().map(|d| d.state.as_deref()).collect();
+    assert_eq!(states, [Some("succeeded"), Some("succeeded"), Some("pending")]);
+    assert_eq!(
+        s.store.states_of(&ids).await.unwrap(),
+        [Some("succeeded".to_string()), Some("succeeded".to_string()), Some("pending".to_string())]
+    );
+    let search = Search { state: Some("succeeded".into()), limit: 10, ..Search::default() };
+    let found = s.store.search(&search).await.unwrap().found;
+    let mut found: Vec<(&str, &str, u32, bool)> = found
+        .iter()
+        .map(|f| (f.endpoint.as_str(), f.state.as_str(), f.attempts_made, f.finished_at.is_some()))
+        .collect();
+    found.sort();
+    assert_eq!(found, [("a", "succeeded", 1, true), ("b", "succeeded", 1, true)]);
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use ulid::Ulid;
 
+use super::view::Logged;
 use super::{record, RedisQueue, OLDER_QUEUE, QUEUE};
 use crate::id;
 use crate::queue::search::{Found, Scanned, Search};
@@ -154,10 +155,12 @@ impl RedisQueue {
             state_reads(&mut states, &prefix, *delivery);
         }
         let rows: Vec<Row> = states.query_async(&mut conn).await?;
+        let ids: Vec<Ulid> = wanted.iter().map(|(delivery, _)| *delivery).collect();
+        let logged = logged_of(&mut conn, &prefix, &ids, &rows).await?;
         Ok(wanted
             .into_iter()
-            .zip(rows)
-            .filter_map(|((delivery, recorded), row)| found_in(delivery, Some(recorded), row, search))
+            .zip(rows.into_iter().zip(logged))
+            .filter_map(|((delivery, recorded), (row, logged))| found_in(delivery, Some(recorded), row, logged, search))
             .collect())
     }
 
@@ -173,9 +176,14 @@ impl RedisQueue {
                 state_reads(&mut pipe, &prefix, deliveries[at]);
             }
             let rows: Vec<Row> = pipe.query_async(&mut conn).await?;
-            for (at, ([_, status, ..], queued, queued_older)) in places.into_iter().zip(rows) {
-                // No state recorded: pending while queued, otherwise not held.
-                states[at] = status.or_else(|| queued.or(queued_older).map(|_| "pending".to_string()));
+            let ids: Vec<Ulid> = places.iter().map(|&at| deliveries[at]).collect();
+            let logged = logged_of(&mut conn, &prefix, &ids, &rows).await?;
+            for ((at, ([_, status, ..], queued, queued_older)), logged) in places.into_iter().zip(rows).zip(logged) {
+                // No state recorded: pending while queued, succeeded if its log says so (a success
+                // that left no hash), otherwise not held.
+                states[at] = status
+                    .or_else(|| queued.or(queued_older).map(|_| "pending".to_string()))
+                    .or_else(|| logged.map(|_| "succeeded".to_string()));
             }
         }
         Ok(states)
@@ -278,7 +286,8 @@ impl RedisQueue {
                     .get(&id::event_of(*delivery))
                     .and_then(|names| names.get(id::number_of(*delivery).wrapping_sub(1)))
                     .cloned();
-                found_in(*delivery, recorded, row, search)
+                // Only open deliveries are searched here: a success that left no hash is not one.
+                found_in(*delivery, recorded, row, None, search)
             })
             .collect())
     }
@@ -335,13 +344,52 @@ fn state_reads(pipe: &mut redis::Pipeline, prefix: &str, delivery: Ulid) {
         .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
 }
 
+/// The success each of `deliveries` (of the shard `prefix` names) left in its log alone, for those
+/// whose `rows` show neither a hash nor a queue entry (their logs are read in one round trip).
+async fn logged_of(
+    conn: &mut super::conn::Conn,
+    prefix: &str,
+    deliveries: &[Ulid],
+    rows: &[Row],
+) -> Result<Vec<Option<Logged>>, QueueError> {
+    let mut logged: Vec<Option<Logged>> = deliveries.iter().map(|_| None).collect();
+    let unsettled: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, (fields, queued, queued_older))| {
+            fields.iter().all(Option::is_none) && queued.is_none() && queued_older.is_none()
+        })
+        .map(|(at, _)| at)
+        .collect();
+    if unsettled.is_empty() {
+        return Ok(logged);
+    }
+    let mut pipe = redis::pipe();
+    for &at in &unsettled {
+        pipe.get(format!("{prefix}d:{}:log", id::format_delivery(deliveries[at])));
+    }
+    let logs: Vec<Option<String>> = pipe.query_async(conn).await?;
+    for (at, log) in unsettled.into_iter().zip(logs) {
+        logged[at] = log.as_deref().and_then(Logged::read);
+    }
+    Ok(logged)
+}
+
 /// `delivery` as a search result, if it is still held and matches `search`; `recorded` is the
-/// endpoint its event's record names.
-fn found_in(delivery: Ulid, recorded: Option<String>, row: Row, search: &Search) -> Option<(Ulid, Found)> {
+/// endpoint its event's record names, `logged` the success its log alone tells of.
+fn found_in(
+    delivery: Ulid,
+    recorded: Option<String>,
+    row: Row,
+    logged: Option<Logged>,
+    search: &Search,
+) -> Option<(Ulid, Found)> {
     let ([endpoint, status, attempts, updated, last_error], queued, queued_older) = row;
     let due = queued.or(queued_older);
-    // No state recorded: pending while queued, otherwise gone.
-    let state = status.or_else(|| due.map(|_| "pending".to_string()))?;
+    // No state recorded: pending while queued, succeeded if its log says so, otherwise gone.
+    let state = status
+        .or_else(|| due.map(|_| "pending".to_string()))
+        .or_else(|| logged.as_ref().map(|_| "succeeded".to_string()))?;
     let endpoint = endpoint.or(recorded)?;
     if !search.matches(&endpoint, &state) {
         return None;
@@ -352,8 +400,11 @@ fn found_in(delivery: Ulid, recorded: Option<String>, row: Row, search: &Search)
         event_id: id::format_event(id::event_of(delivery)),
         endpoint,
         next_attempt_at: due.filter(|_| state == "pending").map(|at| at as u64),
-        finished_at: updated.and_then(|at| at.parse().ok()).filter(|_| finished),
-        attempts_made: attempts.and_then(|a| a.parse().ok()).unwrap_or(0),
+        finished_at: updated
+            .and_then(|at| at.parse().ok())
+            .or(logged.as_ref().map(|l| l.finished_at))
+            .filter(|_| finished),
+        attempts_made: attempts.and_then(|a| a.parse().ok()).or(logged.map(|l| l.attempts)).unwrap_or(0),
         created_at: delivery.timestamp_ms(),
         last_error: last_error.filter(|e| !e.is_empty()),
         state,

@@ -1,5 +1,7 @@
 //! Deliveries and events as the admin API shows them, read from Redis: from this version's event
-//! record ([`super::record`]) and delivery hashes, or from an older version's hashes.
+//! record ([`super::record`]) and delivery hashes, or from an older version's hashes. A delivery
+//! whose first attempt succeeded before anything gave it a hash has none: neither queued nor
+//! hashed, its attempt log (one success record) is what says it succeeded ([`Logged`]).
 
 use bytes::Bytes;
 use redis::aio::ConnectionLike;
@@ -7,7 +9,7 @@ use ulid::Ulid;
 
 use super::{record, RedisQueue, OLDER_QUEUE, QUEUE};
 use crate::id;
-use crate::queue::{DeliverySummary, DeliveryView, EventView, QueueError};
+use crate::queue::{AttemptRecord, DeliverySummary, DeliveryView, EventView, QueueError};
 
 /// A delivery hash's endpoint and status, each if set.
 type EndpointAndState = (Option<String>, Option<String>);
@@ -40,8 +42,16 @@ impl RedisQueue {
             <[Option<String>; 7]>::try_from(fields)
                 .map_err(|_| QueueError::Corrupt("HMGET returned the wrong number of fields".into()))?;
         let due = queued.or(queued_older);
-        // No state recorded: pending while queued, otherwise gone.
-        let Some(status) = status.or_else(|| due.map(|_| "pending".to_string())) else {
+        // A success that left no hash: its log says so.
+        let logged = match (&status, due) {
+            (None, None) => log_string.as_deref().and_then(Logged::read),
+            _ => None,
+        };
+        // No state recorded: pending while queued, succeeded if logged so, otherwise gone.
+        let Some(status) = status
+            .or_else(|| due.map(|_| "pending".to_string()))
+            .or_else(|| logged.as_ref().map(|_| "succeeded".to_string()))
+        else {
             return Ok(None);
         };
         // Not claimed yet: its endpoint is in the event record.
@@ -64,10 +74,13 @@ impl RedisQueue {
             endpoint,
             next_attempt_at: due.filter(|_| status == "pending").map(|d| d as u64),
             state: status,
-            attempts_made: attempts_made.and_then(|a| a.parse().ok()).unwrap_or(0),
+            attempts_made: attempts_made
+                .and_then(|a| a.parse().ok())
+                .or(logged.as_ref().map(|l| l.attempts))
+                .unwrap_or(0),
             lapsed_leases: lapsed.and_then(|a| a.parse().ok()).unwrap_or(0),
             created_at: Some(delivery.timestamp_ms()),
-            updated_at: updated.and_then(|c| c.parse().ok()),
+            updated_at: updated.and_then(|c| c.parse().ok()).or(logged.map(|l| l.finished_at)),
             last_error: last_error.filter(|e| !e.is_empty()),
             attempts,
         }))
@@ -99,16 +112,20 @@ impl RedisQueue {
                     .arg(format!("{prefix}d:{name}"))
                     .arg(&["endpoint", "status"])
                     .zscore(format!("{prefix}{QUEUE}"), &name)
-                    .zscore(format!("{prefix}{OLDER_QUEUE}"), &name);
+                    .zscore(format!("{prefix}{OLDER_QUEUE}"), &name)
+                    .exists(format!("{prefix}d:{name}:log"));
             }
-            let rows: Vec<(EndpointAndState, Option<f64>, Option<f64>)> = pipe.query_async(&mut conn).await?;
-            for ((delivery, recorded), ((endpoint, state), queued, queued_older)) in ids.iter().zip(endpoints).zip(rows)
+            let rows: Vec<(EndpointAndState, Option<f64>, Option<f64>, bool)> = pipe.query_async(&mut conn).await?;
+            for ((delivery, recorded), ((endpoint, state), queued, queued_older, logged)) in
+                ids.iter().zip(endpoints).zip(rows)
             {
                 let pending = (queued.is_some() || queued_older.is_some()).then(|| "pending".to_string());
+                // Neither hashed nor queued, but logged: a success that left no hash.
+                let succeeded = logged.then(|| "succeeded".to_string());
                 deliveries.push(DeliverySummary {
                     id: id::format_delivery(*delivery),
                     endpoint: endpoint.unwrap_or(recorded),
-                    state: Some(state.or(pending).unwrap_or_else(|| "expired".to_string())),
+                    state: Some(state.or(pending).or(succeeded).unwrap_or_else(|| "expired".to_string())),
                 });
             }
         }
@@ -121,6 +138,25 @@ impl RedisQueue {
             payload: Bytes::from(payload),
             deliveries,
         }))
+    }
+}
+
+/// A delivery whose success left no hash, as its attempt log tells it: attempts made, and when it
+/// finished (the last attempt's start plus its latency).
+#[derive(Debug, PartialEq)]
+pub(super) struct Logged {
+    pub attempts: u32,
+    pub finished_at: u64,
+}
+
+impl Logged {
+    /// Reads a log whose every record is an attempt and whose last one succeeded; `None` for any
+    /// other (a log that ends otherwise belongs to a delivery with a hash).
+    pub(super) fn read(log: &str) -> Option<Logged> {
+        let records: Vec<AttemptRecord> =
+            log.lines().filter(|line| !line.is_empty()).map(serde_json::from_str).collect::<Result<_, _>>().ok()?;
+        let last = records.last().filter(|r| r.outcome == "success")?;
+        Some(Logged { attempts: records.len() as u32, finished_at: last.at + last.latency_ms.max(0.0).ceil() as u64 })
     }
 }
 

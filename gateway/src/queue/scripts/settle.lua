@@ -34,7 +34,9 @@
 -- older than `queue.retention` and `queue.dead_retention` (PostgreSQL away that long) are trimmed:
 -- that bounds Redis' memory as the TTLs bound it without `[history]`.
 -- A lease taken without a hash (its token starts with `~`, see claim.lua) holds while the
--- delivery's score is still the one the claim gave it; its settle makes the hash, endpoint included.
+-- delivery's score is still the one the claim gave it; its settle makes the hash, endpoint
+-- included, unless its first attempt succeeded: then the attempt log alone is left, and readers
+-- take a delivery that is neither queued nor hashed but logged for a success.
 -- Returns one integer per settlement: 1 applied, 0 lease lost.
 local now = now_ms()
 local p = ARGV[1]
@@ -269,9 +271,13 @@ for i = 1, tonumber(ARGV[5]) do
       end
     else
       -- ack: keep it for the retention period, and its event until the event's last delivery is done.
-      set_settled('last_error', last_error, 'status', 'succeeded')
+      -- A delivery no hash describes whose first attempt succeeded gets none: its log, one success
+      -- record, says all a hash would (succeeded, one attempt, no error; see `redis/view.rs`).
+      if not (fresh_endpoint and log_expires and last_error == '') then
+        set_settled('last_error', last_error, 'status', 'succeeded')
+        redis.call('EXPIRE', dkey, finished_ttl)
+      end
       leaving[#leaving + 1] = id
-      redis.call('EXPIRE', dkey, finished_ttl)
       if not log_expires then
         redis.call('EXPIRE', logkey, finished_ttl)
       end
