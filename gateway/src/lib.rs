@@ -122,7 +122,7 @@ impl Gateway {
         match &queue {
             Store::Redis(redis) => match redis.check_layout().await {
                 Ok(()) => warn_risky_settings(redis).await,
-                Err(e @ QueueError::Layout { .. }) => return Err(e.into()),
+                Err(e @ (QueueError::Layout { .. } | QueueError::ServerTooOld { .. })) => return Err(e.into()),
                 // Redis may come later; the gateway answers 503 until it does.
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis is not reachable at start-up; ingest answers 503 until it is.");
@@ -245,8 +245,8 @@ async fn check_when_reachable(
                 tracing::info!("Redis is reachable; its layout matches the config.");
                 return warn_risky_settings(&redis).await;
             }
-            Err(e @ QueueError::Layout { .. }) => {
-                tracing::error!(error = %e, "Redis holds another queue layout; this gateway stops.");
+            Err(e @ (QueueError::Layout { .. } | QueueError::ServerTooOld { .. })) => {
+                tracing::error!(error = %e, "Redis cannot hold this queue; this gateway stops.");
                 let _ = stop.send(true);
                 return;
             }

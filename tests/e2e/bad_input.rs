@@ -320,3 +320,16 @@ async fn gateway_recovers_by_itself_when_redis_comes_back_empty() {
     assert_eq!(receiver.count(), 2, "the refused event was never delivered");
     gateway.shutdown().await;
 }
+
+/// A Redis without a command the queue's scripts run (`ZMSCORE`, Redis 6.2; here renamed away, as
+/// an older server lacks it) is refused at start-up with an error that says what to run instead.
+#[tokio::test]
+async fn a_redis_older_than_the_queue_needs_is_refused_at_start_up() {
+    let dir = Scratch::new("old-redis");
+    let args = ["--save", "", "--appendonly", "no", "--dir", dir.path().to_str().unwrap()];
+    let redis = RedisServer::start_with(free_port(), &[&args[..], &["--rename-command", "ZMSCORE", ""]].concat()).await;
+    let config = sluice::config::from_toml(&base_toml(&redis)).expect("test config parses");
+    let Err(e) = sluice::Gateway::start(config).await else { panic!("a gateway started on a Redis without ZMSCORE") };
+    let said = e.to_string();
+    assert!(said.contains("ZMSCORE") && said.contains("Redis 6.2 or newer"), "{said}");
+}

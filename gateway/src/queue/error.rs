@@ -59,6 +59,14 @@ pub enum QueueError {
         /// Shard count in the config.
         configured: u32,
     },
+    /// The Redis server lacks a command the queue's scripts run (it is older than 6.2).
+    #[error("redis does not run {command} ({reason}): the queue needs Redis 6.2 or newer")]
+    ServerTooOld {
+        /// The command it refused.
+        command: &'static str,
+        /// What it answered.
+        reason: String,
+    },
 }
 
 impl QueueError {

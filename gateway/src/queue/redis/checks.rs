@@ -7,9 +7,21 @@ use super::RedisQueue;
 use crate::queue::QueueError;
 
 impl RedisQueue {
-    /// Checks that the data in Redis was written with this shard count (recording it when new).
+    /// Checks that the data in Redis was written with this shard count (recording it when new), and
+    /// that the server runs the commands the scripts need (`ZMSCORE`, from Redis 6.2).
     pub async fn check_layout(&self) -> Result<(), QueueError> {
         let mut conn = self.core.conn.clone();
+        let probe =
+            redis::cmd("ZMSCORE").arg(format!("{}{}", self.core.shard_prefix(0), super::QUEUE)).arg("-").clone();
+        if let Err(e) = probe.query_async::<Vec<Option<f64>>>(&mut conn).await {
+            // Redis before 6.2: `ERR unknown command 'ZMSCORE'`.
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                && e.to_string().to_lowercase().contains("unknown command")
+            {
+                return Err(QueueError::ServerTooOld { command: "ZMSCORE", reason: e.to_string() });
+            }
+            return Err(e.into());
+        }
         let key = format!("{}:meta", self.core.prefix);
         let _: bool = conn.hset_nx(&key, "shards", self.core.shards).await?;
         let stored: u32 = conn.hget(&key, "shards").await?;
