@@ -287,7 +287,7 @@ async fn redis_start_up_checks_run_when_redis_first_becomes_reachable() {
     assert!(!status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Redis is not reachable at start-up"), "{text}");
-    assert!(text.contains("Redis holds another queue layout") && text.contains("4"), "{text}");
+    assert!(text.contains("Redis cannot hold this queue") && text.contains("queue.shards = 4"), "{text}");
 }
 
 #[tokio::test]
