@@ -120,20 +120,17 @@ fn read_record(record: &[u8]) -> Result<(record::EventRecord, Bytes), String> {
 /// own; and why it cannot be delivered, if its record does not say where to.
 fn from_record(id: Ulid, shard: u32, lease_until: &str, read: &Read) -> (Claimed, Option<String>) {
     let event_id = id::event_of(id);
-    let (endpoint, only, event_type, payload, problem) = match &**read {
-        Ok((record, body)) => match record.endpoints.get(id::number_of(id).wrapping_sub(1)) {
-            Some(endpoint) => {
-                (endpoint.clone(), record.endpoints.len() == 1, record.event_type.clone(), body.clone(), None)
-            }
-            None => (
-                String::new(),
-                false,
-                String::new(),
-                Bytes::new(),
-                Some("unreadable event record: it names no endpoint for this delivery".to_string()),
-            ),
-        },
-        Err(e) => (String::new(), false, String::new(), Bytes::new(), Some(format!("unreadable event record: {e}"))),
+    let found = match &**read {
+        Ok((record, body)) => record
+            .endpoints
+            .get(id::number_of(id).wrapping_sub(1))
+            .map(|endpoint| (endpoint.clone(), record.endpoints.len() == 1, record.event_type.clone(), body.clone()))
+            .ok_or_else(|| "unreadable event record: it names no endpoint for this delivery".to_string()),
+        Err(e) => Err(format!("unreadable event record: {e}")),
+    };
+    let (problem, (endpoint, only, event_type, payload)) = match found {
+        Ok(found) => (None, found),
+        Err(problem) => (Some(problem), Default::default()),
     };
     let token = format!("~{}{lease_until}:{endpoint}", if only { 's' } else { 'm' });
     let claimed = Claimed {

@@ -345,7 +345,8 @@ fn state_reads(pipe: &mut redis::Pipeline, prefix: &str, delivery: Ulid) {
 }
 
 /// The success each of `deliveries` (of the shard `prefix` names) left in its log alone, for those
-/// whose `rows` show neither a hash nor a queue entry (their logs are read in one round trip).
+/// whose `rows` show neither a state nor a queue entry, as the views read them (their logs are read
+/// in one round trip).
 async fn logged_of(
     conn: &mut super::conn::Conn,
     prefix: &str,
@@ -356,8 +357,8 @@ async fn logged_of(
     let unsettled: Vec<usize> = rows
         .iter()
         .enumerate()
-        .filter(|(_, (fields, queued, queued_older))| {
-            fields.iter().all(Option::is_none) && queued.is_none() && queued_older.is_none()
+        .filter(|(_, ([_, status, ..], queued, queued_older))| {
+            status.is_none() && queued.is_none() && queued_older.is_none()
         })
         .map(|(at, _)| at)
         .collect();

@@ -116,11 +116,6 @@ local function set_settled(...)
   end
 end
 
--- The hash's fields as the settle reads them, for a lease without a hash (`token`, still held).
-local function fresh(token, endpoint)
-  return { token, nil, endpoint }
-end
-
 -- One delivery of the event closed (acked or buried): once none is open, the event expires.
 -- `older`: the event id an older version's delivery hash names (its event is a hash). `only`: the
 -- delivery is its event's only one (its lease token says so, see claim.lua), so the counts
@@ -194,7 +189,8 @@ for i = 1, tonumber(ARGV[5]) do
     scores[id] = nil
     if lease and score and tonumber(score) == lease + 0.25 then
       fresh_endpoint = string.sub(token, colon + 1)
-      d, only = fresh(token, fresh_endpoint), string.byte(token, 2) == 115 -- 's'
+      -- The hash's fields as read below (lease, event, endpoint): the lease is still held.
+      d, only = { token, nil, fresh_endpoint }, string.byte(token, 2) == 115 -- 's'
     else
       d = {}
     end
