@@ -60,7 +60,9 @@ async fn finished_deliveries_move_to_postgres_and_are_served_from_it_once_they_l
     }
     wait_for_metric(gateway.addr(), "sluice_history_written_total", 20).await;
     assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries WHERE state = 'succeeded'").await, 20);
-    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 20);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events_all").await, 20);
+    // Each event has one delivery: it is kept in that delivery's row, not in a row of its own.
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 0);
 
     // After keep_in_redis the delivery and its event are gone from Redis...
     let event = accepted[0]["id"].as_str().unwrap().to_string();
@@ -195,7 +197,7 @@ async fn postgres_going_away_under_load_stops_no_delivery_and_loses_nothing_from
     }
     assert_eq!(count(&pg, "SELECT count(DISTINCT id) FROM sluice_deliveries").await, 350);
     assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 350, "one row per delivery");
-    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 350);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events_all").await, 350);
     let (_, ready) = get_json(addr, "/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     gateway.shutdown().await;
@@ -240,6 +242,7 @@ fn finished_at(at: u64, endpoint: &str, state: &str) -> sluice::queue::Finished 
             payload: bytes::Bytes::from_static(b"{\"a\":1}"),
             deliveries: Vec::new(),
         }),
+        only: true,
         own: Default::default(),
         entry: None,
     }
@@ -267,7 +270,7 @@ async fn day_partitions_older_than_the_retention_are_dropped_whole_and_a_batch_w
     // Default retention 30 days: the 40-day-old partition (of both tables) goes, rows and all.
     assert_eq!(history.drop_expired().await.unwrap(), 2);
     assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 2);
-    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 2);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events_all").await, 2);
     assert_eq!(count(&pg, partitions).await, 2);
     assert!(history.delivery(sluice::id::parse_delivery(&batch[0].delivery.id).unwrap()).await.unwrap().is_none());
     assert!(history.delivery(sluice::id::parse_delivery(&batch[1].delivery.id).unwrap()).await.unwrap().is_some());
@@ -298,7 +301,42 @@ async fn a_delivery_twice_in_one_batch_or_already_in_history_keeps_its_latest_re
     assert_eq!(row.attempts.len(), 3);
     assert_eq!(row.attempts[2]["status"], 204);
     assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries").await, 1);
-    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 1);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events_all").await, 1);
+    // Its event, kept in its row, came through the upsert whole.
+    let event = history.event(sluice::id::parse_event(&first.delivery.event_id).unwrap()).await.unwrap();
+    let event = event.expect("its event in history");
+    assert_eq!((event.source.as_str(), event.payload.as_ref()), ("shop", &b"{\"a\":1}"[..]));
+    assert_eq!(event.headers, vec![("x-tenant".to_string(), "acme".to_string())]);
+    assert_eq!(event.deliveries.len(), 1);
+}
+
+#[tokio::test]
+async fn an_event_with_several_deliveries_is_one_row_of_its_own_and_one_with_a_single_delivery_is_in_its_row() {
+    let Some(pg) = PostgresServer::start().await else { return };
+    let config = sluice::config::HistoryConfig { postgres_url: pg.url(), ..Default::default() };
+    let history = sluice::history::History::open(&config).unwrap();
+    // Two deliveries of one event, finished in different batches; and an event with one delivery.
+    let mut first = finished(0);
+    first.only = false;
+    let event = sluice::id::parse_event(&first.delivery.event_id).unwrap();
+    let mut second = first.clone();
+    second.delivery.id = sluice::id::format_delivery(sluice::id::delivery_of(event, 2));
+    second.delivery.endpoint = "audit".into();
+    let single = finished(0);
+    history.write(&[first, single.clone()]).await.unwrap();
+    history.write(std::slice::from_ref(&second)).await.unwrap();
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events").await, 1, "the shared event, once");
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_deliveries WHERE event_source IS NOT NULL").await, 1);
+    assert_eq!(count(&pg, "SELECT count(*) FROM sluice_events_all").await, 2);
+    let shared = history.event(event).await.unwrap().expect("the shared event");
+    let endpoints: Vec<&str> = shared.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["orders", "audit"]);
+    assert_eq!(shared.payload.as_ref(), b"{\"a\":1}");
+    let inline = sluice::id::parse_event(&single.delivery.event_id).unwrap();
+    let inline = history.event(inline).await.unwrap().expect("the event kept in its delivery's row");
+    assert_eq!((inline.event_type.as_str(), inline.received_at), ("order_created", Some(single.delivery.created_at)));
+    assert_eq!(inline.deliveries.len(), 1);
+    assert!(history.event(sluice::id::new_event()).await.unwrap().is_none());
 }
 
 #[test]
@@ -741,7 +779,7 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
     let payload: Vec<u8> = pg
         .client()
         .await
-        .query_one("SELECT payload FROM sluice_events WHERE id = $1", &[&sluice::id::format_event(event)])
+        .query_one("SELECT payload FROM sluice_events_all WHERE id = $1", &[&sluice::id::format_event(event)])
         .await
         .unwrap()
         .get(0);

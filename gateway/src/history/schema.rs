@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_dead_letters.sql"),
     include_str!("migrations/0003_drop_event_index.sql"),
     include_str!("migrations/0004_text_json_and_byte_order.sql"),
+    include_str!("migrations/0005_events_inline.sql"),
 ];
 
 /// The partitioned tables, each with one partition per day.

@@ -71,6 +71,8 @@ pub struct Finished {
     pub delivery: FinishedDelivery,
     /// Its event; `None` when the event is gone from the store.
     pub event: Option<EventView>,
+    /// Whether it is its event's only delivery (history then keeps the event in its row).
+    pub only: bool,
     /// What a plugin gave this delivery of its own, when it did: what it sends in place of the
     /// event's body and beside its headers.
     pub own: Own,

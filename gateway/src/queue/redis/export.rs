@@ -50,10 +50,11 @@ pub(super) async fn finished_of(
     entry: Option<String>,
 ) -> Result<Finished, QueueError> {
     let event = id::event_of(parts.delivery);
-    let event_view = match (parts.record, parts.older) {
+    let (event_view, only) = match (parts.record, parts.older) {
         (Some(record), _) => {
             let record = record::decode(&record)?;
-            Some(EventView {
+            let only = record.endpoints.len() == 1;
+            let view = EventView {
                 id: id::format_event(event),
                 source: record.source,
                 event_type: record.event_type,
@@ -61,10 +62,15 @@ pub(super) async fn finished_of(
                 headers: record.headers,
                 payload: Bytes::from(record.body),
                 deliveries: Vec::new(),
-            })
+            };
+            (Some(view), only)
         }
-        (None, true) => queue.view_event(event).await?,
-        (None, false) => None,
+        (None, true) => {
+            let view = queue.view_event(event).await?;
+            let only = view.as_ref().is_some_and(|v| v.deliveries.len() == 1);
+            (view, only)
+        }
+        (None, false) => (None, false),
     };
     Ok(Finished {
         delivery: FinishedDelivery {
@@ -80,6 +86,7 @@ pub(super) async fn finished_of(
             attempts: AttemptList::from_lines(&parts.log)?,
         },
         event: event_view,
+        only,
         own: Own { headers: parts.headers, payload: parts.payload },
         entry,
     })
