@@ -75,12 +75,22 @@ pub fn shard_of(id: Ulid, shards: u32) -> u32 {
 
 /// `evt_<ulid>`
 pub fn format_event(id: Ulid) -> String {
-    format!("{EVENT_PREFIX}{id}")
+    prefixed(EVENT_PREFIX, id)
 }
 
 /// `dlv_<ulid>`
 pub fn format_delivery(id: Ulid) -> String {
-    format!("{DELIVERY_PREFIX}{id}")
+    prefixed(DELIVERY_PREFIX, id)
+}
+
+/// `prefix` and the ULID, in one allocation of the right size (`format!` grew its buffer as it
+/// went, and the claim, the settle and the history writer format ids for every delivery).
+fn prefixed(prefix: &str, id: Ulid) -> String {
+    let mut buf = [0; ulid::ULID_LEN];
+    let mut out = String::with_capacity(prefix.len() + ulid::ULID_LEN);
+    out.push_str(prefix);
+    out.push_str(id.array_to_str(&mut buf));
+    out
 }
 
 /// Parses `evt_<ulid>`; `None` for anything else, including a delivery id.

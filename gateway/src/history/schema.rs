@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_drop_event_index.sql"),
     include_str!("migrations/0004_text_json_and_byte_order.sql"),
     include_str!("migrations/0005_events_inline.sql"),
+    include_str!("migrations/0006_search_index_ascending.sql"),
 ];
 
 /// The partitioned tables, each with one partition per day.

@@ -5,7 +5,6 @@
 //! One gateway at a time reads a shard (a lease, `scripts/writer.lua`): the others skip it until
 //! the lease runs out. The previous version's `done` index is drained first ([`super::done`]).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -98,10 +97,43 @@ fn entry_id(entry: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// An entry's fields, in the order Redis lists them: (name, value).
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The value of the field `name`, taken out of `fields`.
+fn take(fields: &mut Fields, name: &str) -> Option<Vec<u8>> {
+    let at = fields.iter().position(|(n, _)| n == name.as_bytes())?;
+    Some(fields.swap_remove(at).1)
+}
+
+/// The entries of an XRANGE reply, walked as Redis sent them: a map per entry (redis' own
+/// conversion) allocated and hashed a key for every entry, and this runs for every finished
+/// delivery.
+fn entries_of(reply: redis::Value) -> Result<Vec<(String, Fields)>, QueueError> {
+    use redis::Value;
+    let unexpected = |what: &Value| QueueError::Corrupt(format!("history stream: unexpected XRANGE reply {what:?}"));
+    let Value::Array(entries) = reply else { return Err(unexpected(&reply)) };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(mut pair) = entry else { return Err(unexpected(&entry)) };
+        let (Some(Value::Array(flat)), Some(Value::BulkString(id)), None) = (pair.pop(), pair.pop(), pair.pop()) else {
+            return Err(QueueError::Corrupt("history stream: an XRANGE entry is not an id and its fields".into()));
+        };
+        let id = String::from_utf8(id).map_err(|e| QueueError::Corrupt(format!("history stream entry id: {e}")))?;
+        let mut fields = Vec::with_capacity(flat.len() / 2);
+        let mut flat = flat.into_iter();
+        while let (Some(Value::BulkString(name)), Some(Value::BulkString(value))) = (flat.next(), flat.next()) {
+            fields.push((name, value));
+        }
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
 /// An entry of the history stream, read: one packed field (`v1`), or, written by the previous
 /// version, one field a part. See `scripts/settle.lua` for the parts.
-fn parts_of(mut fields: HashMap<String, Vec<u8>>) -> Option<Parts> {
-    if let Some(packed) = fields.remove("v1") {
+fn parts_of(mut fields: Fields) -> Option<Parts> {
+    if let Some(packed) = take(&mut fields, "v1") {
         let parts = super::packed::unpack(&packed)?;
         let part = |i: usize| parts.get(i).copied().flatten();
         let text = |i: usize| part(i).and_then(|p| std::str::from_utf8(p).ok());
@@ -121,7 +153,7 @@ fn parts_of(mut fields: HashMap<String, Vec<u8>>) -> Option<Parts> {
             payload: part(8).map(Bytes::copy_from_slice),
         });
     }
-    let mut text = |name: &str| fields.remove(name).and_then(|v| String::from_utf8(v).ok());
+    let mut text = |name: &str| take(&mut fields, name).and_then(|v| String::from_utf8(v).ok());
     let (state, updated, attempts, lapsed) = meta_of(&text("m")?)?;
     Some(Parts {
         delivery: id::parse_delivery(&text("d")?)?,
@@ -134,8 +166,8 @@ fn parts_of(mut fields: HashMap<String, Vec<u8>>) -> Option<Parts> {
         log: text("l").unwrap_or_default(),
         older: text("o").is_some(),
         headers: text("h"),
-        record: fields.remove("r").filter(|r| !r.is_empty()),
-        payload: fields.remove("p").map(Bytes::from),
+        record: take(&mut fields, "r").filter(|r| !r.is_empty()),
+        payload: take(&mut fields, "p").map(Bytes::from),
     })
 }
 
@@ -169,11 +201,11 @@ impl RedisQueue {
             return Ok(older);
         }
         let stream = format!("{prefix}{HISTORY}");
-        let mut finished = Vec::new();
+        let mut finished = Vec::with_capacity(limit.min(10 * CHUNK));
         let mut after = "-".to_string();
         while finished.len() < limit {
             let want = (limit - finished.len()).min(CHUNK);
-            let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+            let reply: redis::Value = redis::cmd("XRANGE")
                 .arg(&stream)
                 .arg(&after)
                 .arg("+")
@@ -181,6 +213,7 @@ impl RedisQueue {
                 .arg(want)
                 .query_async(&mut conn)
                 .await?;
+            let entries = entries_of(reply)?;
             let short = entries.len() < want;
             let mut unreadable = Vec::new();
             for (entry, fields) in entries {
