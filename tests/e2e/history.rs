@@ -88,6 +88,11 @@ async fn finished_deliveries_move_to_postgres_and_are_served_from_it_once_they_l
     assert_eq!(status, 200, "{shown}");
     assert_eq!((shown["state"].as_str(), shown["endpoint"].as_str()), (Some("succeeded"), Some("orders")));
     assert_eq!((shown["attempts_made"].as_u64(), shown["attempts"][0]["status"].as_u64()), (Some(1), Some(200)));
+    // Its history entry was packed by the gateway (a first attempt's success, no hash in Redis),
+    // with the finish time Redis' view showed: the attempt's start plus its latency.
+    let attempt = &shown["attempts"][0];
+    let finished = attempt["at"].as_u64().unwrap() + attempt["latency_ms"].as_f64().unwrap().ceil() as u64;
+    assert_eq!(shown["updated_at"].as_u64(), Some(finished), "{shown}");
     let (status, shown) = admin_get(gateway.addr(), &format!("/v1/events/{event}")).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["payload"]["order_id"], 0);

@@ -123,6 +123,10 @@ pub struct Claimed {
     pub payload: Bytes,
     /// Extra headers to send.
     pub headers: Vec<(String, String)>,
+    /// The event's record as the store holds it, kept only where the store's history entry of a
+    /// first attempt's success is made from it by the settlement (Redis with `[history]`, a lease
+    /// without a hash); `None` otherwise.
+    pub record: Option<Bytes>,
 }
 
 /// The result of one claim.

@@ -287,6 +287,7 @@ impl<'t> Tables<'t> {
                 event_type,
                 payload,
                 headers: rec.headers,
+                record: None,
             });
         }
         let next_due_in = self.due.first()?.map(|(key, _)| Duration::from_millis(key.value().0.saturating_sub(now)));

@@ -21,8 +21,9 @@ use crate::queue::{AttemptRecord, ClaimBatch, Claimed, Queue, QueueError, Settle
 /// payload, headers (its own, JSON), lapsed leases.
 type Row = (String, String, String, u32, String, String, Vec<u8>, String, u32);
 
-/// An event record of a claim's reply, read (`Err`: why it cannot be).
-type Read = Arc<Result<(record::EventRecord, Bytes), String>>;
+/// An event record of a claim's reply, read, with its body apart, and as it came when history is
+/// made from it (`Err`: why it cannot be read).
+type Read = Arc<Result<(record::EventRecord, Bytes, Option<Bytes>), String>>;
 
 impl RedisQueue {
     /// Leases up to `limit` due deliveries of `shard` for `lease`; `token` is unique to this call.
@@ -59,7 +60,9 @@ impl RedisQueue {
                 let (delivery, record): (String, Vec<u8>) = redis::from_redis_value(Value::Array(row))
                     .map_err(|e| QueueError::Corrupt(format!("claim answered: {e}")))?;
                 let Some(id) = self.known_delivery(&prefix, &delivery).await else { continue };
-                let read = records.entry(id::event_of(id)).or_insert_with(|| Arc::new(read_record(&record))).clone();
+                let keep = core.history_keep_secs.is_some();
+                let read =
+                    records.entry(id::event_of(id)).or_insert_with(|| Arc::new(read_record(record, keep))).clone();
                 from_record(id, shard, &lease_until, &read)
             } else {
                 let row: Row = redis::from_redis_value(Value::Array(row))
@@ -105,15 +108,16 @@ impl RedisQueue {
     }
 }
 
-/// An event record as a claim hands it out, with its body apart (shared by its deliveries).
-fn read_record(record: &[u8]) -> Result<(record::EventRecord, Bytes), String> {
+/// An event record as a claim hands it out, with its body apart (shared by its deliveries), and
+/// whole when `keep` (history is made from it: see `batch.rs`).
+fn read_record(record: Vec<u8>, keep: bool) -> Result<(record::EventRecord, Bytes, Option<Bytes>), String> {
     if record.is_empty() {
         // An earlier row of the reply held it: one that named another event would be a bug.
         return Err("the claim's reply left it out".into());
     }
-    let mut read = record::decode(record).map_err(|e| e.to_string())?;
+    let mut read = record::decode(&record).map_err(|e| e.to_string())?;
     let body = Bytes::from(std::mem::take(&mut read.body));
-    Ok((read, body))
+    Ok((read, body, keep.then(|| Bytes::from(record))))
 }
 
 /// A delivery leased without a hash, from its event's record: its first attempt, no headers of its
@@ -121,14 +125,16 @@ fn read_record(record: &[u8]) -> Result<(record::EventRecord, Bytes), String> {
 fn from_record(id: Ulid, shard: u32, lease_until: &str, read: &Read) -> (Claimed, Option<String>) {
     let event_id = id::event_of(id);
     let found = match &**read {
-        Ok((record, body)) => record
+        Ok((record, body, whole)) => record
             .endpoints
             .get(id::number_of(id).wrapping_sub(1))
-            .map(|endpoint| (endpoint.clone(), record.endpoints.len() == 1, record.event_type.clone(), body.clone()))
+            .map(|endpoint| {
+                (endpoint.clone(), record.endpoints.len() == 1, record.event_type.clone(), body.clone(), whole.clone())
+            })
             .ok_or_else(|| "unreadable event record: it names no endpoint for this delivery".to_string()),
         Err(e) => Err(format!("unreadable event record: {e}")),
     };
-    let (problem, (endpoint, only, event_type, payload)) = match found {
+    let (problem, (endpoint, only, event_type, payload, whole)) = match found {
         Ok(found) => (None, found),
         Err(problem) => (Some(problem), Default::default()),
     };
@@ -144,6 +150,7 @@ fn from_record(id: Ulid, shard: u32, lease_until: &str, read: &Read) -> (Claimed
         event_type,
         payload,
         headers: Vec::new(),
+        record: whole,
     };
     (claimed, problem)
 }
@@ -166,6 +173,7 @@ fn from_row(id: Ulid, shard: u32, row: Row) -> (Claimed, Option<String>) {
         event_type,
         payload: Bytes::from(payload),
         headers: Vec::new(),
+        record: None,
     };
     let problem = match (event_id, headers) {
         (Some(_), Ok(headers)) => {

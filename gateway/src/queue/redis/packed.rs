@@ -1,7 +1,33 @@
 //! The history stream entry's one field (`v1`, written by `scripts/settle.lua`): its parts packed
 //! by Redis' `cmsgpack.pack`, one MessagePack value after another. The script packs strings only,
 //! or nil where a part is absent, so this reads just those: a string (fixstr, str8/16/32, or bin
-//! of the same sizes) or nil (false counts as nil, as in Lua).
+//! of the same sizes) or nil (false counts as nil, as in Lua). The gateway packs the entry of a
+//! first attempt's success itself, the same way ([`pack`]).
+
+/// Packs `parts` as `cmsgpack.pack` packs Lua strings and nils.
+pub(super) fn pack(parts: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.map_or(1, |p| p.len() + 5)).sum());
+    for part in parts {
+        let Some(part) = part else {
+            out.push(0xc0);
+            continue;
+        };
+        let len = part.len();
+        if len < 32 {
+            out.push(0xa0 | len as u8);
+        } else if len <= 0xff {
+            out.extend([0xd9, len as u8]);
+        } else if len <= 0xffff {
+            out.push(0xda);
+            out.extend((len as u16).to_be_bytes());
+        } else {
+            out.push(0xdb);
+            out.extend((len as u32).to_be_bytes());
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
 
 /// The parts of a packed value, in order; `None` when it holds anything but strings and nils, or
 /// ends inside a part.
@@ -41,7 +67,7 @@ fn length(bytes: &[u8], size: usize) -> Option<(usize, &[u8])> {
 
 #[cfg(test)]
 mod tests {
-    use super::unpack;
+    use super::{pack, unpack};
 
     #[test]
     fn strings_of_every_size_and_nils_come_back_in_order() {
@@ -57,6 +83,23 @@ mod tests {
         let sizes: Vec<Option<usize>> = parts.iter().map(|p| p.map(<[u8]>::len)).collect();
         assert_eq!(sizes, [Some(3), None, Some(0), None, Some(40), Some(300), Some(70_000)]);
         assert_eq!(parts[0], Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn what_pack_packs_unpacks_as_it_was() {
+        let long = vec![b'y'; 70_000];
+        let parts: Vec<Option<&[u8]>> = vec![
+            Some(b"dlv_1"),
+            None,
+            Some(b""),
+            Some(&long[..31]),
+            Some(&long[..32]),
+            Some(&long[..256]),
+            Some(&long),
+        ];
+        assert_eq!(unpack(&pack(&parts)), Some(parts));
+        // As cmsgpack packs a 3-byte string and a nil.
+        assert_eq!(pack(&[Some(b"abc"), None]), [0xa3, b'a', b'b', b'c', 0xc0]);
     }
 
     #[test]
