@@ -1,6 +1,8 @@
 //! Rows of history: a batch of finished deliveries (and their events) upserted in one transaction,
 //! and lookups by id for the admin API. Every lookup names its day partition: a delivery's
-//! `created_at` and its event's `received_at` are the time in their ULID.
+//! `created_at` and its event's `received_at` are the time in their ULID. An event with one
+//! delivery is kept in that delivery's row (migration 5); one with several in `sluice_events`,
+//! shared by its deliveries.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
