@@ -29,7 +29,7 @@ const INSERT_EVENTS: &str = "INSERT INTO sluice_events (id, received_at, source,
      AS u(id, at, source, type, headers, payload) \
      ON CONFLICT (received_at, id) DO NOTHING";
 
-/// The columns of a delivery's row, in the order [`Row::values`] gives them.
+/// The columns of a delivery's row, in the order [`copy_rows`] writes them.
 const DELIVERY_COLUMNS: &str = "id, created_at, event_id, endpoint, state, attempts_made, lapsed_leases, \
      finished_at, last_error, attempts, own_headers, own_payload, event_source, event_type, event_headers, \
      event_payload";
