@@ -53,14 +53,15 @@ impl RedisQueue {
             .await?;
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut malformed = Vec::new();
-        // The records of this reply's events, each read once.
+        // The records of this reply's events, each read once (and kept whole when history is made
+        // from them).
         let mut records: HashMap<Ulid, Read> = HashMap::new();
+        let keep = core.history_keep_secs.is_some();
         for row in rows {
             let (claimed, problem) = if row.len() == 2 {
                 let (delivery, record): (String, Vec<u8>) = redis::from_redis_value(Value::Array(row))
                     .map_err(|e| QueueError::Corrupt(format!("claim answered: {e}")))?;
                 let Some(id) = self.known_delivery(&prefix, &delivery).await else { continue };
-                let keep = core.history_keep_secs.is_some();
                 let read =
                     records.entry(id::event_of(id)).or_insert_with(|| Arc::new(read_record(record, keep))).clone();
                 from_record(id, shard, &lease_until, &read)

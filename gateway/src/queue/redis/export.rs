@@ -106,9 +106,8 @@ fn take(fields: &mut Fields, name: &str) -> Option<Vec<u8>> {
     Some(fields.swap_remove(at).1)
 }
 
-/// The entries of an XRANGE reply, walked as Redis sent them: a map per entry (redis' own
-/// conversion) allocated and hashed a key for every entry, and this runs for every finished
-/// delivery.
+/// The entries of an XRANGE reply, walked as Redis sent them rather than converted to a map per
+/// entry (which allocated and hashed every field name, for every finished delivery).
 fn entries_of(reply: redis::Value) -> Result<Vec<(String, Fields)>, QueueError> {
     use redis::Value;
     let unexpected = |what: &Value| QueueError::Corrupt(format!("history stream: unexpected XRANGE reply {what:?}"));
