@@ -46,7 +46,7 @@ mod scale;
 mod search;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -142,27 +142,34 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A Redis of the bench's own on a free port, and its URL.
 async fn start_redis() -> anyhow::Result<(Redis, String)> {
     let port = free_port()?;
-    // Its own working directory, so nothing Redis writes lands in the source tree.
     let dir = std::env::temp_dir().join(format!("sluice-bench-redis-{port}"));
-    std::fs::create_dir_all(&dir)?;
+    let redis = spawn_redis(port, &[], &dir).await?;
+    Ok((redis, format!("redis://127.0.0.1:{port}/")))
+}
+
+/// Starts `redis-server` on `port` with `extra` arguments, working in `dir` (its own, so nothing
+/// Redis writes lands in the source tree), and waits until it answers.
+async fn spawn_redis(port: u16, extra: &[&str], dir: &Path) -> anyhow::Result<Redis> {
+    std::fs::create_dir_all(dir)?;
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .context("failed to start redis-server (apt-get install redis-server)")?;
-    let url = format!("redis://127.0.0.1:{port}/");
-    let client = redis::Client::open(url.as_str())?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     for _ in 0..500 {
         if client.get_multiplexed_async_connection().await.is_ok() {
-            return Ok((Redis(child), url));
+            return Ok(Redis(child));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    bail!("redis-server did not come up")
+    bail!("redis-server on {port} did not come up")
 }
 
 /// Requests/s of the producers against the bare server `server` ([`start_raw_server`]): the

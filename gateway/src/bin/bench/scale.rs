@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use tokio::sync::Notify;
 
 use super::process::start_gateway;
-use super::{base_toml, free_port, produce_to, start_receiver, Redis};
+use super::{base_toml, free_port, produce_to, spawn_redis, start_receiver, Redis};
 
 /// Where the queue lives for one curve, with the servers behind it (killed on drop).
 struct Store {
@@ -37,26 +37,6 @@ fn cluster_port() -> anyhow::Result<u16> {
         }
     }
     bail!("no free port pair for a cluster node")
-}
-
-async fn spawn_redis(port: u16, extra: &[&str], dir: &Path) -> anyhow::Result<Redis> {
-    std::fs::create_dir_all(dir)?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("failed to start redis-server (apt-get install redis-server)")?;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    for _ in 0..500 {
-        if client.get_multiplexed_async_connection().await.is_ok() {
-            return Ok(Redis(child));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("redis-server on {port} did not come up")
 }
 
 async fn start_cluster(dir: &Path) -> anyhow::Result<Store> {
