@@ -192,6 +192,15 @@ pub struct AttemptRecord {
     pub response: Option<String>,
 }
 
+impl AttemptRecord {
+    /// When the attempt ended, ms since the epoch: its start plus its latency, rounded up. What a
+    /// delivery's finish time is when its success left only its attempt log (the admin API's
+    /// view of it, and its history entry, agree on it).
+    pub fn ended_at(&self) -> u64 {
+        self.at + self.latency_ms.max(0.0).ceil() as u64
+    }
+}
+
 /// The queue's depth as read at scrape time.
 #[derive(Debug, Default)]
 pub struct QueueDepth {

@@ -60,8 +60,7 @@ pub(super) struct Settlement {
 /// API shows for such a delivery while Redis holds it (`redis/view.rs`).
 fn history_entry(claimed: &Claimed, id: &str, attempt: &AttemptRecord, log_line: &str) -> Option<Vec<u8>> {
     let record = claimed.record.as_ref()?;
-    let finished = attempt.at + attempt.latency_ms.max(0.0).ceil() as u64;
-    let meta = format!("succeeded {finished} {} {}", claimed.attempt, claimed.lapsed);
+    let meta = format!("succeeded {} {} {}", attempt.ended_at(), claimed.attempt, claimed.lapsed);
     let log = format!("{log_line}\n");
     Some(super::packed::pack(&[
         Some(id.as_bytes()),

@@ -156,7 +156,7 @@ impl Logged {
         let records: Vec<AttemptRecord> =
             log.lines().filter(|line| !line.is_empty()).map(serde_json::from_str).collect::<Result<_, _>>().ok()?;
         let last = records.last().filter(|r| r.outcome == "success")?;
-        Some(Logged { attempts: records.len() as u32, finished_at: last.at + last.latency_ms.max(0.0).ceil() as u64 })
+        Some(Logged { attempts: records.len() as u32, finished_at: last.ended_at() })
     }
 }
 
