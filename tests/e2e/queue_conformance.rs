@@ -1093,6 +1093,59 @@ async fn redis_an_unreadable_event_record_dead_letters_its_deliveries_and_blocks
     }
 }
 
+/// Redis only: once a reply has shown the gateway Redis' clock, a batch with no idempotency key and
+/// no delivery of its own headers or payload is stored by a `MULTI` transaction instead of the
+/// script, with the same keys and scores: queued half a millisecond before it is due, by Redis'
+/// clock, a delay after now for a delayed one.
+#[tokio::test]
+async fn redis_a_plain_enqueue_scores_by_redis_clock_as_the_script_does() {
+    let s = open(Kind::Redis, "").await;
+    let redis = s._redis.as_ref().unwrap();
+    let mut conn = redis.connection().await;
+    let redis_ms = |mut conn: ::redis::aio::MultiplexedConnection| async move {
+        let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        (secs * 1000 + micros / 1000) as f64
+    };
+    let calls = |mut conn: ::redis::aio::MultiplexedConnection, command: &'static str| async move {
+        let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+        let line = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+    };
+    // The first enqueue has seen no reply yet: the script stores it (and its reply shows the clock).
+    let (_, first) = enqueue(&s.store, &[("a", Duration::ZERO)]).await;
+    assert_eq!(calls(conn.clone(), "exec").await, 0, "the first enqueue went through the script");
+
+    let before = redis_ms(conn.clone()).await;
+    let day = Duration::from_secs(86_400);
+    let (_, ids) = enqueue(&s.store, &[("a", Duration::ZERO), ("b", day)]).await;
+    let after = redis_ms(conn.clone()).await;
+    assert_eq!(calls(conn.clone(), "exec").await, 1, "the second went through a transaction");
+    assert_eq!(calls(conn.clone(), "mset").await, 1);
+
+    for (id, delay) in [(ids[0], 0.0), (ids[1], day.as_millis() as f64)] {
+        let name = sluice::id::format_delivery(id);
+        let score: f64 =
+            ::redis::cmd("ZSCORE").arg("sluice:{s0}:queue").arg(&name).query_async(&mut conn).await.unwrap();
+        assert_eq!(score.fract(), 0.5, "queued without a hash: {score}");
+        // Due by Redis' clock as the transaction ran: not after it, and the estimate trails Redis by
+        // at most a reply's latency (generously: a second).
+        let due = score + 0.5 - delay;
+        assert!(due <= after && due >= before - 1000.0, "due {due}, Redis' clock {before}..{after}");
+    }
+    // Stored whole: both due ones are served with their event, the delayed one is not yet.
+    let (mut claimed, _) = claim(&s.store, 10, LEASE).await;
+    claimed.sort_by_key(|c| c.id);
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [first[0], ids[0]], "the delayed one waits");
+    for c in &claimed {
+        assert_eq!(
+            (c.endpoint.as_str(), c.event_type.as_str(), &c.payload[..]),
+            ("a", "order.created", &b"{\"n\":1}"[..])
+        );
+    }
+}
+
 /// Redis only: a delivery no hash describes yet (no headers or payload of its own) is queued with a
 /// score ending in `.5`, and its first claim writes nothing but its score (the lease expiry plus a
 /// quarter of a millisecond). A first attempt that succeeds leaves no hash either, only the

@@ -13,28 +13,30 @@ use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, New
 
 /// An event and its deliveries, owned, on its way to the enqueue batch.
 pub(super) struct PendingEvent {
-    shard: u32,
-    id: String,
+    pub(super) shard: u32,
+    pub(super) id: String,
     /// The event record ([`record`]).
-    record: Vec<u8>,
-    deliveries: Vec<PendingDelivery>,
+    pub(super) record: Vec<u8>,
+    pub(super) deliveries: Vec<PendingDelivery>,
     /// Its idempotency key, stored with it.
-    idempotency: Option<PendingKey>,
+    pub(super) idempotency: Option<PendingKey>,
 }
 
 /// An idempotency key stored with its event (see [`crate::queue::IdempotencyCommit`]).
-struct PendingKey {
-    name: String,
-    mark: String,
-    answer: String,
-    window_ms: u64,
+pub(super) struct PendingKey {
+    pub(super) name: String,
+    pub(super) mark: String,
+    pub(super) answer: String,
+    pub(super) window_ms: u64,
 }
 
-struct PendingDelivery {
-    id: String,
-    delay_ms: u64,
-    headers: String,
-    payload: Option<Bytes>,
+/// A delivery of a [`PendingEvent`]: its own headers (JSON, empty for none) and payload, if a
+/// plugin gave it any.
+pub(super) struct PendingDelivery {
+    pub(super) id: String,
+    pub(super) delay_ms: u64,
+    pub(super) headers: String,
+    pub(super) payload: Option<Bytes>,
 }
 
 /// One settlement on its way to the settle batch.
@@ -158,15 +160,16 @@ impl RedisQueue {
 impl Core {
     /// With `redis.replicas_ack`, waits for that many replicas of the shard's primary to hold what
     /// was just written (the whole batch: one `WAIT` per script call).
-    async fn replicated(&self, conn: &mut super::conn::Conn, prefix: &str) -> Result<(), QueueError> {
+    pub(super) async fn replicated(&self, conn: &mut super::conn::Conn, prefix: &str) -> Result<(), QueueError> {
         match self.replicas {
             Some((replicas, timeout)) => conn.wait_replicas(&format!("{prefix}{QUEUE}"), replicas, timeout).await,
             None => Ok(()),
         }
     }
 
-    /// Stores a batch of events: one script call per shard, the shards concurrently. An event whose
-    /// idempotency key no longer holds its mark is not stored ([`QueueError::IdempotencyLost`]).
+    /// Stores a batch of events: one call per shard (see [`super::enqueue`]), the shards
+    /// concurrently. An event whose idempotency key no longer holds its mark is not stored
+    /// ([`QueueError::IdempotencyLost`]).
     pub(super) async fn flush_enqueues(&self, batch: Vec<PendingEvent>) -> Vec<Shared<()>> {
         let groups = by_shard(batch.iter().map(|e| e.shard));
         let calls =
@@ -178,36 +181,6 @@ impl Core {
             })
         });
         scatter(batch.len(), &groups, outcomes, Ok(()))
-    }
-
-    /// One enqueue script call; says for each event whether it was stored.
-    async fn enqueue_shard(
-        &self,
-        shard: u32,
-        events: impl Iterator<Item = &PendingEvent>,
-    ) -> Result<Vec<bool>, QueueError> {
-        let prefix = self.shard_prefix(shard);
-        let events: Vec<&PendingEvent> = events.collect();
-        let mut call = self.enqueue.key(format!("{prefix}{QUEUE}"));
-        call.arg(&prefix).arg(self.retention_secs).arg(events.len());
-        for event in &events {
-            call.arg(&event.id).arg(&event.record).arg(event.deliveries.len());
-            match &event.idempotency {
-                Some(key) => call.arg(&key.name).arg(&key.mark).arg(&key.answer).arg(key.window_ms),
-                None => call.arg("").arg("").arg("").arg(0),
-            };
-            for d in &event.deliveries {
-                call.arg(&d.id).arg(d.delay_ms).arg(&d.headers);
-                match &d.payload {
-                    Some(payload) => call.arg(payload.as_ref()).arg("1"),
-                    None => call.arg("").arg("0"),
-                };
-            }
-        }
-        let mut conn = self.conn.clone();
-        let (_now, skipped): (u64, Vec<String>) = call.invoke_async(&mut conn).await?;
-        self.replicated(&mut conn, &prefix).await?;
-        Ok(events.iter().map(|e| !skipped.contains(&e.id)).collect())
     }
 
     /// Settles a batch: one script call per shard, the shards concurrently.

@@ -37,7 +37,7 @@ impl RedisQueue {
         let core = &self.core;
         let prefix = core.shard_prefix(shard);
         let mut conn = core.conn.clone();
-        let (rows, wait, _now, lease_until): (Vec<Vec<Value>>, i64, u64, String) = core
+        let (rows, wait, now, lease_until): (Vec<Vec<Value>>, i64, u64, String) = core
             .claim
             .key(format!("{prefix}{QUEUE}"))
             .key(format!("{prefix}dead"))
@@ -51,6 +51,7 @@ impl RedisQueue {
             .arg(core.retention_secs)
             .invoke_async(&mut conn)
             .await?;
+        core.clock(shard).observe(now);
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut malformed = Vec::new();
         // The records of this reply's events, each read once (and kept whole when history is made

@@ -1,7 +1,8 @@
 //! The Redis queue: one sorted set of deliveries per shard, scored by next-attempt time (or lease
-//! expiry) in ms, with Lua scripts for enqueue, claim and settle so each step is atomic. Enqueues and
-//! settlements submitted concurrently are grouped (see [`super::batcher`]) into one script call per
-//! shard, so Redis sees one round trip per batch.
+//! expiry) in ms, with Lua scripts for enqueue, claim and settle so each step is atomic (the common
+//! enqueue is a `MULTI` transaction instead: see [`enqueue`]). Enqueues and settlements submitted
+//! concurrently are grouped (see [`super::batcher`]) into one call per shard, so Redis sees one
+//! round trip per batch.
 //!
 //! # Keys
 //! Every key of a shard carries the shard's hash tag, so one script touches one Cluster slot:
@@ -48,7 +49,9 @@
 //! # Files
 //! This module opens the queue and runs endpoint state; [`claim`] leases due deliveries; [`checks`] runs the start-up
 //! checks of the data's layout and the server's settings; [`record`] writes and reads the
-//! event record; [`batch`] groups enqueues and settlements into script calls; [`dead`] lists and
+//! event record; [`batch`] groups enqueues and settlements into calls per shard; [`enqueue`] stores
+//! a batch of events (a transaction, or the script when it needs one); [`clock`] estimates Redis'
+//! clock for the transaction's scores; [`dead`] lists and
 //! replays dead letters; [`parked`] resumes, counts and discards parked deliveries; [`export`] hands finished deliveries to history; [`restore`] brings dead
 //! letters back from it; [`search`] finds deliveries by endpoint, state and time; [`view`] reads deliveries and events for the admin API; [`idempotency`]
 //! keeps idempotency keys.
@@ -56,9 +59,11 @@
 mod batch;
 mod checks;
 mod claim;
+mod clock;
 mod conn;
 mod dead;
 mod done;
+mod enqueue;
 mod export;
 mod idempotency;
 mod packed;
@@ -154,6 +159,8 @@ struct Core {
     writer: Script,
     finished: Script,
     restore: Script,
+    /// Redis' clock as last seen, per shard (see [`clock`]).
+    clocks: Vec<clock::RedisClock>,
 }
 
 impl RedisQueue {
@@ -183,6 +190,7 @@ impl RedisQueue {
             writer: Script::new(WRITER),
             finished: Script::new(FINISHED),
             restore: Script::new(RESTORE),
+            clocks: (0..queue.shards.max(1)).map(|_| clock::RedisClock::new()).collect(),
         });
         let for_enqueue = core.clone();
         let enqueues = Batcher::spawn(BATCH, move |batch| {
@@ -427,5 +435,10 @@ impl Core {
     /// The prefix of every key of `shard` (its hash tag included).
     fn shard_prefix(&self, shard: u32) -> String {
         format!("{}:{{s{shard}}}:", self.prefix)
+    }
+
+    /// Redis' clock as `shard`'s node last showed it.
+    fn clock(&self, shard: u32) -> &clock::RedisClock {
+        &self.clocks[shard as usize % self.clocks.len()]
     }
 }

@@ -12,6 +12,9 @@
 -- event record names its endpoint, and its first settle (or a claim after a lapsed lease) makes
 -- the hash. One without a hash is queued half a millisecond before it is due: a score ending in
 -- `.5` tells the claim that nothing but the event record describes the delivery (see claim.lua).
+-- A batch with no idempotency key and no delivery of its own headers or payload is usually stored
+-- without this script, by a transaction writing the same keys and scores (`redis/enqueue.rs`);
+-- what this script does for such a batch, that one must do too.
 -- Returns { now ms, {ids of events skipped} }.
 local now = now_ms()
 -- Most deliveries are due at once: their score goes as a string (Redis formats a number with
