@@ -51,6 +51,9 @@ pub(super) struct Settlement {
     /// Its history stream entry, packed here when the gateway holds all of it (see
     /// [`history_entry`]); empty otherwise, and the script packs it.
     entry: Vec<u8>,
+    /// Its event's id without `evt_` (the event record's key ends with it), so the script need not
+    /// work it out from the delivery id; empty when unknown.
+    event: String,
 }
 
 /// The history stream entry of a first attempt's success on a lease without a hash (the common
@@ -132,6 +135,7 @@ impl RedisQueue {
             Settle::Park => ("park", 0),
         };
         let id = id::format_delivery(claimed.id);
+        let event = id::event_of(claimed.id).to_string();
         let log_line = record.map(serde_json::to_string).transpose()?.unwrap_or_default();
         let entry = match record {
             Some(attempt) if action == "ack" && attempt.error.is_none() && claimed.token.starts_with('~') => {
@@ -148,6 +152,7 @@ impl RedisQueue {
             delay_ms,
             last_error: record.and_then(|r| r.error.clone()).unwrap_or_default(),
             entry: entry.unwrap_or_default(),
+            event,
         };
         match self.settlements.submit(settlement).await {
             Some(Ok(applied)) => Ok(applied),
@@ -213,6 +218,7 @@ impl Core {
                 delay_ms: 0,
                 last_error: reason.to_string(),
                 entry: Vec::new(),
+                event: id::parse_delivery(id).map(|d| id::event_of(d).to_string()).unwrap_or_default(),
             })
             .collect();
         Ok(self.settle_shard(shard, batch.iter()).await?.into_iter().map(|applied| applied == 1).collect())
@@ -231,7 +237,14 @@ impl Core {
             .arg(self.history_keep_secs.unwrap_or(0))
             .arg(batch.len());
         for s in &batch {
-            call.arg(&s.id).arg(&s.token).arg(&s.record).arg(s.action).arg(s.delay_ms).arg(&s.last_error).arg(&s.entry);
+            call.arg(&s.id)
+                .arg(&s.token)
+                .arg(&s.record)
+                .arg(s.action)
+                .arg(s.delay_ms)
+                .arg(&s.last_error)
+                .arg(&s.entry)
+                .arg(&s.event);
         }
         let mut conn = self.conn.clone();
         let applied: Vec<i64> = call.invoke_async(&mut conn).await?;
