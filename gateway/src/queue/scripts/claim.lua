@@ -34,7 +34,7 @@ local lease_fresh = lease_until .. '.25'
 local out = {}
 local zadd = { 'ZADD', KEYS[1] }
 local events = {}
--- Events whose records this reply holds (true), or that are gone (false).
+-- Event record keys whose records this reply holds (true), or that are gone (false).
 local sent = {}
 
 -- The event's type and body, the delivery's endpoint, and whether it is the event's only delivery,
@@ -84,16 +84,16 @@ end
 -- Leases a delivery no hash describes yet (see above); false when its event is gone (or the id
 -- names none: the general path hands such an id out, and drops it).
 local function claim_fresh(id)
-  local evid = event_of(id)
-  if not evid then
+  local ekey = record_key_of(p, id)
+  if not ekey then
     return nil
   end
   local record = ''
-  local known = sent[evid]
+  local known = sent[ekey]
   if known == nil then
-    record = redis.call('GET', event_key(p, evid))
+    record = redis.call('GET', ekey)
     known = record and true
-    sent[evid] = known
+    sent[ekey] = known
   end
   if not known then
     return false

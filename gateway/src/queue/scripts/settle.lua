@@ -83,7 +83,7 @@ local function record_key(id)
   if event_bare ~= '' then
     return p .. 'e:' .. event_bare
   end
-  return event_key(p, (event_of(id)))
+  return record_key_of(p, id)
 end
 
 -- Appends a finished delivery to the history stream. `d`: its hash's fields as read (see below),
