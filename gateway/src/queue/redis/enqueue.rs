@@ -18,7 +18,7 @@
 
 use super::batch::PendingEvent;
 use super::clock::time_ms;
-use super::{Core, QUEUE};
+use super::{record, Core, QUEUE};
 use crate::queue::QueueError;
 
 impl Core {
@@ -50,7 +50,7 @@ impl Core {
         let mut any_queued = false;
         for event in events {
             // The record's key: the shard's prefix, `e:`, the event id without its `evt_`.
-            let key = format!("{prefix}e:{}", event.id.get(4..).unwrap_or(&event.id));
+            let key = record::key(&prefix, event.id.get(4..).unwrap_or(&event.id));
             if event.deliveries.is_empty() {
                 // Nothing will close it: it expires after the retention, as the script has it.
                 pipe.cmd("SET").arg(key).arg(&event.record).arg("EX").arg(self.retention_secs).ignore();

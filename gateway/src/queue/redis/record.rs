@@ -38,6 +38,12 @@ pub(super) struct EventRecord {
     pub body: Vec<u8>,
 }
 
+/// The key of an event's record: the shard's prefix, `e:`, and the event's ULID (without `evt_`,
+/// as the scripts' `event_key` has it). `event`: the ULID, or its text.
+pub(super) fn key(prefix: &str, event: impl std::fmt::Display) -> String {
+    format!("{prefix}e:{event}")
+}
+
 /// The record of a new event whose deliveries are all open.
 pub(super) fn encode(
     source: &str,

@@ -307,7 +307,7 @@ async fn endpoints_of(
     }
     let mut heads = redis::pipe();
     for event in events {
-        heads.cmd("GETRANGE").arg(format!("{prefix}e:{event}")).arg(0).arg(HEAD_BYTES - 1);
+        heads.cmd("GETRANGE").arg(record::key(prefix, event)).arg(0).arg(HEAD_BYTES - 1);
     }
     let heads: Vec<Vec<u8>> = heads.query_async(conn).await?;
     for (event, head) in events.iter().zip(heads) {
@@ -318,7 +318,7 @@ async fn endpoints_of(
             Some(names) => names,
             None => {
                 let whole: Option<Vec<u8>> =
-                    redis::cmd("GET").arg(format!("{prefix}e:{event}")).query_async(conn).await?;
+                    redis::cmd("GET").arg(record::key(prefix, event)).query_async(conn).await?;
                 match whole {
                     Some(whole) => record::decode(&whole)?.endpoints,
                     None => continue,

@@ -171,7 +171,7 @@ async fn read_record(
     prefix: &str,
     event: Ulid,
 ) -> Result<Option<record::EventRecord>, QueueError> {
-    let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{prefix}e:{event}")).query_async(conn).await?;
+    let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(record::key(prefix, event)).query_async(conn).await?;
     bytes.map(|bytes| record::decode(&bytes)).transpose()
 }
 
