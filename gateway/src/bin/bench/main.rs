@@ -24,12 +24,13 @@
 //! the delivery search costs as the store grows ([`search`]). With `--latency`, only receipt → first
 //! attempt latency at half the peak over 100 endpoints, and the gateway's peak memory ([`latency`]).
 //! With `--backlog`, only the delivery rate past 1,000 and past 1,000,000 pending deliveries
-//! ([`backlog`]). Redis' CPU and commands per event are printed after each end-to-end phase on
-//! Redis ([`redis_stats`]).
+//! ([`backlog`]). With `--steps`, only Redis' CPU per delivery for each of enqueue, claim and
+//! settle, driven through the queue without HTTP ([`steps`]). Redis' CPU and commands per event are
+//! printed after each end-to-end phase on Redis ([`redis_stats`]).
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
 //! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--latency]
-//! [--backlog [--rounds N]] [--log] [--peak [--rounds N]]` (`--memory`: only the memory
+//! [--backlog [--rounds N]] [--steps [--rounds N]] [--log] [--peak [--rounds N]]` (`--memory`: only the memory
 //! phase; `--log`: the gateway logs as the binary does, to stderr; `--peak`: only the raw baseline and
 //! the peak with one plugin, e.g. under `perf record`; with `--rounds N`, N such pairs and their
 //! medians)
@@ -44,6 +45,7 @@ mod process;
 mod redis_stats;
 mod scale;
 mod search;
+mod steps;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +79,7 @@ struct Options {
     peak: bool,
     latency: bool,
     backlog: bool,
+    steps: bool,
     /// `--rounds N`; each phase that takes it has its own default.
     rounds: Option<usize>,
 }
@@ -97,6 +100,7 @@ fn options() -> anyhow::Result<Options> {
         peak: false,
         latency: false,
         backlog: false,
+        steps: false,
         rounds: None,
     };
     let mut args = std::env::args().skip(1);
@@ -116,6 +120,7 @@ fn options() -> anyhow::Result<Options> {
             "--peak" => options.peak = true,
             "--latency" => options.latency = true,
             "--backlog" => options.backlog = true,
+            "--steps" => options.steps = true,
             "--rounds" => options.rounds = Some(args.next().context("--rounds N")?.parse::<usize>()?.max(1)),
             "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
             "--backend" => match args.next().as_deref() {
@@ -447,6 +452,10 @@ fn main() -> anyhow::Result<()> {
     }
     if options.backlog {
         return runtime.block_on(backlog::cost(options.events, options.producers, options.rounds.unwrap_or(3)));
+    }
+    if options.steps {
+        let events = if options.events_given { options.events } else { 20_000 };
+        return runtime.block_on(steps::cost(events, options.rounds.unwrap_or(5)));
     }
     let built = plugin_path("rust-filter").exists();
     if options.plugin && !built {

@@ -40,6 +40,36 @@ fn commandstats(info: &str) -> Vec<Command> {
         .collect()
 }
 
+/// What `INFO commandstats` says Redis ran since its statistics were last reset.
+pub struct Ran {
+    /// Commands, scripts' inner ones included (the scripts themselves, `INFO` and `CONFIG` not
+    /// counted).
+    pub commands: u64,
+    /// µs in scripts (`EVALSHA`, inner commands included), by Redis' clock around each call: the
+    /// interpreter's and the commands' work, without the network's.
+    pub script_us: u64,
+    /// Script calls.
+    pub scripts: u64,
+}
+
+/// Reads what Redis ran since its statistics were last reset.
+pub async fn ran(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Ran> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.context("INFO commandstats")?;
+    let commands = commandstats(&info);
+    let (script_us, scripts) =
+        commands.iter().filter(|c| c.name == "evalsha").fold((0, 0), |(us, calls), c| (us + c.usec, calls + c.calls));
+    Ok(Ran { commands: inner_calls(&commands), script_us, scripts })
+}
+
+/// The calls of `commands` but the scripts' own, `INFO`'s and `CONFIG`'s.
+fn inner_calls(commands: &[Command]) -> u64 {
+    commands
+        .iter()
+        .filter(|c| !matches!(c.name.as_str(), "evalsha" | "eval" | "info" | "config"))
+        .map(|c| c.calls)
+        .sum()
+}
+
 /// Prints Redis' CPU per event since `start`, and the commands it ran per event, costliest first;
 /// returns the CPU per event, in µs.
 pub async fn report(conn: &mut redis::aio::MultiplexedConnection, start: Start, events: usize) -> anyhow::Result<f64> {
@@ -49,11 +79,7 @@ pub async fn report(conn: &mut redis::aio::MultiplexedConnection, start: Start, 
     commands.sort_by_key(|c| std::cmp::Reverse(c.usec));
     let n = events.max(1) as f64;
     // EVALSHA's own time includes its inner commands': the inner ones are listed beside it.
-    let inner: u64 = commands
-        .iter()
-        .filter(|c| !matches!(c.name.as_str(), "evalsha" | "eval" | "info" | "config"))
-        .map(|c| c.calls)
-        .sum();
+    let inner = inner_calls(&commands);
     println!(
         "  Redis            {:.1} µs CPU per event (INFO cpu), {:.1} commands per event",
         cpu * 1e6 / n,

@@ -1,0 +1,169 @@
+//! `--steps`: what Redis spends on each step of a delivery's common path, measured through the
+//! queue itself (no HTTP, no plugin, no receiver), so the figure is Redis' alone and moves little
+//! between runs.
+//!
+//! On a `redis-server` of its own, each round stores `--events` events of one delivery each (the
+//! bench's ~75-byte body, due now, no idempotency key: what most ingest stores), then claims them
+//! all in batches of the worker's default size, then settles each with a first attempt's success;
+//! every step is called concurrently, as the gateway's tasks do, so the queue's batchers group them
+//! as they would. Around each step it reads Redis' CPU (`INFO cpu`), and from `INFO commandstats`
+//! the time Redis spent in scripts (its clock around each `EVALSHA`) and the commands run
+//! (scripts' inner ones included), and prints them per delivery, and the medians of the rounds'. Nothing else runs on Redis meanwhile, so a change in the scripts shows
+//! up here in a few seconds, where the end-to-end peak needs many rounds to see it through the
+//! VM's drift.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use sluice::queue::{AttemptRecord, NewDelivery, NewEvent, Queue, Settle, Store};
+
+use super::{redis_stats, start_redis};
+
+/// Claims in flight at once, and the claim size: the worker's default `queue.batch`.
+const CLAIM: usize = 128;
+/// Enqueues and settles in flight at once: about as many as the peak's producers and delivery
+/// tasks keep going.
+const CONCURRENCY: usize = 64;
+
+/// Redis' CPU seconds since [`mark`], and what it ran.
+async fn since(conn: &mut redis::aio::MultiplexedConnection, cpu: f64) -> anyhow::Result<(f64, redis_stats::Ran)> {
+    Ok((redis_stats::cpu_seconds(conn).await? - cpu, redis_stats::ran(conn).await?))
+}
+
+/// Resets Redis' command statistics; returns its CPU seconds so far.
+async fn mark(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(conn).await?;
+    redis_stats::cpu_seconds(conn).await
+}
+
+/// Prints Redis' CPU per delivery for enqueue, claim and settle, per round and as medians.
+pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
+    let (_redis, url) = start_redis().await?;
+    let config = sluice::config::from_toml(&format!("[redis]\nurl = \"{url}\"\n"))?;
+    let store = Store::open(&config)?;
+    let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+    let endpoint: Arc<str> = Arc::from("receiver");
+    println!("Redis per delivery, by step ({events} events of one delivery each, {rounds} rounds):");
+    // Per step, per round: Redis' CPU and its time in scripts, µs per delivery.
+    let mut figures: [Vec<(f64, f64)>; 3] = Default::default();
+    for round in 1..=rounds {
+        // Enqueue.
+        let cpu = mark(&mut conn).await?;
+        let enqueues = (0..events).map(|_| {
+            let store = store.clone();
+            let endpoint = endpoint.clone();
+            async move {
+                let event = sluice::id::new_event();
+                let new = NewEvent {
+                    id: event,
+                    source: "bench",
+                    event_type: "order_created",
+                    headers: &[],
+                    payload: br#"{"event":"order_created","order_id":12345,"note":"a body of about 75 bytes"}"#,
+                    idempotency: None,
+                };
+                let delivery = NewDelivery {
+                    id: sluice::id::delivery_of(event, 1),
+                    endpoint,
+                    payload: None,
+                    headers: vec![],
+                    delay: Duration::ZERO,
+                };
+                store.enqueue(&new, &[delivery]).await
+            }
+        });
+        let stored: Vec<_> = futures_util::stream::iter(enqueues).buffer_unordered(CONCURRENCY).collect().await;
+        for result in stored {
+            result.context("enqueue")?;
+        }
+        let enqueue = since(&mut conn, cpu).await?;
+
+        // Claim, shard by shard, until every delivery is leased.
+        let cpu = mark(&mut conn).await?;
+        let mut claimed = Vec::with_capacity(events);
+        let mut calls = 0;
+        for shard in 0..store.shards() {
+            loop {
+                let batch = store.claim(shard, CLAIM, Duration::from_secs(60), &format!("steps{calls}")).await?;
+                calls += 1;
+                if batch.deliveries.is_empty() {
+                    break;
+                }
+                claimed.extend(batch.deliveries);
+            }
+        }
+        if claimed.len() != events {
+            bail!("claimed {} deliveries of {events}", claimed.len());
+        }
+        let claim = since(&mut conn, cpu).await?;
+
+        // Settle: a first attempt's success each.
+        let cpu = mark(&mut conn).await?;
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        let settles = claimed.iter().map(|claimed| {
+            let store = store.clone();
+            async move {
+                let record = AttemptRecord {
+                    attempt: 1,
+                    at,
+                    outcome: "success".into(),
+                    status: Some(200),
+                    error: None,
+                    latency_ms: 0.4,
+                    response: Some("ok".into()),
+                };
+                store.settle(claimed, Some(&record), Settle::Ack).await
+            }
+        });
+        let settled: Vec<_> = futures_util::stream::iter(settles).buffer_unordered(CONCURRENCY).collect().await;
+        for result in settled {
+            if !result.context("settle")? {
+                bail!("a settle found its lease lost");
+            }
+        }
+        let settle = since(&mut conn, cpu).await?;
+
+        let n = events as f64;
+        let line: Vec<String> = ["enqueue", "claim", "settle"]
+            .iter()
+            .zip([&enqueue, &claim, &settle])
+            .map(|(name, (cpu_s, ran))| {
+                let scripts = match ran.scripts {
+                    0 => "no script".to_string(),
+                    calls => format!("{:.1} in scripts, {:.0} per call", ran.script_us as f64 / n, n / calls as f64),
+                };
+                format!("{name} {:>5.1} µs ({scripts}; {:.2} commands)", cpu_s * 1e6 / n, ran.commands as f64 / n)
+            })
+            .collect();
+        let steps = [enqueue, claim, settle].map(|(cpu_s, ran)| (cpu_s * 1e6 / n, ran.script_us as f64 / n));
+        println!(
+            "  round {round}: {}; {:>5.1} µs per delivery in all",
+            line.join(", "),
+            steps.iter().map(|s| s.0).sum::<f64>()
+        );
+        for (figure, step) in figures.iter_mut().zip(steps) {
+            figure.push(step);
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let medians = figures.map(|step| {
+        let (mut cpu, mut script): (Vec<f64>, Vec<f64>) = step.iter().copied().unzip();
+        (median(&mut cpu), median(&mut script))
+    });
+    println!(
+        "  medians: enqueue {:.1} µs ({:.1} in scripts), claim {:.1} µs ({:.1}), settle {:.1} µs ({:.1}); {:.1} µs per delivery in all (Redis CPU, INFO cpu)",
+        medians[0].0,
+        medians[0].1,
+        medians[1].0,
+        medians[1].1,
+        medians[2].0,
+        medians[2].1,
+        medians.iter().map(|m| m.0).sum::<f64>()
+    );
+    Ok(())
+}
