@@ -86,7 +86,7 @@ async fn start_postgres() -> anyhow::Result<Postgres> {
 }
 
 /// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
-fn cpu_of(pid: &str) -> f64 {
+pub(super) fn cpu_of(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // Past the command name (in parentheses, which may hold spaces): fields 3 onwards.
     let Some((_, rest)) = stat.rsplit_once(") ") else { return 0.0 };

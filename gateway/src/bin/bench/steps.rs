@@ -38,17 +38,36 @@ async fn mark(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f6
     redis_stats::cpu_seconds(conn).await
 }
 
-/// Prints Redis' CPU per delivery for enqueue, claim and settle, per round and as medians.
+/// Prints Redis' CPU per delivery for enqueue, claim and settle (and export, with `[history]`),
+/// per round and as medians, without and with `[history]`.
 pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
+    for history in [false, true] {
+        steps(events, rounds, history).await?;
+    }
+    Ok(())
+}
+
+async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()> {
     let (_redis, url) = start_redis().await?;
-    let config = sluice::config::from_toml(&format!("[redis]\nurl = \"{url}\"\n"))?;
+    // PostgreSQL is never reached: the store only needs `keep_in_redis`.
+    let history_toml = if history { "[history]\npostgres_url = \"postgres://127.0.0.1:9/unused\"\n" } else { "" };
+    let config = sluice::config::from_toml(&format!("[redis]\nurl = \"{url}\"\n{history_toml}"))?;
+    let keep = config.history.as_ref().map(|h| h.keep_in_redis);
     let store = Store::open(&config)?;
     let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
     let endpoint: Arc<str> = Arc::from("receiver");
-    println!("Redis per delivery, by step ({events} events of one delivery each, {rounds} rounds):");
+    let names: &[&str] =
+        if history { &["enqueue", "claim", "settle", "export"] } else { &["enqueue", "claim", "settle"] };
+    println!(
+        "Redis per delivery, by step ({events} events of one delivery each, {rounds} rounds{}):",
+        if history { ", with [history]" } else { "" }
+    );
     // Per step, per round: Redis' CPU and its time in scripts, µs per delivery.
-    let mut figures: [Vec<(f64, f64)>; 3] = Default::default();
+    let mut figures: Vec<Vec<(f64, f64)>> = vec![Vec::new(); names.len()];
+    // Per round, with `[history]`: this process' CPU per delivery exported.
+    let mut decoding = Vec::new();
     for round in 1..=rounds {
+        let mut spent = Vec::new();
         // Enqueue.
         let cpu = mark(&mut conn).await?;
         let enqueues = (0..events).map(|_| {
@@ -78,7 +97,7 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
         for result in stored {
             result.context("enqueue")?;
         }
-        let enqueue = since(&mut conn, cpu).await?;
+        spent.push(since(&mut conn, cpu).await?);
 
         // Claim, shard by shard, until every delivery is leased.
         let cpu = mark(&mut conn).await?;
@@ -97,7 +116,7 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
         if claimed.len() != events {
             bail!("claimed {} deliveries of {events}", claimed.len());
         }
-        let claim = since(&mut conn, cpu).await?;
+        spent.push(since(&mut conn, cpu).await?);
 
         // Settle: a first attempt's success each.
         let cpu = mark(&mut conn).await?;
@@ -123,12 +142,34 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
                 bail!("a settle found its lease lost");
             }
         }
-        let settle = since(&mut conn, cpu).await?;
+        spent.push(since(&mut conn, cpu).await?);
+
+        if let Some(keep) = keep {
+            // Export: what the history writer reads, in its batches, and drops once written.
+            let cpu = mark(&mut conn).await?;
+            let own = super::history::cpu_of("self");
+            let mut rows = 0;
+            for shard in 0..store.shards() {
+                loop {
+                    let batch = store.finished(shard, 500).await?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    rows += batch.len();
+                    store.mark_exported(shard, &batch, keep).await?;
+                }
+            }
+            decoding.push((super::history::cpu_of("self") - own) * 1e6 / events as f64);
+            if rows != events {
+                bail!("exported {rows} deliveries of {events}");
+            }
+            spent.push(since(&mut conn, cpu).await?);
+        }
 
         let n = events as f64;
-        let line: Vec<String> = ["enqueue", "claim", "settle"]
+        let line: Vec<String> = names
             .iter()
-            .zip([&enqueue, &claim, &settle])
+            .zip(&spent)
             .map(|(name, (cpu_s, ran))| {
                 let scripts = match ran.scripts {
                     0 => "no script".to_string(),
@@ -137,7 +178,8 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
                 format!("{name} {:>5.1} µs ({scripts}; {:.2} commands)", cpu_s * 1e6 / n, ran.commands as f64 / n)
             })
             .collect();
-        let steps = [enqueue, claim, settle].map(|(cpu_s, ran)| (cpu_s * 1e6 / n, ran.script_us as f64 / n));
+        let steps: Vec<(f64, f64)> =
+            spent.iter().map(|(cpu_s, ran)| (cpu_s * 1e6 / n, ran.script_us as f64 / n)).collect();
         println!(
             "  round {round}: {}; {:>5.1} µs per delivery in all",
             line.join(", "),
@@ -151,19 +193,28 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let medians = figures.map(|step| {
-        let (mut cpu, mut script): (Vec<f64>, Vec<f64>) = step.iter().copied().unzip();
-        (median(&mut cpu), median(&mut script))
-    });
+    let medians: Vec<(f64, f64)> = figures
+        .into_iter()
+        .map(|step| {
+            let (mut cpu, mut script): (Vec<f64>, Vec<f64>) = step.into_iter().unzip();
+            (median(&mut cpu), median(&mut script))
+        })
+        .collect();
+    let listed: Vec<String> = names
+        .iter()
+        .zip(&medians)
+        .map(|(name, (cpu, script))| format!("{name} {cpu:.1} µs ({script:.1} in scripts)"))
+        .collect();
     println!(
-        "  medians: enqueue {:.1} µs ({:.1} in scripts), claim {:.1} µs ({:.1}), settle {:.1} µs ({:.1}); {:.1} µs per delivery in all (Redis CPU, INFO cpu)",
-        medians[0].0,
-        medians[0].1,
-        medians[1].0,
-        medians[1].1,
-        medians[2].0,
-        medians[2].1,
+        "  medians: {}; {:.1} µs per delivery in all (Redis CPU, INFO cpu)",
+        listed.join(", "),
         medians.iter().map(|m| m.0).sum::<f64>()
     );
+    if !decoding.is_empty() {
+        println!(
+            "  export, this process (reading and decoding the entries, as the history writer does): {:.1} µs per delivery",
+            median(&mut decoding)
+        );
+    }
     Ok(())
 }
