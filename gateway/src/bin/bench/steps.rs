@@ -173,7 +173,7 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
             .map(|(name, (cpu_s, ran))| {
                 let scripts = match ran.scripts {
                     0 => "no script".to_string(),
-                    calls => format!("{:.1} in scripts, {:.0} per call", ran.script_us as f64 / n, n / calls as f64),
+                    calls => format!("{:.1} in scripts, {calls} script calls", ran.script_us as f64 / n),
                 };
                 format!("{name} {:>5.1} µs ({scripts}; {:.2} commands)", cpu_s * 1e6 / n, ran.commands as f64 / n)
             })
