@@ -71,13 +71,28 @@ pub async fn cost() -> anyhow::Result<()> {
 
 /// Stores events `from..to`, each with one delivery due in a day, concurrently.
 pub(super) async fn fill(store: &Store, from: usize, to: usize) -> anyhow::Result<()> {
-    use futures_util::StreamExt;
     let started = Instant::now();
-    let day = Duration::from_secs(86_400);
     let endpoints: [Arc<str>; 3] = [Arc::from("a"), Arc::from("b"), Arc::from("rare")];
-    let enqueues = (from..to).map(|i| {
+    let endpoint_of = |i: usize| endpoints[if i.is_multiple_of(RARE) { 2 } else { i % 2 }].clone();
+    store_events(store, from..to, Duration::from_secs(86_400), 512, endpoint_of).await?;
+    println!("  (stored {} events in {:.1} s)", to - from, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Stores the events `numbers` (an `order.created` with a 40-byte body each, no idempotency key),
+/// each with one delivery to `endpoint_of(number)` due after `delay`, `concurrency` at a time,
+/// straight through the queue.
+pub(super) async fn store_events(
+    store: &Store,
+    numbers: std::ops::Range<usize>,
+    delay: Duration,
+    concurrency: usize,
+    endpoint_of: impl Fn(usize) -> Arc<str>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let enqueues = numbers.map(|i| {
         let store = store.clone();
-        let endpoint = endpoints[if i % RARE == 0 { 2 } else { i % 2 }].clone();
+        let endpoint = endpoint_of(i);
         async move {
             let event = sluice::id::new_event();
             let new = NewEvent {
@@ -88,21 +103,15 @@ pub(super) async fn fill(store: &Store, from: usize, to: usize) -> anyhow::Resul
                 payload: br#"{"type":"order.created","order_id":12345}"#,
                 idempotency: None,
             };
-            let delivery = NewDelivery {
-                id: sluice::id::delivery_of(event, 1),
-                endpoint,
-                payload: None,
-                headers: vec![],
-                delay: day,
-            };
+            let delivery =
+                NewDelivery { id: sluice::id::delivery_of(event, 1), endpoint, payload: None, headers: vec![], delay };
             store.enqueue(&new, &[delivery]).await
         }
     });
-    let results: Vec<_> = futures_util::stream::iter(enqueues).buffer_unordered(512).collect().await;
+    let results: Vec<_> = futures_util::stream::iter(enqueues).buffer_unordered(concurrency).collect().await;
     for result in results {
         result?;
     }
-    println!("  (stored {} events in {:.1} s)", to - from, started.elapsed().as_secs_f64());
     Ok(())
 }
 

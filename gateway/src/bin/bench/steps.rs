@@ -2,23 +2,30 @@
 //! queue itself (no HTTP, no plugin, no receiver), so the figure is Redis' alone and moves little
 //! between runs.
 //!
-//! On a `redis-server` of its own, each round stores `--events` events of one delivery each (the
-//! bench's ~75-byte body, due now, no idempotency key: what most ingest stores), then claims them
-//! all in batches of the worker's default size, then settles each with a first attempt's success;
-//! every step is called concurrently, as the gateway's tasks do, so the queue's batchers group them
-//! as they would. Around each step it reads Redis' CPU (`INFO cpu`), and from `INFO commandstats`
-//! the time Redis spent in scripts (its clock around each `EVALSHA`) and the commands run
-//! (scripts' inner ones included), and prints them per delivery, and the medians of the rounds'. Nothing else runs on Redis meanwhile, so a change in the scripts shows
-//! up here in a few seconds, where the end-to-end peak needs many rounds to see it through the
-//! VM's drift.
+//! On a `redis-server` of its own, each round stores `--events` events of one delivery each (a
+//! 40-byte body, due now, no idempotency key: what most ingest stores), then claims them all in
+//! batches of the worker's default size, then settles each with a first attempt's success; every
+//! step is called concurrently, as the gateway's tasks do, so the queue's batchers group them as
+//! they would. Around each step it reads Redis' CPU (`INFO cpu`), and from `INFO commandstats` the
+//! time Redis spent in scripts (its clock around each `EVALSHA`) and the commands run (scripts'
+//! inner ones included), and prints them per delivery, and the medians of the rounds'. Nothing
+//! else runs on Redis meanwhile, so a change in the scripts shows up here in a few seconds, where
+//! the end-to-end peak needs many rounds to see it through the VM's drift.
+//!
+//! Then the same with `[history]` (no PostgreSQL needed: nothing is written to it), where the
+//! settle also appends each finished delivery to the history stream, and a fourth step, export,
+//! reads the stream as the history writer does (in its batches of 500) and drops what it read:
+//! Redis' CPU per delivery, and this process' (the reading and decoding the writer does before
+//! PostgreSQL), so history's Redis share is measured apart from PostgreSQL's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use sluice::queue::{AttemptRecord, NewDelivery, NewEvent, Queue, Settle, Store};
+use sluice::queue::{AttemptRecord, Queue, Settle, Store};
 
+use super::search::store_events;
 use super::{redis_stats, start_redis};
 
 /// Claims in flight at once, and the claim size: the worker's default `queue.batch`.
@@ -70,33 +77,7 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
         let mut spent = Vec::new();
         // Enqueue.
         let cpu = mark(&mut conn).await?;
-        let enqueues = (0..events).map(|_| {
-            let store = store.clone();
-            let endpoint = endpoint.clone();
-            async move {
-                let event = sluice::id::new_event();
-                let new = NewEvent {
-                    id: event,
-                    source: "bench",
-                    event_type: "order_created",
-                    headers: &[],
-                    payload: br#"{"event":"order_created","order_id":12345,"note":"a body of about 75 bytes"}"#,
-                    idempotency: None,
-                };
-                let delivery = NewDelivery {
-                    id: sluice::id::delivery_of(event, 1),
-                    endpoint,
-                    payload: None,
-                    headers: vec![],
-                    delay: Duration::ZERO,
-                };
-                store.enqueue(&new, &[delivery]).await
-            }
-        });
-        let stored: Vec<_> = futures_util::stream::iter(enqueues).buffer_unordered(CONCURRENCY).collect().await;
-        for result in stored {
-            result.context("enqueue")?;
-        }
+        store_events(&store, 0..events, Duration::ZERO, CONCURRENCY, |_| endpoint.clone()).await.context("enqueue")?;
         spent.push(since(&mut conn, cpu).await?);
 
         // Claim, shard by shard, until every delivery is leased.
