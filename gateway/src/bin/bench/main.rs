@@ -25,15 +25,16 @@
 //! attempt latency at half the peak over 100 endpoints, and the gateway's peak memory ([`latency`]).
 //! With `--backlog`, only the delivery rate past 1,000 and past 1,000,000 pending deliveries
 //! ([`backlog`]). With `--steps`, only Redis' CPU per delivery for each of enqueue, claim and
-//! settle, driven through the queue without HTTP ([`steps`]). Redis' CPU and commands per event are
-//! printed after each end-to-end phase on Redis ([`redis_stats`]).
+//! settle, and with `[history]` for the history stream's export too, driven through the queue
+//! without HTTP ([`steps`]). Redis' CPU and commands per event are printed after each end-to-end
+//! phase on Redis ([`redis_stats`]).
 //!
-//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin] [--shards N]
-//! [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search] [--latency]
-//! [--backlog [--rounds N]] [--steps [--rounds N]] [--log] [--peak [--rounds N]]` (`--memory`: only the memory
-//! phase; `--log`: the gateway logs as the binary does, to stderr; `--peak`: only the raw baseline and
-//! the peak with one plugin, e.g. under `perf record`; with `--rounds N`, N such pairs and their
-//! medians)
+//! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin]
+//! [--shards N] [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search]
+//! [--latency] [--backlog [--rounds N]] [--steps [--rounds N]] [--log] [--peak [--rounds N]]`
+//! (`--memory`: only the memory phase; `--log`: the gateway logs as the binary does, to stderr;
+//! `--peak`: only the raw baseline and the peak with one plugin, e.g. under `perf record`; with
+//! `--rounds N`, N such pairs and their medians)
 
 mod backlog;
 mod history;

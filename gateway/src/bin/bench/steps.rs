@@ -54,6 +54,7 @@ pub async fn cost(events: usize, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rounds on a Redis of their own, with `[history]` or without.
 async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()> {
     let (_redis, url) = start_redis().await?;
     // PostgreSQL is never reached: the store only needs `keep_in_redis`.
