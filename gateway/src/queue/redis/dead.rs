@@ -128,7 +128,7 @@ impl RedisQueue {
         let mut conn = self.core.conn.clone();
         // Burial times are Redis' clock: stop at its now, so what is buried meanwhile waits.
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let until = secs * 1000 + micros / 1000;
+        let until = super::clock::time_ms(secs, micros);
         let mut replayed = 0u64;
         for shard in 0..self.core.shards {
             let dead = format!("{}dead", self.core.shard_prefix(shard));
