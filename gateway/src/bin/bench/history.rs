@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::Notify;
 
+use super::process::cpu_of;
 use super::{base_toml, free_port, produce, start_receiver, start_redis};
 
 /// A PostgreSQL server of the bench's own, killed (and its directory removed) on drop.
@@ -83,16 +84,6 @@ async fn start_postgres() -> anyhow::Result<Postgres> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("postgres did not come up")
-}
-
-/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
-pub(super) fn cpu_of(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Past the command name (in parentheses, which may hold spaces): fields 3 onwards.
-    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0.0 };
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
-    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 /// CPU seconds PostgreSQL has used: its postmaster and every process it started.

@@ -178,18 +178,29 @@ async fn spawn_redis(port: u16, extra: &[&str], dir: &Path) -> anyhow::Result<Re
     bail!("redis-server on {port} did not come up")
 }
 
+/// What the raw baseline measured: requests/s, and this process' CPU per request (the producers and
+/// the bare server).
+#[derive(Clone, Copy)]
+struct Raw {
+    rate: f64,
+    cpu_us: f64,
+}
+
 /// Requests/s of the producers against the bare server `server` ([`start_raw_server`]): the
 /// baseline the figures are ratios of. Measured again right before each end-to-end phase, so each
 /// ratio compares two runs seconds apart (this VM's speed drifts by a quarter and more between
 /// minutes).
-async fn raw_baseline(server: SocketAddr, options: &Options) -> anyhow::Result<f64> {
+async fn raw_baseline(server: SocketAddr, options: &Options) -> anyhow::Result<Raw> {
     produce(server, 500, options.producers, None).await?;
+    let cpu = process::cpu_of("self");
     let started = Instant::now();
     produce(server, options.events, options.producers, None).await?;
     let rate = options.events as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (process::cpu_of("self") - cpu) * 1e6 / options.events as f64;
     println!("raw HTTP baseline (the same {} producers, a bare hyper server answering 202):", options.producers);
     println!("  answered         {rate:>9.0} requests/s");
-    Ok(rate)
+    println!("  this process     {cpu_us:>9.1} µs of CPU per request (the producers and the bare server)");
+    Ok(Raw { rate, cpu_us })
 }
 
 fn plugin_path(name: &str) -> PathBuf {
@@ -239,9 +250,8 @@ endpoints = ["receiver"]
 
 /// Runs the end-to-end benchmark with a chain of `chain` rust-filter plugins; with `half_rate`, also
 /// measures ingest latency at half the peak rate.
-/// `raw` is [`raw_baseline`]'s figure, measured just before. Returns the peak's ratio to `raw`, and
-/// Redis' CPU per event (µs) on Redis.
-async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) -> anyhow::Result<(f64, Option<f64>)> {
+/// `raw` is [`raw_baseline`]'s figure, measured just before.
+async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: Raw) -> anyhow::Result<Peak> {
     // The queue: a redis-server of our own, or a scratch embedded store.
     let mut _redis = None;
     let mut redis_conn = None;
@@ -280,19 +290,22 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
         Some(conn) => Some(redis_stats::start(conn).await?),
         None => None,
     };
+    let (cpu, switches) = (process::cpu_of("self"), process::own_context_switches());
     let started = Instant::now();
     let latencies = produce(gateway.addr(), options.events, options.producers, None).await?;
     let ingest_secs = started.elapsed().as_secs_f64();
     tokio::time::timeout(Duration::from_secs(120), done.notified()).await.context("deliveries did not all arrive")?;
     let total = started.elapsed().as_secs_f64();
+    let cpu_us = (process::cpu_of("self") - cpu) * 1e6 / options.events as f64;
+    let switches = (process::own_context_switches().saturating_sub(switches)) as f64 / options.events as f64;
     let peak = options.events as f64 / total;
     println!("end to end ({chain}, {} producers, {} events):", options.producers, options.events);
     let ingested = options.events as f64 / ingest_secs;
     println!(
         "  delivered        {peak:>9.0} events/s  {:.3} of raw  ({total:.2} s from first POST to last delivery)",
-        peak / raw
+        peak / raw.rate
     );
-    println!("  ingested         {ingested:>9.0} events/s  {:.3} of raw", ingested / raw);
+    println!("  ingested         {ingested:>9.0} events/s  {:.3} of raw", ingested / raw.rate);
     println!(
         "  ingest latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
         ms(percentile(&latencies, 0.5)),
@@ -303,7 +316,14 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
         (Some(conn), Some(start)) => Some(redis_stats::report(conn, start, options.events).await?),
         _ => None,
     };
-    let measured = (peak / raw, redis_us);
+    // The producers' share is the raw run's too (and the receiver's about the bare server's), so
+    // the difference is about the gateway's.
+    let gateway_us = cpu_us - raw.cpu_us;
+    println!(
+        "  this process     {cpu_us:>9.1} µs of CPU per event, {switches:.2} context switches per event; \
+         {gateway_us:.1} µs more than raw's per request (about the gateway's own)"
+    );
+    let measured = Peak { ratio: peak / raw.rate, redis_us, gateway_us, switches };
 
     if !half_rate {
         gateway.shutdown().await;
@@ -330,15 +350,32 @@ async fn end_to_end(options: &Options, chain: usize, half_rate: bool, raw: f64) 
     Ok(measured)
 }
 
-/// The peak's ratios to raw over the rounds, and Redis' CPU per event, each with its median.
-fn print_medians(peaks: &[(f64, Option<f64>)]) {
-    let (listed, median) = sorted_with_median(peaks.iter().map(|p| p.0).collect(), 3);
+/// What one end-to-end phase measured.
+struct Peak {
+    /// Events/s delivered, as a ratio to the raw baseline's requests/s just before.
+    ratio: f64,
+    /// Redis' CPU per event (µs), on Redis.
+    redis_us: Option<f64>,
+    /// This process' CPU per event beyond the raw run's per request (µs): about the gateway's.
+    gateway_us: f64,
+    /// This process' context switches per event.
+    switches: f64,
+}
+
+/// The peak's ratios to raw over the rounds, Redis' CPU per event and the gateway's, each with its
+/// median.
+fn print_medians(peaks: &[Peak]) {
+    let (listed, median) = sorted_with_median(peaks.iter().map(|p| p.ratio).collect(), 3);
     println!("peak over {} rounds: {listed} of raw, median {median}", peaks.len());
-    let redis: Vec<f64> = peaks.iter().filter_map(|p| p.1).collect();
+    let redis: Vec<f64> = peaks.iter().filter_map(|p| p.redis_us).collect();
     if !redis.is_empty() {
         let (listed, median) = sorted_with_median(redis, 1);
         println!("Redis CPU per event: {listed} µs, median {median}");
     }
+    let (listed, median) = sorted_with_median(peaks.iter().map(|p| p.gateway_us).collect(), 1);
+    println!("gateway CPU per event (this process' beyond raw's): {listed} µs, median {median}");
+    let (listed, median) = sorted_with_median(peaks.iter().map(|p| p.switches).collect(), 2);
+    println!("context switches per event (this process): {listed}, median {median}");
 }
 
 /// `values` sorted and listed, and their median, with `decimals` decimals.
@@ -478,7 +515,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         for (i, chain) in chains.iter().enumerate() {
             let raw = runtime.block_on(raw_baseline(raw_server, &options))?;
-            raws.push(raw);
+            raws.push(raw.rate);
             peaks.push(runtime.block_on(end_to_end(&options, *chain, i == 0 && !options.peak, raw))?);
         }
     }

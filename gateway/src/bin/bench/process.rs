@@ -63,3 +63,28 @@ pub async fn start_gateway(config: &Path) -> anyhow::Result<(Process, SocketAddr
     }
     Ok((process, addr))
 }
+
+/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+pub fn cpu_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Past the command name (in parentheses, which may hold spaces): fields 3 onwards.
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0.0 };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Context switches (voluntary and not) of this process' live threads so far, from
+/// `/proc/self/task/*/status`.
+pub fn own_context_switches() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        total += status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}

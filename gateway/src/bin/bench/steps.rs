@@ -129,7 +129,7 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
         if let Some(keep) = keep {
             // Export: what the history writer reads, in its batches, and drops once written.
             let cpu = mark(&mut conn).await?;
-            let own = super::history::cpu_of("self");
+            let own = super::process::cpu_of("self");
             let mut rows = 0;
             for shard in 0..store.shards() {
                 loop {
@@ -141,7 +141,7 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
                     store.mark_exported(shard, &batch, keep).await?;
                 }
             }
-            decoding.push((super::history::cpu_of("self") - own) * 1e6 / events as f64);
+            decoding.push((super::process::cpu_of("self") - own) * 1e6 / events as f64);
             if rows != events {
                 bail!("exported {rows} deliveries of {events}");
             }
