@@ -5,7 +5,10 @@
 //! carried forward by this process' monotonic clock.
 //!
 //! The estimate errs early, never late: a reply is read after Redis wrote its time into it, so the
-//! estimate trails Redis by that reply's latency. A delivery scored by it is due a little before
+//! estimate trails Redis by that reply's latency. It is kept in µs, so the ms of Redis' reply (cut
+//! down from its µs) only moves it earlier: counted in whole ms on both sides, it could land up to a
+//! millisecond past Redis' clock, and a delivery due now wait that long for its first claim (a
+//! conformance test caught it). A delivery scored by it is due a little before
 //! Redis' now, never after. Only a step back of Redis' own clock makes it late, and by no more than
 //! the step until the next reply corrects it: the estimate is used only while its last sample is
 //! younger than [`FRESH`], else the enqueue goes through the script (which reads `TIME` and
@@ -21,36 +24,38 @@ const FRESH: Duration = Duration::from_secs(1);
 pub(super) struct RedisClock {
     /// The monotonic clock's origin.
     base: Instant,
-    /// Redis' time minus the monotonic clock's, in ms, at the latest sample.
-    offset_ms: AtomicI64,
+    /// Redis' time minus the monotonic clock's, in µs, at the latest sample.
+    offset_us: AtomicI64,
     /// The monotonic clock at the latest sample, in ms since `base` (-1: none yet).
     sampled_ms: AtomicI64,
 }
 
 impl RedisClock {
     pub(super) fn new() -> Self {
-        Self { base: Instant::now(), offset_ms: AtomicI64::new(0), sampled_ms: AtomicI64::new(-1) }
+        Self { base: Instant::now(), offset_us: AtomicI64::new(0), sampled_ms: AtomicI64::new(-1) }
     }
 
-    fn local_ms(&self) -> i64 {
-        self.base.elapsed().as_millis() as i64
+    fn local_us(&self) -> i64 {
+        self.base.elapsed().as_micros() as i64
     }
 
     /// Notes Redis' time in ms, as a reply read just now carried it.
     pub(super) fn observe(&self, redis_ms: u64) {
-        let local = self.local_ms();
-        self.offset_ms.store(redis_ms as i64 - local, Ordering::Relaxed);
-        self.sampled_ms.store(local, Ordering::Relaxed);
+        let local = self.local_us();
+        // `redis_ms` is Redis' µs cut down to ms: the offset errs early by what was cut.
+        self.offset_us.store(redis_ms as i64 * 1000 - local, Ordering::Relaxed);
+        self.sampled_ms.store(local / 1000, Ordering::Relaxed);
     }
 
-    /// Redis' time now in ms, estimated; `None` without a sample younger than [`FRESH`].
+    /// Redis' time now in ms, estimated (never past Redis' own `TIME` in ms, but for a step back of
+    /// Redis' clock); `None` without a sample younger than [`FRESH`].
     pub(super) fn now_ms(&self) -> Option<u64> {
-        let local = self.local_ms();
+        let local = self.local_us();
         let sampled = self.sampled_ms.load(Ordering::Relaxed);
-        if sampled < 0 || local - sampled > FRESH.as_millis() as i64 {
+        if sampled < 0 || local / 1000 - sampled > FRESH.as_millis() as i64 {
             return None;
         }
-        u64::try_from(local + self.offset_ms.load(Ordering::Relaxed)).ok()
+        u64::try_from((local + self.offset_us.load(Ordering::Relaxed)) / 1000).ok()
     }
 }
 
@@ -75,10 +80,27 @@ mod tests {
     }
 
     #[test]
+    fn the_estimate_never_runs_past_the_sample_by_more_than_the_time_since() {
+        // However far into its current ms the monotonic clock is at the sample, the estimate is the
+        // sample plus the whole ms elapsed since, never a ms more (counted in whole ms on both sides,
+        // it was one ms past when the sample came late in a ms and the estimate early in the next).
+        // For 20 ms, so samples fall late in a ms and estimates early in the next many times over.
+        let clock = RedisClock::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(20) {
+            let before = Instant::now();
+            clock.observe(1_000_000);
+            let now = clock.now_ms().expect("a fresh sample");
+            let elapsed = before.elapsed().as_millis() as u64;
+            assert!(now <= 1_000_000 + elapsed, "estimate {now} past the sample by more than {elapsed} ms");
+        }
+    }
+
+    #[test]
     fn a_stale_sample_gives_no_estimate() {
         // A clock whose origin is 10 s back, sampled at its origin.
         let clock = RedisClock { base: Instant::now() - Duration::from_secs(10), ..RedisClock::new() };
-        clock.offset_ms.store(5, Ordering::Relaxed);
+        clock.offset_us.store(5_000, Ordering::Relaxed);
         clock.sampled_ms.store(0, Ordering::Relaxed);
         assert_eq!(clock.now_ms(), None);
     }
