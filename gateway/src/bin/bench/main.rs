@@ -27,7 +27,9 @@
 //! ([`backlog`]). With `--steps`, only Redis' CPU per delivery for each of enqueue, claim and
 //! settle, and with `[history]` for the history stream's export too, driven through the queue
 //! without HTTP ([`steps`]). Redis' CPU and commands per event are printed after each end-to-end
-//! phase on Redis ([`redis_stats`]).
+//! phase on Redis ([`redis_stats`]), and with every phase this process' own CPU per request (raw) or
+//! per event (end to end), their difference (about the gateway's), and its context switches per
+//! event ([`process`]).
 //!
 //! Usage: `cargo run --release -p sluice --bin bench -- [--events N] [--producers N] [--no-plugin]
 //! [--shards N] [--backend redis|embedded] [--scale] [--memory] [--history [--rounds N]] [--search]
