@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::Notify;
 
+use super::load::median;
 use super::process::cpu_of;
 use super::{base_toml, free_port, produce, start_receiver, start_redis};
 
@@ -194,11 +195,6 @@ async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) 
     let postgres_cpu_us = per_event(postgres_pid.map_or(0.0, postgres_cpu) - cpu_before.2);
     gateway.shutdown().await;
     Ok(Run { rate, redis_bytes: after.saturating_sub(before), rows, gateway_cpu_us, redis_cpu_us, postgres_cpu_us })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Prints the figures of the runs, round by round, and the medians. A round runs, back to back

@@ -89,6 +89,12 @@ pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Posts `events` events from `producers` tasks; `pace` spaces each producer's posts. Returns ingest latencies.
 pub async fn produce(
     gateway: SocketAddr,

@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use sluice::queue::{AttemptRecord, Queue, Settle, Store};
 
+use super::load::median;
 use super::search::store_events;
 use super::{redis_stats, start_redis};
 
@@ -171,15 +172,11 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
             figure.push(step);
         }
     }
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     let medians: Vec<(f64, f64)> = figures
         .into_iter()
         .map(|step| {
-            let (mut cpu, mut script): (Vec<f64>, Vec<f64>) = step.into_iter().unzip();
-            (median(&mut cpu), median(&mut script))
+            let (cpu, script): (Vec<f64>, Vec<f64>) = step.into_iter().unzip();
+            (median(cpu), median(script))
         })
         .collect();
     let listed: Vec<String> = names
@@ -195,7 +192,7 @@ async fn steps(events: usize, rounds: usize, history: bool) -> anyhow::Result<()
     if !decoding.is_empty() {
         println!(
             "  export, this process (reading and decoding the entries, as the history writer does): {:.1} µs per delivery",
-            median(&mut decoding)
+            median(decoding)
         );
     }
     Ok(())
