@@ -1,5 +1,6 @@
 //! The Wasm engine and the set of loaded plugins: one wasmtime `Engine` with the pooling allocator
-//! and epoch interruption, a ticker thread that advances the epoch, the plugin threads
+//! and epoch interruption, a ticker thread that advances the epoch while calls run
+//! ([`super::epoch`]), the plugin threads
 //! ([`super::pool`]) that every plugin call runs on, and per plugin a [`LoadedPlugin`] (its
 //! `InstancePre` and warm instances).
 //!
@@ -9,15 +10,15 @@
 //! and threads ([`PluginSet::reconfigured`]): unchanged plugins keep their warm instances.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
+use super::epoch::EpochTicker;
 use super::host::HostState;
-use super::loaded::{FileStamp, Linkers, LoadedPlugin, SharedLimits, TICK};
+use super::loaded::{FileStamp, Linkers, LoadedPlugin, SharedLimits};
 use super::output::{log_printed, Printed};
 use super::pool::{PluginPool, PoolStats};
 use super::shadow::{Shadow, ShadowReport};
@@ -46,7 +47,7 @@ struct Runtime {
     linkers: Linkers,
     limits: SharedLimits,
     pool: PluginPool,
-    stop_ticker: Arc<AtomicBool>,
+    ticker: EpochTicker,
     /// Most plugins the engine's instance pool was sized for.
     max_plugins: usize,
     /// Largest per-instance memory the engine's pool was sized for, MiB.
@@ -55,7 +56,7 @@ struct Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -96,14 +97,15 @@ impl PluginSet {
         let mut plugins = HashMap::new();
         let mut shadows = HashMap::new();
         let mut errors = Vec::new();
+        let ticker = EpochTicker::start(engine.clone());
         for config in configs {
-            match LoadedPlugin::load(&engine, &linkers, config, limits, Arc::default(), Arc::default()) {
+            match LoadedPlugin::load(&engine, &ticker, &linkers, config, limits, Arc::default(), Arc::default()) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
                 Err(e) => errors.push(e),
             }
-            match load_shadow(&engine, &linkers, config, limits) {
+            match load_shadow(&engine, &ticker, &linkers, config, limits) {
                 Ok(Some(shadow)) => {
                     shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
                 }
@@ -112,12 +114,17 @@ impl PluginSet {
             }
         }
         if !errors.is_empty() {
+            ticker.stop();
             return Err(errors);
         }
-        let pool = PluginPool::start(threads, wasm.max_queued).map_err(|e| engine_error(&e))?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), stop_ticker.clone());
-        let runtime = Runtime { engine, linkers, limits, pool, stop_ticker, max_plugins, max_memory_mb };
+        let pool = match PluginPool::start(threads, wasm.max_queued) {
+            Ok(pool) => pool,
+            Err(e) => {
+                ticker.stop();
+                return Err(engine_error(&e));
+            }
+        };
+        let runtime = Runtime { engine, linkers, limits, pool, ticker, max_plugins, max_memory_mb };
         Ok(Self::over(Arc::new(runtime), configs, plugins, shadows))
     }
 
@@ -184,7 +191,7 @@ impl PluginSet {
                 Some(shadow) => {
                     shadows.insert(Arc::from(config.name.as_str()), shadow.clone());
                 }
-                None => match load_shadow(&runtime.engine, &runtime.linkers, config, runtime.limits) {
+                None => match load_shadow(&runtime.engine, &runtime.ticker, &runtime.linkers, config, runtime.limits) {
                     Ok(Some(shadow)) => {
                         shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
                     }
@@ -197,7 +204,15 @@ impl PluginSet {
                 continue;
             }
             let (stats, budget) = previous.map(|p| (p.stats.clone(), p.budget.clone())).unwrap_or_default();
-            match LoadedPlugin::load(&runtime.engine, &runtime.linkers, config, runtime.limits, stats, budget) {
+            match LoadedPlugin::load(
+                &runtime.engine,
+                &runtime.ticker,
+                &runtime.linkers,
+                config,
+                runtime.limits,
+                stats,
+                budget,
+            ) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
@@ -277,6 +292,7 @@ impl PluginSet {
         // The new version keeps counting, and keeps its log budget, where the old one left off.
         let fresh = LoadedPlugin::load(
             &self.runtime.engine,
+            &self.runtime.ticker,
             &self.runtime.linkers,
             config,
             self.runtime.limits,
@@ -357,13 +373,14 @@ fn slots(configs: &[PluginConfig]) -> usize {
 /// The shadow candidate of `config`, loaded like the plugin itself (its settings, another file).
 fn load_shadow(
     engine: &Engine,
+    ticker: &EpochTicker,
     linkers: &Linkers,
     config: &PluginConfig,
     limits: SharedLimits,
 ) -> Result<Option<Shadow>, PluginError> {
     let Some(path) = &config.shadow else { return Ok(None) };
     let candidate = PluginConfig { name: format!("{} (shadow)", config.name), path: path.clone(), ..config.clone() };
-    let loaded = LoadedPlugin::load(engine, linkers, &candidate, limits, Arc::default(), Arc::default())?;
+    let loaded = LoadedPlugin::load(engine, ticker, linkers, &candidate, limits, Arc::default(), Arc::default())?;
     Ok(Some(Shadow::new(loaded, path.clone(), config.shadow_rate)))
 }
 
@@ -394,16 +411,80 @@ fn new_engine(max_plugins: usize, max_memory_mb: u32, wasm: &WasmConfig, max_war
     Engine::new(&config)
 }
 
-/// Advances the engine's epoch every [`TICK`] until `stop` is set. A plain thread, not a task: it
-/// must keep ticking however busy the runtime and the plugin threads are.
-fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(TICK);
-            engine.increment_epoch();
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "Could not start the plugin epoch ticker; plugin deadlines will not fire.");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::epoch::tests::wait_for;
+    use std::time::Duration;
+
+    /// The epoch ticker parks while no call comes (see `epoch.rs`): a call that loops forever
+    /// after such a spell must still be cut off at its deadline, and one that returns must pass
+    /// (and let the ticker park again).
+    #[test]
+    fn a_call_after_an_idle_spell_still_meets_its_deadline() {
+        let dir = std::env::temp_dir().join(format!("sluice-epoch-idle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, wat: &str| {
+            let path = dir.join(format!("{name}.wat"));
+            std::fs::write(&path, wat).unwrap();
+            path
+        };
+        // Loops forever.
+        let spinner = write(
+            "spinner",
+            r#"(module (memory (export "memory") 1)
+            (func (export "sluice_alloc") (param i32) (result i32) (i32.const 64))
+            (func (export "sluice_handle") (param i32 i32) (result i64) (loop br 0) (i64.const 0)))"#,
+        );
+        // Passes every event at once: its verdict is the 11 bytes at 0.
+        let passer = write(
+            "passer",
+            r#"(module (memory (export "memory") 1) (data (i32.const 0) "{\"pass\":{}}")
+            (func (export "sluice_alloc") (param i32) (result i32) (i32.const 64))
+            (func (export "sluice_handle") (param i32 i32) (result i64) (i64.const 11)))"#,
+        );
+        let config = |name: &str, path: std::path::PathBuf| PluginConfig {
+            name: name.into(),
+            path,
+            config: serde_json::json!({}),
+            deadline: Duration::from_millis(50),
+            startup_deadline: Duration::from_secs(1),
+            max_memory_mb: 16,
+            max_calls_per_instance: 10,
+            grant_clock: false,
+            on_error: Default::default(),
+            shadow: None,
+            shadow_rate: 1.0,
+        };
+        let configs = [config("spinner", spinner), config("passer", passer)];
+        let set = Arc::new(PluginSet::load(&configs, &WasmConfig::default(), 1 << 20).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        let ticker = set.runtime.ticker.clone();
+        let event = PluginEvent {
+            id: "evt_x".into(),
+            source: "s".into(),
+            event_type: "t".into(),
+            headers: vec![],
+            payload: b"{}".to_vec(),
+        };
+
+        // The spinner's call, on a thread of its own: were its deadline never to fire, the test
+        // fails instead of hanging.
+        let spin = || {
+            let (set, event) = (set.clone(), event.clone());
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || done.send(set.call("spinner", &event)));
+            let result = result.recv_timeout(Duration::from_secs(10));
+            result.expect("the spinner ran past its deadline: the epoch did not advance")
+        };
+        assert!(wait_for(|| ticker.is_parked()), "the ticker never parked with no call");
+        let error = spin().unwrap_err();
+        assert_eq!(error.kind(), "timeout", "{error}");
+        assert!(wait_for(|| ticker.is_parked()), "the ticker did not park again after the call");
+        let verdict = set.call("passer", &event);
+        assert!(matches!(verdict, Ok(Verdict::Pass(_))), "{verdict:?}");
+        assert!(wait_for(|| ticker.is_parked()), "the ticker did not park after a call that returned");
+        let error = spin().unwrap_err();
+        assert_eq!(error.kind(), "timeout", "after a second idle spell: {error}");
     }
 }

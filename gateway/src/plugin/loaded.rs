@@ -19,6 +19,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{Plugin, PluginPre};
 use super::core_abi;
+use super::epoch::{EpochTicker, TICK};
 use super::host::HostState;
 use super::metrics::PluginStats;
 use super::output::{LineBudget, Printed};
@@ -26,8 +27,6 @@ use super::{PluginError, PluginEvent, Verdict};
 use crate::config::{OnError, PluginConfig};
 use crate::delivery::headers::check_plugin_header;
 
-/// How often the epoch advances; deadlines are rounded up to whole ticks.
-pub(super) const TICK: Duration = Duration::from_millis(1);
 /// Most headers a plugin may add to one event or delivery.
 pub const MAX_ADDED_HEADERS: usize = 100;
 /// Longest error message of a plugin's `err` kept (the rest is cut).
@@ -48,6 +47,8 @@ pub(super) struct SharedLimits {
 pub(super) struct LoadedPlugin {
     pub(super) name: Arc<str>,
     engine: Engine,
+    /// Ticks while a call runs, so its deadline can fire.
+    ticker: EpochTicker,
     pre: Pre,
     config_json: String,
     deadline: Duration,
@@ -113,6 +114,7 @@ impl LoadedPlugin {
     /// Reads, compiles (or takes from the engine's cache) and links the plugin of `config`.
     pub(super) fn load(
         engine: &Engine,
+        ticker: &EpochTicker,
         linkers: &Linkers,
         config: &PluginConfig,
         limits: SharedLimits,
@@ -149,6 +151,7 @@ impl LoadedPlugin {
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             engine: engine.clone(),
+            ticker: ticker.clone(),
             pre,
             config_json: config.config.to_string(),
             deadline: config.deadline,
@@ -171,6 +174,8 @@ impl LoadedPlugin {
     /// instance when one is idle and may be reused, else in a fresh one. Returns the outcome and
     /// what the call printed.
     pub(super) fn call(&self, event: &PluginEvent) -> (Result<Verdict, PluginError>, Printed) {
+        // From before the deadline is set (here or in `instantiate`) until the guest is left.
+        let _running = self.ticker.running();
         let started = Instant::now();
         let idle = self.warm.lock().map(|mut warm| warm.pop()).unwrap_or(None);
         let mut warm = match idle {

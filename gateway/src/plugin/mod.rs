@@ -20,6 +20,7 @@ pub mod chain;
 mod convert;
 mod core_abi;
 pub mod engine;
+mod epoch;
 pub mod failing;
 pub mod fixtures;
 mod host;
