@@ -198,7 +198,8 @@ async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) 
 }
 
 /// Prints the figures of the runs, round by round, and the medians. A round runs, back to back
-/// (this VM's neighbours move single runs by ±15 %, so ratios are taken within a round):
+/// (this VM's neighbours move single runs by ±15 %, so ratios are taken within a round), in an order
+/// rotated by one from round to round (rounds in multiples of 3 put each one first equally often):
 /// - without `[history]`: records kept for `queue.retention` (7 days), none expires in the run;
 /// - with `[history]` as configured by default (`keep_in_redis` = 15 min): none expires in the run
 ///   either. This pair is the cost of history: in steady state both configurations also expire
@@ -216,9 +217,16 @@ pub async fn cost(events: usize, producers: usize, rounds: usize) -> anyhow::Res
     let (mut extra_gateway, mut extra_redis, mut pg_cpus, mut writer) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let off = run(events, producers, None).await?;
-        let on = run(events, producers, Some(default)).await?;
-        let drained = run(events, producers, Some(short)).await?;
+        // The three runs of a round go in an order rotated from round to round, so that none is
+        // always first (on a fresh process, or after a gateway that just stopped) or always last.
+        let configs = [None, Some(default), Some(short)];
+        let mut measured: [Option<Run>; 3] = [None, None, None];
+        for i in 0..3 {
+            let at = (i + round - 1) % 3;
+            measured[at] = Some(run(events, producers, configs[at]).await?);
+        }
+        let [Some(off), Some(on), Some(drained)] = measured else { unreachable!("every configuration ran") };
+        let first = ["without [history]", "[history]", "keep_in_redis = 2s"][(round - 1) % 3];
         rates.push(on.rate / off.rate);
         short_rates.push(drained.rate / off.rate);
         extra_gateway.push(on.gateway_cpu_us - off.gateway_cpu_us);
@@ -226,7 +234,7 @@ pub async fn cost(events: usize, producers: usize, rounds: usize) -> anyhow::Res
         pg_cpus.push(on.postgres_cpu_us);
         writer.push(on.rows.unwrap_or(0.0));
         println!(
-            "  round {round}: without [history]     {:>6.0} events/s; CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs; Redis after the drain {:>5.1} MB",
+            "  round {round} (ran first: {first}):\n           without [history]     {:>6.0} events/s; CPU/event: gateway process {:>3.0} µs, Redis {:>3.0} µs; Redis after the drain {:>5.1} MB",
             off.rate,
             off.gateway_cpu_us,
             off.redis_cpu_us,
