@@ -3,7 +3,8 @@
 //! `[history]`, with it as configured by default, and with `keep_in_redis = "2s"` (so the drain is
 //! observable here), in rounds: events/s delivered end to end, CPU per event of this process, of
 //! Redis and of PostgreSQL, the history writer's rows/s (from the first POST until its backlog is
-//! empty), and Redis `used_memory` after the drain.
+//! empty), and Redis `used_memory` after the drain. Then the writer's own pace ([`drain`]): how fast
+//! it writes a backlog that waited in Redis while PostgreSQL could not take it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,37 +148,68 @@ struct WithHistory<'a> {
     keep_in_redis: &'a str,
 }
 
-/// One run of `events` events, with or without `[history]`.
-async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) -> anyhow::Result<Run> {
-    let (_redis, url) = start_redis().await?;
-    let mut conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+/// A Redis, a receiver and a gateway of a run's own, with or without `[history]`.
+struct Setup {
+    _redis: super::Redis,
+    conn: redis::aio::MultiplexedConnection,
+    /// Deliveries the receiver waits for before `done` fires.
+    target: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+    gateway: sluice::Gateway,
+}
+
+async fn setup(history: Option<WithHistory<'_>>) -> anyhow::Result<Setup> {
+    let (redis, url) = start_redis().await?;
+    let conn = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
     let count = Arc::new(AtomicUsize::new(0));
     let target = Arc::new(AtomicUsize::new(usize::MAX));
     let done = Arc::new(Notify::new());
-    let receiver = start_receiver(count.clone(), target.clone(), done.clone()).await?;
+    let receiver = start_receiver(count, target.clone(), done.clone()).await?;
     let history_toml = history
         .map(|h| format!("[history]\npostgres_url = \"{}\"\nkeep_in_redis = \"{}\"\n", h.postgres.0, h.keep_in_redis))
         .unwrap_or_default();
     let toml = base_toml(&format!("[redis]\nurl = \"{url}\"\n{history_toml}"), receiver)
         + "[[routes]]\nsource = \"bench\"\nendpoints = [\"receiver\"]\n";
     let gateway = sluice::Gateway::start(sluice::config::from_toml(&toml)?).await?;
-    let postgres_pid = history.map(|h| h.postgres.1);
-    let before = used_memory(&mut conn).await?;
-    let cpu_before = (cpu_of("self"), redis_cpu(&mut conn).await?, postgres_pid.map_or(0.0, postgres_cpu));
-    target.store(events, Ordering::Relaxed);
-    let started = Instant::now();
-    produce(gateway.addr(), events, producers, None).await?;
-    tokio::time::timeout(Duration::from_secs(120), done.notified()).await.context("deliveries did not all arrive")?;
-    let rate = events as f64 / started.elapsed().as_secs_f64();
-    let mut rows = None;
-    if let Some(history) = history {
+    Ok(Setup { _redis: redis, conn, target, done, gateway })
+}
+
+impl Setup {
+    /// Posts `events` events with `producers` producers and waits until every delivery arrived.
+    async fn deliver(&self, events: usize, producers: usize) -> anyhow::Result<()> {
+        self.target.store(events, Ordering::Relaxed);
+        produce(self.gateway.addr(), events, producers, None).await?;
+        tokio::time::timeout(Duration::from_secs(120), self.done.notified())
+            .await
+            .context("deliveries did not all arrive")?;
+        Ok(())
+    }
+
+    /// Waits (at most 120 s) until the history writer has written `rows` deliveries.
+    async fn written(&self, rows: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while metric(gateway.addr(), "sluice_history_written_total").await? < Some(events as u64) {
+        while metric(self.gateway.addr(), "sluice_history_written_total").await? < Some(rows) {
             if Instant::now() > deadline {
                 bail!("history never caught up");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+}
+
+/// One run of `events` events, with or without `[history]`.
+async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) -> anyhow::Result<Run> {
+    let mut set = setup(history).await?;
+    let postgres_pid = history.map(|h| h.postgres.1);
+    let before = used_memory(&mut set.conn).await?;
+    let cpu_before = (cpu_of("self"), redis_cpu(&mut set.conn).await?, postgres_pid.map_or(0.0, postgres_cpu));
+    let started = Instant::now();
+    set.deliver(events, producers).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    let mut rows = None;
+    if let Some(history) = history {
+        set.written(events as u64).await?;
         rows = Some(events as f64 / started.elapsed().as_secs_f64());
         let keep = humantime::parse_duration(history.keep_in_redis)?;
         if keep < Duration::from_secs(10) {
@@ -188,13 +220,57 @@ async fn run(events: usize, producers: usize, history: Option<WithHistory<'_>>) 
         // The last acks follow the last deliveries by a settle batch.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let after = used_memory(&mut conn).await?;
+    let after = used_memory(&mut set.conn).await?;
     let per_event = |seconds: f64| seconds * 1e6 / events as f64;
     let gateway_cpu_us = per_event(cpu_of("self") - cpu_before.0);
-    let redis_cpu_us = per_event(redis_cpu(&mut conn).await? - cpu_before.1);
+    let redis_cpu_us = per_event(redis_cpu(&mut set.conn).await? - cpu_before.1);
     let postgres_cpu_us = per_event(postgres_pid.map_or(0.0, postgres_cpu) - cpu_before.2);
-    gateway.shutdown().await;
+    set.gateway.shutdown().await;
     Ok(Run { rate, redis_bytes: after.saturating_sub(before), rows, gateway_cpu_us, redis_cpu_us, postgres_cpu_us })
+}
+
+/// What [`drain`] measured.
+struct Drain {
+    /// Finished deliveries waiting in Redis when the tables were released.
+    waiting: u64,
+    /// Rows the writer wrote after the release.
+    rows: f64,
+    /// Seconds from the release until every one was written.
+    seconds: f64,
+    /// CPU µs per row written, over that span: this process (the gateway, its writer), Redis,
+    /// PostgreSQL.
+    cpu_us: (f64, f64, f64),
+}
+
+/// The writer's own pace, with nothing else running: the load runs while a transaction of the
+/// bench's holds the history tables locked (`ACCESS EXCLUSIVE`, as good as a PostgreSQL that stopped
+/// answering: the writer's first `COPY` waits, and finished deliveries pile up in Redis); once every
+/// delivery arrived the lock goes, and the writer drains the backlog as fast as it can. The tables
+/// must exist (a run with `[history]` made them).
+async fn drain(events: usize, producers: usize, history: WithHistory<'_>) -> anyhow::Result<Drain> {
+    let (client, connection) = tokio_postgres::connect(history.postgres.0, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    client.batch_execute("BEGIN; LOCK TABLE sluice_deliveries, sluice_events IN ACCESS EXCLUSIVE MODE").await?;
+    let mut set = setup(Some(history)).await?;
+    set.deliver(events, producers).await?;
+    let written = metric(set.gateway.addr(), "sluice_history_written_total").await?.unwrap_or(0);
+    let waiting = metric(set.gateway.addr(), "sluice_history_backlog").await?.unwrap_or(0);
+    let cpu_before = (cpu_of("self"), redis_cpu(&mut set.conn).await?, postgres_cpu(history.postgres.1));
+    let released = Instant::now();
+    client.batch_execute("ROLLBACK").await?;
+    set.written(events as u64).await?;
+    let seconds = released.elapsed().as_secs_f64();
+    let rows = (events as u64).saturating_sub(written).max(1) as f64;
+    let per_row = |spent: f64| spent * 1e6 / rows;
+    let cpu_us = (
+        per_row(cpu_of("self") - cpu_before.0),
+        per_row(redis_cpu(&mut set.conn).await? - cpu_before.1),
+        per_row(postgres_cpu(history.postgres.1) - cpu_before.2),
+    );
+    set.gateway.shutdown().await;
+    drop(client);
+    let _ = connection.await;
+    Ok(Drain { waiting, rows, seconds, cpu_us })
 }
 
 /// Prints the figures of the runs, round by round, and the medians. A round runs, back to back
@@ -268,5 +344,18 @@ pub async fn cost(events: usize, producers: usize, rounds: usize) -> anyhow::Res
     );
     println!("  (the gateway process also runs the producers and the receiver; writer rows/s: from the first");
     println!("   POST until every delivery is in PostgreSQL)");
+    let drained = drain(events, producers, default).await?;
+    println!(
+        "  the writer's own pace: the same load with the history tables locked, then released: {} deliveries waited in Redis,",
+        drained.waiting
+    );
+    println!(
+        "    written in {:.1} s: {:.0} rows/s; CPU per row: gateway process {:.1} µs, Redis {:.1} µs, PostgreSQL {:.1} µs",
+        drained.seconds,
+        drained.rows / drained.seconds,
+        drained.cpu_us.0,
+        drained.cpu_us.1,
+        drained.cpu_us.2
+    );
     Ok(())
 }
