@@ -16,7 +16,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
-use super::epoch::EpochTicker;
+use super::epoch::{EpochTicker, TickerThread};
 use super::host::HostState;
 use super::loaded::{FileStamp, Linkers, LoadedPlugin, SharedLimits};
 use super::output::{log_printed, Printed};
@@ -47,17 +47,12 @@ struct Runtime {
     linkers: Linkers,
     limits: SharedLimits,
     pool: PluginPool,
-    ticker: EpochTicker,
+    /// The epoch ticker (stops when the runtime drops).
+    epoch: TickerThread,
     /// Most plugins the engine's instance pool was sized for.
     max_plugins: usize,
     /// Largest per-instance memory the engine's pool was sized for, MiB.
     max_memory_mb: u32,
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticker.stop();
-    }
 }
 
 /// Every configured plugin, compiled and linked, sharing one engine and one pool of plugin threads.
@@ -97,15 +92,16 @@ impl PluginSet {
         let mut plugins = HashMap::new();
         let mut shadows = HashMap::new();
         let mut errors = Vec::new();
-        let ticker = EpochTicker::start(engine.clone());
+        let epoch = EpochTicker::start(engine.clone());
+        let ticker = epoch.ticker();
         for config in configs {
-            match LoadedPlugin::load(&engine, &ticker, &linkers, config, limits, Arc::default(), Arc::default()) {
+            match LoadedPlugin::load(&engine, ticker, &linkers, config, limits, Arc::default(), Arc::default()) {
                 Ok(plugin) => {
                     plugins.insert(plugin.name.clone(), Arc::new(plugin));
                 }
                 Err(e) => errors.push(e),
             }
-            match load_shadow(&engine, &ticker, &linkers, config, limits) {
+            match load_shadow(&engine, ticker, &linkers, config, limits) {
                 Ok(Some(shadow)) => {
                     shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
                 }
@@ -114,17 +110,10 @@ impl PluginSet {
             }
         }
         if !errors.is_empty() {
-            ticker.stop();
             return Err(errors);
         }
-        let pool = match PluginPool::start(threads, wasm.max_queued) {
-            Ok(pool) => pool,
-            Err(e) => {
-                ticker.stop();
-                return Err(engine_error(&e));
-            }
-        };
-        let runtime = Runtime { engine, linkers, limits, pool, ticker, max_plugins, max_memory_mb };
+        let pool = PluginPool::start(threads, wasm.max_queued).map_err(|e| engine_error(&e))?;
+        let runtime = Runtime { engine, linkers, limits, pool, epoch, max_plugins, max_memory_mb };
         Ok(Self::over(Arc::new(runtime), configs, plugins, shadows))
     }
 
@@ -191,13 +180,16 @@ impl PluginSet {
                 Some(shadow) => {
                     shadows.insert(Arc::from(config.name.as_str()), shadow.clone());
                 }
-                None => match load_shadow(&runtime.engine, &runtime.ticker, &runtime.linkers, config, runtime.limits) {
-                    Ok(Some(shadow)) => {
-                        shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
+                None => {
+                    match load_shadow(&runtime.engine, runtime.epoch.ticker(), &runtime.linkers, config, runtime.limits)
+                    {
+                        Ok(Some(shadow)) => {
+                            shadows.insert(Arc::from(config.name.as_str()), Arc::new(shadow));
+                        }
+                        Ok(None) => {}
+                        Err(e) => errors.push(e),
                     }
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                },
+                }
             }
             if let Some(plugin) = unchanged {
                 plugins.insert(plugin.name.clone(), plugin.clone());
@@ -206,7 +198,7 @@ impl PluginSet {
             let (stats, budget) = previous.map(|p| (p.stats.clone(), p.budget.clone())).unwrap_or_default();
             match LoadedPlugin::load(
                 &runtime.engine,
-                &runtime.ticker,
+                runtime.epoch.ticker(),
                 &runtime.linkers,
                 config,
                 runtime.limits,
@@ -292,7 +284,7 @@ impl PluginSet {
         // The new version keeps counting, and keeps its log budget, where the old one left off.
         let fresh = LoadedPlugin::load(
             &self.runtime.engine,
-            &self.runtime.ticker,
+            self.runtime.epoch.ticker(),
             &self.runtime.linkers,
             config,
             self.runtime.limits,
@@ -459,7 +451,7 @@ mod tests {
         let configs = [config("spinner", spinner), config("passer", passer)];
         let set = Arc::new(PluginSet::load(&configs, &WasmConfig::default(), 1 << 20).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
-        let ticker = set.runtime.ticker.clone();
+        let ticker = set.runtime.epoch.ticker().clone();
         let event = PluginEvent {
             id: "evt_x".into(),
             source: "s".into(),

@@ -32,10 +32,32 @@ const IDLE_TICKS: u32 = 100;
 const STARTED: u64 = 1 << 32;
 const RUNNING: u64 = 1;
 
-/// The ticker thread's handle and what it shares with the calls. Cheap to clone.
+/// What calls hold of the ticker: what it shares with them. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct EpochTicker {
     shared: Arc<Shared>,
+}
+
+/// The ticker thread itself, owned by the plugin runtime: dropping it stops the thread.
+pub(super) struct TickerThread {
+    ticker: EpochTicker,
+}
+
+impl TickerThread {
+    /// The handle calls announce themselves to.
+    pub(super) fn ticker(&self) -> &EpochTicker {
+        &self.ticker
+    }
+}
+
+impl Drop for TickerThread {
+    fn drop(&mut self) {
+        let shared = &self.ticker.shared;
+        shared.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = shared.thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 struct Shared {
@@ -45,7 +67,7 @@ struct Shared {
     parked: AtomicBool,
     /// Set once to stop the thread.
     stop: AtomicBool,
-    /// Epochs advanced so far (for tests and the debug log).
+    /// Epochs advanced so far (the tests read it).
     ticks: AtomicU64,
     /// The ticker thread, to unpark.
     thread: OnceLock<Thread>,
@@ -63,9 +85,9 @@ impl Drop for Running<'_> {
 }
 
 impl EpochTicker {
-    /// Starts the ticker thread for `engine`. Without a thread (the system refused one) it logs an
-    /// error: deadlines then do not fire.
-    pub(super) fn start(engine: Engine) -> Self {
+    /// Starts the ticker thread for `engine`; it runs until the returned owner drops. Without a
+    /// thread (the system refused one) it logs an error: deadlines then do not fire.
+    pub(super) fn start(engine: Engine) -> TickerThread {
         let shared = Arc::new(Shared {
             calls: AtomicU64::new(0),
             parked: AtomicBool::new(false),
@@ -82,7 +104,7 @@ impl EpochTicker {
                 tracing::error!(error = %e, "Could not start the plugin epoch ticker; plugin deadlines will not fire.")
             }
         }
-        Self { shared }
+        TickerThread { ticker: Self { shared } }
     }
 
     /// Announces a call about to enter plugin code; the epoch advances until the guard drops.
@@ -97,14 +119,6 @@ impl EpochTicker {
         Running { shared }
     }
 
-    /// Stops the thread (it ends within a tick).
-    pub(super) fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.shared.thread.get() {
-            thread.unpark();
-        }
-    }
-
     /// Whether the ticker is parked (or about to park) for want of calls.
     #[cfg(test)]
     pub(super) fn is_parked(&self) -> bool {
@@ -115,6 +129,12 @@ impl EpochTicker {
     #[cfg(test)]
     pub(super) fn ticks(&self) -> u64 {
         self.shared.ticks.load(Ordering::SeqCst)
+    }
+
+    /// Handles to what the ticker shares, its thread's included while it runs.
+    #[cfg(test)]
+    fn holders(&self) -> usize {
+        Arc::strong_count(&self.shared)
     }
 }
 
@@ -173,7 +193,8 @@ pub(super) mod tests {
 
     #[test]
     fn the_ticker_parks_when_no_call_comes_and_a_call_wakes_it() {
-        let ticker = EpochTicker::start(engine());
+        let thread = EpochTicker::start(engine());
+        let ticker = thread.ticker();
         assert!(wait_for(|| ticker.is_parked()), "the ticker never parked while idle");
         let parked_at = ticker.ticks();
         // Parked, it advances no epoch.
@@ -189,12 +210,18 @@ pub(super) mod tests {
         assert!(!ticker.is_parked(), "the ticker parked under a running call");
         drop(call);
         assert!(wait_for(|| ticker.is_parked()), "the ticker did not park again once the call ended");
-        ticker.stop();
+
+        // Dropping the owner ends the thread, parked as it is.
+        let handle = ticker.clone();
+        assert_eq!(handle.holders(), 3, "the owner, the thread and this handle");
+        drop(thread);
+        assert!(wait_for(|| handle.holders() == 1), "the ticker thread did not end with its owner");
     }
 
     #[test]
     fn calls_that_start_and_end_between_ticks_keep_the_ticker_going() {
-        let ticker = EpochTicker::start(engine());
+        let thread = EpochTicker::start(engine());
+        let ticker = thread.ticker();
         assert!(wait_for(|| ticker.is_parked()));
         let from = ticker.ticks();
         // Short calls, none running at any tick: the count of calls started keeps it awake.
@@ -204,6 +231,5 @@ pub(super) mod tests {
             assert!(ticker.ticks() <= from + 1 || !ticker.is_parked(), "the ticker parked while calls kept coming");
             std::thread::sleep(Duration::from_micros(200));
         }
-        ticker.stop();
     }
 }
