@@ -20,7 +20,8 @@
 //! With `--scale`, only the scaling curve instead ([`scale`]): events/s delivered by 1, 2 and 3
 //! `sluice` processes on one Redis and on a Redis Cluster of 3 primaries and 3 replicas. With
 //! `--history`, only the cost of `[history]` ([`history`]): events/s with and without it, the
-//! history writer's rows/s, Redis memory after the drain. With `--search`, only what a page of
+//! history writer's rows/s, Redis memory after the drain, and the writer's own pace draining a
+//! backlog. With `--search`, only what a page of
 //! the delivery search costs as the store grows ([`search`]). With `--latency`, only receipt → first
 //! attempt latency at half the peak over 100 endpoints, and the gateway's peak memory ([`latency`]).
 //! With `--backlog`, only the delivery rate past 1,000 and past 1,000,000 pending deliveries
