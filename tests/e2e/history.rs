@@ -798,3 +798,48 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
     .await;
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_history_stream_drops_entries_older_than_the_retention_while_postgres_stays_away() {
+    use crate::queue_conformance::{claim_when_due, claimed_settles, enqueue, record};
+    use sluice::queue::{Queue, Settle};
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    // One entry a node: the trim is approximate (whole nodes only), and exact with this.
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(1).query_async(&mut conn).await.unwrap();
+    // No writer runs, and PostgreSQL is never reached: what waits for it is only ever trimmed.
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\n[queue]\nretention = \"1s\"\ndead_retention = \"1s\"\n\
+         [history]\npostgres_url = \"postgres://127.0.0.1:1/unreached\"\nkeep_in_redis = \"1s\"\n",
+        redis.url()
+    );
+    let config = sluice::config::from_toml(&toml).unwrap();
+    config.validate().unwrap();
+    let store = sluice::queue::Store::open(&config).unwrap();
+    let stream = "sluice:{s0}:history";
+    let finish = |n: usize| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                ids.extend(enqueue(&store, &[("orders", Duration::ZERO)]).await.1);
+            }
+            for claimed in claim_when_due(&store, n, Duration::from_secs(60)).await {
+                claimed_settles(&store, &claimed, Some(&record(1, Some(200), None)), Settle::Ack).await;
+            }
+            ids
+        }
+    };
+    finish(3).await;
+    let waiting: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(waiting, 3, "each finished delivery waits in the stream");
+    // Past the retention (1 s, on Redis' clock: the same machine's), the next settlement that
+    // appends drops them; its own entry stays.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let last = finish(1).await;
+    let waiting: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(waiting, 1, "the entries older than the retention were trimmed");
+    let left: Vec<String> = store.finished(0, 10).await.unwrap().into_iter().map(|f| f.delivery.id).collect();
+    assert_eq!(left, vec![sluice::id::format_delivery(last[0])]);
+}

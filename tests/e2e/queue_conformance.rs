@@ -107,7 +107,7 @@ conformance!(
 const LEASE: Duration = Duration::from_secs(60);
 
 /// Stores one event with a delivery per `(endpoint, delay)`; returns the event id and delivery ids.
-async fn enqueue(store: &Store, deliveries: &[(&str, Duration)]) -> (Ulid, Vec<Ulid>) {
+pub(crate) async fn enqueue(store: &Store, deliveries: &[(&str, Duration)]) -> (Ulid, Vec<Ulid>) {
     enqueue_with(store, b"{\"n\":1}", deliveries.iter().map(|(e, d)| (*e, *d, None)).collect()).await
 }
 
@@ -148,7 +148,7 @@ async fn claim(store: &Store, limit: usize, lease: Duration) -> (Vec<Claimed>, O
 }
 
 /// Claims until `want` deliveries came back, waiting for the store's own `next_due_in` in between.
-async fn claim_when_due(store: &Store, want: usize, lease: Duration) -> Vec<Claimed> {
+pub(crate) async fn claim_when_due(store: &Store, want: usize, lease: Duration) -> Vec<Claimed> {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut got = Vec::new();
     while got.len() < want {
@@ -163,7 +163,7 @@ async fn claim_when_due(store: &Store, want: usize, lease: Duration) -> Vec<Clai
     got
 }
 
-fn record(attempt: u32, status: Option<u16>, error: Option<&str>) -> AttemptRecord {
+pub(crate) fn record(attempt: u32, status: Option<u16>, error: Option<&str>) -> AttemptRecord {
     AttemptRecord {
         attempt,
         at: 1,
@@ -179,7 +179,7 @@ async fn view(store: &Store, id: Ulid) -> sluice::queue::DeliveryView {
     store.delivery(id).await.unwrap().expect("delivery is known")
 }
 
-async fn claimed_settles(store: &Store, claimed: &Claimed, record: Option<&AttemptRecord>, action: Settle) {
+pub(crate) async fn claimed_settles(store: &Store, claimed: &Claimed, record: Option<&AttemptRecord>, action: Settle) {
     assert!(store.settle(claimed, record, action).await.unwrap(), "the lease holder settles");
 }
 

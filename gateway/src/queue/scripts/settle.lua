@@ -48,9 +48,12 @@ local dead_retention = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
 local history = keep > 0
 local now_s = tostring(now)
--- Stream ids are `<ms>-<seq>`: trim what is older than Redis keeps finished records without
--- `[history]` (PostgreSQL away that long).
+-- Stream ids are `<ms>-<seq>`: what is older than Redis keeps finished records without
+-- `[history]` (PostgreSQL away that long) is trimmed, once per call that appended: a `MINID` on
+-- each `XADD` doubled the append's own time (`INFO commandstats`: 2.5-3.9 µs per `XADD` with it,
+-- 1.3-1.7 without).
 local min_id = tostring(now - math.max(retention, dead_retention) * 1000)
+local appended_history = false
 local results = {}
 local at = 6
 -- ARGV per settlement.
@@ -111,7 +114,8 @@ local function to_history(id, d, logkey, state, record, appended, last_error)
   end
   -- One field, `v1`: the entry's parts packed in order (strings, nil where absent), so Redis
   -- stores, and the writer reads, one value per entry instead of a dozen (see `packed.rs`).
-  redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'v1', cmsgpack.pack(id, d[3] or '',
+  appended_history = true
+  redis.call('XADD', KEYS[4], '*', 'v1', cmsgpack.pack(id, d[3] or '',
     state .. ' ' .. now_s .. ' ' .. attempts .. ' ' .. (d[5] or '0'), last_error, log, event_record, older,
     d[6] or nil, d[7] or nil))
 end
@@ -299,7 +303,8 @@ for i = 1, tonumber(ARGV[5]) do
           -- A first attempt's success of a lease without a hash: the gateway knew all the entry
           -- holds (its log is this one record) and packed it, with the finish time the admin API
           -- shows for it (see `redis/batch.rs`). Nothing to read back or pack here.
-          redis.call('XADD', KEYS[4], 'MINID', '~', min_id, '*', 'v1', entry)
+          appended_history = true
+          redis.call('XADD', KEYS[4], '*', 'v1', entry)
         else
           to_history(id, d, logkey, 'succeeded', record, appended, last_error)
         end
@@ -309,5 +314,8 @@ for i = 1, tonumber(ARGV[5]) do
 end
 if #leaving > 2 then
   redis.call(unpack(leaving))
+end
+if appended_history then
+  redis.call('XTRIM', KEYS[4], 'MINID', '~', min_id)
 end
 return results
