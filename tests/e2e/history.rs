@@ -683,7 +683,7 @@ async fn dead_letters_of_redis_and_of_history_are_paged_as_one_list_and_replayed
 }
 
 #[tokio::test]
-async fn finished_deliveries_the_previous_version_indexed_for_history_are_written_by_this_one() {
+async fn finished_deliveries_previous_versions_left_for_history_are_written_by_this_one() {
     let Some(pg) = PostgresServer::start().await else { return };
     let redis = RedisServer::start().await;
     let receiver = Receiver::start().await;
@@ -724,8 +724,8 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
         .query_async(&mut conn)
         .await
         .unwrap();
-    // And one the version before this one handed over in its history stream, one field a part
-    // (this version packs the parts into one field).
+    // And one an older version handed over in its history stream (an entry per delivery), one
+    // field a part.
     let streamed_event = sluice::id::new_event();
     let streamed = sluice::id::format_delivery(sluice::id::delivery_of(streamed_event, 1));
     let _: String = redis::cmd("XADD")
@@ -742,10 +742,29 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
         .query_async(&mut conn)
         .await
         .unwrap();
-    // This version's writer drains both into PostgreSQL, empties the index and lets the keys go
-    // after keep_in_redis.
+    // And one the previous version handed over in that stream, its parts packed in one field
+    // (this version packs a settle call's deliveries into one entry of another stream).
+    let packed_event = sluice::id::new_event();
+    let packed = sluice::id::format_delivery(sluice::id::delivery_of(packed_event, 1));
+    let packed_record = record.replace("{\"order_id\":41}", "{\"order_id\":43}");
+    let _: String = redis::cmd("EVAL")
+        .arg(
+            "return redis.call('XADD', KEYS[1], '*', 'v1', \
+             cmsgpack.pack(ARGV[1], 'orders', ARGV[2], '', ARGV[3], ARGV[4], nil, nil, nil))",
+        )
+        .arg(1)
+        .arg(format!("{prefix}history"))
+        .arg(&packed)
+        .arg(format!("succeeded {finished_at} 1 0"))
+        .arg(format!("{attempt}\n"))
+        .arg(&packed_record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // This version's writer drains all three into PostgreSQL, empties the index and lets the keys
+    // go after keep_in_redis.
     let gateway = start_gateway(&config(&redis, &pg, &receiver, "1s")).await;
-    wait_for_metric(gateway.addr(), "sluice_history_written_total", 2).await;
+    wait_for_metric(gateway.addr(), "sluice_history_written_total", 3).await;
     let row = pg
         .client()
         .await
@@ -768,6 +787,16 @@ async fn finished_deliveries_the_previous_version_indexed_for_history_are_writte
     );
     let streamed_left: u64 = redis::cmd("XLEN").arg(format!("{prefix}history")).query_async(&mut conn).await.unwrap();
     assert_eq!(streamed_left, 0);
+    let row = pg
+        .client()
+        .await
+        .query_one("SELECT state, attempts_made, event_payload FROM sluice_deliveries WHERE id = $1", &[&packed])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, Vec<u8>>(2)),
+        ("succeeded".to_string(), 1, br#"{"order_id":43}"#.to_vec())
+    );
     let row = pg
         .client()
         .await
@@ -817,7 +846,7 @@ async fn the_history_stream_drops_entries_older_than_the_retention_while_postgre
     let config = sluice::config::from_toml(&toml).unwrap();
     config.validate().unwrap();
     let store = sluice::queue::Store::open(&config).unwrap();
-    let stream = "sluice:{s0}:history";
+    let stream = "sluice:{s0}:history:v2";
     let finish = |n: usize| {
         let store = store.clone();
         async move {
@@ -831,15 +860,50 @@ async fn the_history_stream_drops_entries_older_than_the_retention_while_postgre
             ids
         }
     };
+    let backlog = || async { store.depth(&[]).await.unwrap().history_backlog };
     finish(3).await;
-    let waiting: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
-    assert_eq!(waiting, 3, "each finished delivery waits in the stream");
-    // Past the retention (1 s, on Redis' clock: the same machine's), the next settlement that
-    // appends drops them; its own entry stays.
+    // One settlement at a time: an entry each.
+    let entries: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(entries, 3, "each settle call's finished deliveries wait in the stream");
+    assert_eq!(backlog().await, Some(3));
+    // Past the retention (1 s, on Redis' clock: the same machine's), the next settle call that
+    // appends drops them; its own entry stays, and the count follows.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let last = finish(1).await;
-    let waiting: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
-    assert_eq!(waiting, 1, "the entries older than the retention were trimmed");
-    let left: Vec<String> = store.finished(0, 10).await.unwrap().into_iter().map(|f| f.delivery.id).collect();
-    assert_eq!(left, vec![sluice::id::format_delivery(last[0])]);
+    let entries: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(entries, 1, "the entries older than the retention were dropped");
+    assert_eq!(backlog().await, Some(1));
+    let left = store.finished(0, 10).await.unwrap();
+    let ids: Vec<&str> = left.iter().map(|f| f.delivery.id.as_str()).collect();
+    assert_eq!(ids, vec![sluice::id::format_delivery(last[0])]);
+    // Marked exported (PostgreSQL committed it), it leaves, twice marked or not.
+    store.mark_exported(0, &left, Duration::from_secs(1)).await.unwrap();
+    store.mark_exported(0, &left, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(backlog().await, Some(0));
+    assert!(store.finished(0, 10).await.unwrap().is_empty());
+
+    // Settled at once, deliveries share entries (a settle call's); every one is read back, once.
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.extend(enqueue(&store, &[("orders", Duration::ZERO)]).await.1);
+    }
+    let claimed = claim_when_due(&store, 40, Duration::from_secs(60)).await;
+    let ok = record(1, Some(200), None);
+    futures_util::future::join_all(claimed.iter().map(|c| claimed_settles(&store, c, Some(&ok), Settle::Ack))).await;
+    assert_eq!(backlog().await, Some(40));
+    let mut read = Vec::new();
+    loop {
+        // A small batch: entries are read whole, so a batch may hold more than it asked for.
+        let batch = store.finished(0, 5).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read.extend(batch.iter().map(|f| f.delivery.id.clone()));
+        store.mark_exported(0, &batch, Duration::from_secs(1)).await.unwrap();
+    }
+    let mut want: Vec<String> = ids.iter().map(|id| sluice::id::format_delivery(*id)).collect();
+    want.sort();
+    read.sort();
+    assert_eq!(read, want);
+    assert_eq!(backlog().await, Some(0));
 }

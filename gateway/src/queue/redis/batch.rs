@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::{record, Core, RedisQueue, Shared, HISTORY, QUEUE};
+use super::{record, Core, RedisQueue, Shared, HISTORY_V2, HISTORY_V2_COUNT, QUEUE};
 use crate::id;
 use crate::queue::{idempotency_pending, AttemptRecord, Claimed, NewDelivery, NewEvent, QueueError, Settle};
 
@@ -230,7 +230,8 @@ impl Core {
         let mut call = self.settle.key(format!("{prefix}{QUEUE}"));
         call.key(format!("{prefix}dead"))
             .key(format!("{prefix}off"))
-            .key(format!("{prefix}{HISTORY}"))
+            .key(format!("{prefix}{HISTORY_V2}"))
+            .key(format!("{prefix}{HISTORY_V2_COUNT}"))
             .arg(&prefix)
             .arg(self.retention_secs)
             .arg(self.dead_retention_secs)

@@ -1,16 +1,20 @@
-//! Finished deliveries on their way to history (`[history]`): the settlement that finishes a
-//! delivery appends it, whole, to its shard's `history` stream (`scripts/settle.lua`); the writer
-//! reads a batch of entries in one call, and deletes them once PostgreSQL committed them. Reading
-//! and marking touch no per-delivery key, so history costs Redis one stream entry per delivery.
-//! One gateway at a time reads a shard (a lease, `scripts/writer.lua`): the others skip it until
-//! the lease runs out. The previous version's `done` index is drained first ([`super::done`]).
+//! Finished deliveries on their way to history (`[history]`): the settle call that finishes
+//! deliveries appends them, whole, to its shard's `history:v2` stream, one entry per call
+//! (`scripts/settle.lua`), and counts them beside it; the writer reads a batch of entries, and
+//! deletes them once PostgreSQL committed them (`scripts/history_done.lua`). Reading and marking
+//! touch no per-delivery key. One gateway at a time reads a shard (a lease, `scripts/writer.lua`):
+//! the others skip it until the lease runs out. What the previous versions left is drained first:
+//! their `done` index ([`super::done`]), then their `history` stream of one entry per delivery.
+//!
+//! Entry handles ([`Finished::entry`]): `<ms>-<seq>` for an entry of the previous version's
+//! stream, `v2 <ms>-<seq> <deliveries>` for one of this version's.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use ulid::Ulid;
 
-use super::{record, RedisQueue, DONE, HISTORY};
+use super::{record, RedisQueue, DONE, HISTORY, HISTORY_V2, HISTORY_V2_COUNT};
 use crate::id;
 use crate::queue::{AttemptList, EventView, Finished, FinishedDelivery, Own, QueueError};
 
@@ -97,6 +101,15 @@ fn entry_id(entry: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// The stream id right after `(ms, seq)`: the `MINID` that trims up to and including it.
+fn after((ms, seq): (u64, u64)) -> String {
+    if seq == u64::MAX {
+        format!("{}-0", ms + 1)
+    } else {
+        format!("{ms}-{}", seq + 1)
+    }
+}
+
 /// An entry's fields, in the order Redis lists them: (name, value).
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -133,24 +146,7 @@ fn entries_of(reply: redis::Value) -> Result<Vec<(String, Fields)>, QueueError> 
 /// version, one field a part. See `scripts/settle.lua` for the parts.
 fn parts_of(mut fields: Fields) -> Option<Parts> {
     if let Some(packed) = take(&mut fields, "v1") {
-        let parts = super::packed::unpack(&packed)?;
-        let part = |i: usize| parts.get(i).copied().flatten();
-        let text = |i: usize| part(i).and_then(|p| std::str::from_utf8(p).ok());
-        let (state, updated, attempts, lapsed) = meta_of(text(2)?)?;
-        return Some(Parts {
-            delivery: id::parse_delivery(text(0)?)?,
-            endpoint: text(1)?.to_string(),
-            state,
-            attempts,
-            lapsed,
-            updated,
-            last_error: text(3).unwrap_or_default().to_string(),
-            log: text(4).unwrap_or_default().to_string(),
-            record: part(5).filter(|r| !r.is_empty()).map(<[u8]>::to_vec),
-            older: part(6).is_some(),
-            headers: text(7).map(str::to_string),
-            payload: part(8).map(Bytes::copy_from_slice),
-        });
+        return packed_parts(&packed);
     }
     let mut text = |name: &str| take(&mut fields, name).and_then(|v| String::from_utf8(v).ok());
     let (state, updated, attempts, lapsed) = meta_of(&text("m")?)?;
@@ -167,6 +163,28 @@ fn parts_of(mut fields: Fields) -> Option<Parts> {
         headers: text("h"),
         record: take(&mut fields, "r").filter(|r| !r.is_empty()),
         payload: take(&mut fields, "p").map(Bytes::from),
+    })
+}
+
+/// One delivery's parts, packed (see `scripts/settle.lua` for their order).
+fn packed_parts(packed: &[u8]) -> Option<Parts> {
+    let parts = super::packed::unpack(packed)?;
+    let part = |i: usize| parts.get(i).copied().flatten();
+    let text = |i: usize| part(i).and_then(|p| std::str::from_utf8(p).ok());
+    let (state, updated, attempts, lapsed) = meta_of(text(2)?)?;
+    Some(Parts {
+        delivery: id::parse_delivery(text(0)?)?,
+        endpoint: text(1)?.to_string(),
+        state,
+        attempts,
+        lapsed,
+        updated,
+        last_error: text(3).unwrap_or_default().to_string(),
+        log: text(4).unwrap_or_default().to_string(),
+        record: part(5).filter(|r| !r.is_empty()).map(<[u8]>::to_vec),
+        older: part(6).is_some(),
+        headers: text(7).map(str::to_string),
+        payload: part(8).map(Bytes::copy_from_slice),
     })
 }
 
@@ -194,13 +212,89 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let limit = limit.max(1);
-        // What a gateway of the previous version indexed, first.
+        // What gateways of previous versions left, first: their index, then their stream.
         let older = self.finished_in_done(shard, limit).await?;
         if !older.is_empty() {
             return Ok(older);
         }
-        let stream = format!("{prefix}{HISTORY}");
+        let previous = self.finished_in_previous(shard, limit).await?;
+        if !previous.is_empty() {
+            return Ok(previous);
+        }
+        self.finished_in_entries(shard, limit).await
+    }
+
+    /// Reads this version's stream from its head, whole entries, until `limit` deliveries came (or
+    /// the stream ended).
+    async fn finished_in_entries(&self, shard: u32, limit: usize) -> Result<Vec<Finished>, QueueError> {
+        let prefix = self.core.shard_prefix(shard);
+        let stream = format!("{prefix}{HISTORY_V2}");
+        let mut conn = self.core.conn.clone();
         let mut finished = Vec::with_capacity(limit.min(10 * CHUNK));
+        let mut after = "-".to_string();
+        while finished.len() < limit {
+            // An entry holds a settle call's finished deliveries, a few dozen under load: ask for
+            // about as many entries as fill the batch, and never more than CHUNK deliveries' worth
+            // of the largest ones in one call.
+            let want = ((limit - finished.len()) / 32).clamp(1, CHUNK / 16);
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&after)
+                .arg("+")
+                .arg("COUNT")
+                .arg(want)
+                .query_async(&mut conn)
+                .await?;
+            let entries = entries_of(reply)?;
+            let short = entries.len() < want;
+            for (entry, mut fields) in entries {
+                after = format!("({entry}");
+                let count = take(&mut fields, "n")
+                    .and_then(|n| String::from_utf8(n).ok())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let packed = take(&mut fields, "v2");
+                let deliveries = packed.as_deref().and_then(super::packed::unpack).unwrap_or_default();
+                let handle = format!("v2 {entry} {count}");
+                let mut readable = 0;
+                for delivery in &deliveries {
+                    match delivery.and_then(packed_parts) {
+                        Some(parts) => {
+                            finished.push(finished_of(self, parts, Some(handle.clone())).await?);
+                            readable += 1;
+                        }
+                        None => {
+                            tracing::error!(entry = %entry, "An unreadable delivery in the history stream was dropped.")
+                        }
+                    }
+                }
+                if readable != deliveries.len() || deliveries.len() as u64 != count {
+                    tracing::error!(entry = %entry, count, read = readable, "A history stream entry held fewer readable deliveries than it counts.");
+                }
+                if readable == 0 {
+                    // No row of the batch stands for it: drop it now, or it stays at the head.
+                    let deleted: u64 = redis::cmd("XDEL").arg(&stream).arg(&entry).query_async(&mut conn).await?;
+                    if deleted == 1 && count > 0 {
+                        let _: i64 = redis::cmd("DECRBY")
+                            .arg(format!("{prefix}{HISTORY_V2_COUNT}"))
+                            .arg(count)
+                            .query_async(&mut conn)
+                            .await?;
+                    }
+                }
+            }
+            if short {
+                break;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Reads the previous version's stream (an entry per delivery) from its head.
+    async fn finished_in_previous(&self, shard: u32, limit: usize) -> Result<Vec<Finished>, QueueError> {
+        let stream = format!("{}{HISTORY}", self.core.shard_prefix(shard));
+        let mut conn = self.core.conn.clone();
+        let mut finished = Vec::new();
         let mut after = "-".to_string();
         while finished.len() < limit {
             let want = (limit - finished.len()).min(CHUNK);
@@ -235,23 +329,52 @@ impl RedisQueue {
         Ok(finished)
     }
 
-    /// See [`crate::queue::Queue::mark_exported`]: the stream's head goes, up to the batch's last
-    /// entry; deliveries read from the previous version's index are marked there.
+    /// See [`crate::queue::Queue::mark_exported`]: each stream's head goes, up to the batch's last
+    /// entry in it; deliveries read from the previous version's index are marked there.
     ///
-    /// A batch is the stream's head when it was read ([`RedisQueue::finished_in`] reads from the
-    /// start, in order), and entries only ever join at the tail: every entry before the batch's
-    /// last is in the batch, so trimming below the next id drops exactly the batch. XTRIM frees
-    /// the stream's nodes whole, where XDEL looked each id up inside its node and left the node
-    /// in place, marked, for every later read to step over.
+    /// A batch is a stream's head when it was read (read from the start, in order), and entries
+    /// only ever join at the tail: every entry before the batch's last is in the batch, so trimming
+    /// below the next id drops exactly the batch. XTRIM frees the stream's nodes whole, where XDEL
+    /// looked each id up inside its node and left the node in place, marked, for every later read
+    /// to step over.
     pub(super) async fn exported_in(&self, shard: u32, done: &[Finished], keep: Duration) -> Result<u64, QueueError> {
-        let last = done.iter().filter_map(|f| f.entry.as_deref()).filter_map(entry_id).max();
-        let older: Vec<&Finished> = done.iter().filter(|f| f.entry.is_none()).collect();
+        let prefix = self.core.shard_prefix(shard);
+        let mut previous_last = None;
+        // This version's entries of the batch, each once, with the deliveries each holds.
+        let mut entries: Vec<((u64, u64), u64)> = Vec::new();
+        let mut older = Vec::new();
+        for f in done {
+            match f.entry.as_deref() {
+                None => older.push(f),
+                Some(handle) => match handle.strip_prefix("v2 ") {
+                    Some(handle) => {
+                        let mut words = handle.split(' ');
+                        let id = words.next().and_then(entry_id);
+                        let count = words.next().and_then(|n| n.parse().ok());
+                        if let (Some(id), Some(count)) = (id, count) {
+                            entries.push((id, count));
+                        }
+                    }
+                    None => previous_last = previous_last.max(entry_id(handle)),
+                },
+            }
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        let mut conn = self.core.conn.clone();
         let mut marked = 0;
-        if let Some((ms, seq)) = last {
-            let stream = format!("{}{HISTORY}", self.core.shard_prefix(shard));
-            let below = if seq == u64::MAX { format!("{}-0", ms + 1) } else { format!("{ms}-{}", seq + 1) };
-            let mut conn = self.core.conn.clone();
-            marked += redis::cmd("XTRIM").arg(&stream).arg("MINID").arg(below).query_async::<u64>(&mut conn).await?;
+        if let Some(&(last, _)) = entries.last() {
+            let mut call = self.core.history_done.key(format!("{prefix}{HISTORY_V2}"));
+            call.key(format!("{prefix}{HISTORY_V2_COUNT}")).arg(after(last));
+            for (_, count) in &entries {
+                call.arg(count);
+            }
+            marked += call.invoke_async::<u64>(&mut conn).await?;
+        }
+        if let Some(last) = previous_last {
+            let stream = format!("{prefix}{HISTORY}");
+            marked +=
+                redis::cmd("XTRIM").arg(&stream).arg("MINID").arg(after(last)).query_async::<u64>(&mut conn).await?;
         }
         if !older.is_empty() {
             marked += self.exported_in_done(shard, &older, keep).await?;
@@ -266,9 +389,14 @@ impl RedisQueue {
             let prefix = self.core.shard_prefix(shard);
             async move {
                 let mut pipe = redis::pipe();
-                pipe.cmd("XLEN").arg(format!("{prefix}{HISTORY}")).cmd("ZCARD").arg(format!("{prefix}{DONE}"));
-                let (stream, older): (u64, u64) = pipe.query_async(&mut conn).await?;
-                Ok::<u64, redis::RedisError>(stream + older)
+                pipe.cmd("GET")
+                    .arg(format!("{prefix}{HISTORY_V2_COUNT}"))
+                    .cmd("XLEN")
+                    .arg(format!("{prefix}{HISTORY}"))
+                    .cmd("ZCARD")
+                    .arg(format!("{prefix}{DONE}"));
+                let (entries, previous, older): (Option<i64>, u64, u64) = pipe.query_async(&mut conn).await?;
+                Ok::<u64, redis::RedisError>(entries.unwrap_or(0).max(0) as u64 + previous + older)
             }
         });
         Ok(futures_util::future::try_join_all(counts).await?.into_iter().sum())

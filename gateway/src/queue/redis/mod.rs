@@ -104,13 +104,20 @@ const DISABLE: &str = include_str!("../scripts/disable.lua");
 const RELEASE: &str = include_str!("../scripts/release.lua");
 const EXPORTED: &str = script!("exported.lua");
 const WRITER: &str = include_str!("../scripts/writer.lua");
+const HISTORY_DONE: &str = include_str!("../scripts/history_done.lua");
 const FINISHED: &str = script!("finished.lua");
 const RESTORE: &str = script!("restore.lua");
 /// The shard's ZSET of deliveries by next attempt (or lease expiry).
 const QUEUE: &str = "queue";
 /// The ZSET older versions queued deliveries in; drained by the claims of this one.
 const OLDER_QUEUE: &str = "due";
-/// The shard's STREAM of finished deliveries on their way to history (`[history]` only).
+/// The shard's STREAM of finished deliveries on their way to history (`[history]` only): one entry
+/// per settle call that finished any.
+const HISTORY_V2: &str = "history:v2";
+/// How many deliveries the entries of [`HISTORY_V2`] hold.
+const HISTORY_V2_COUNT: &str = "history:v2:n";
+/// The STREAM the previous version appended finished deliveries to, one entry each; drained by the
+/// writer of this one.
 const HISTORY: &str = "history";
 /// The ZSET of finished delivery ids the previous version indexed for history; drained by the
 /// writer of this one.
@@ -157,6 +164,7 @@ struct Core {
     release: Script,
     exported: Script,
     writer: Script,
+    history_done: Script,
     finished: Script,
     restore: Script,
     /// Redis' clock as last seen, per shard (see [`clock`]).
@@ -188,6 +196,7 @@ impl RedisQueue {
             release: Script::new(RELEASE),
             exported: Script::new(EXPORTED),
             writer: Script::new(WRITER),
+            history_done: Script::new(HISTORY_DONE),
             finished: Script::new(FINISHED),
             restore: Script::new(RESTORE),
             clocks: (0..queue.shards.max(1)).map(|_| clock::RedisClock::new()).collect(),

@@ -2,8 +2,9 @@
 -- its current lease: a worker whose lease ran out and was taken over must not overwrite the new
 -- holder's work.
 -- KEYS[1] = the shard's queue ZSET, KEYS[2] = the shard's dead ZSET, KEYS[3] = the shard's HASH of
--- disabled endpoints (name -> reason), KEYS[4] = the shard's `history` STREAM (with `[history]`:
--- finished deliveries on their way to PostgreSQL, each entry all that history keeps of one).
+-- disabled endpoints (name -> reason), KEYS[4] = the shard's `history:v2` STREAM (with
+-- `[history]`: finished deliveries on their way to PostgreSQL, one entry per call that finished
+-- any, holding all that history keeps of each), KEYS[5] = the count of deliveries that stream holds.
 -- ARGV: shard key prefix, retention seconds, dead-letter retention seconds, `history.keep_in_redis`
 --       seconds ('0' without `[history]`), number of settlements S;
 --       then per settlement: delivery
@@ -30,12 +31,14 @@
 -- the retention period, or the dead-letter retention when one of its deliveries is dead.
 -- With `[history]`, a delivery that finishes (acked or buried) is also appended to the shard's
 -- history stream, whole: state, attempts, its attempt log, its own headers and body, and its
--- event's record, packed into one field. The history writer takes it from there to PostgreSQL and deletes the entry
--- once PostgreSQL committed it, so the stream is what history is written from, and a succeeded
+-- event's record, packed (the deliveries a call finishes share one stream entry). The history
+-- writer takes them from there to PostgreSQL and deletes the entries once PostgreSQL committed
+-- them, so the stream is what history is written from, and a succeeded
 -- delivery's keys (and its event's, once none of its deliveries is open or dead) are only the copy
 -- the admin API reads fast: they expire after `keep_in_redis` instead of `queue.retention`. Entries
--- older than `queue.retention` and `queue.dead_retention` (PostgreSQL away that long) are trimmed:
--- that bounds Redis' memory as the TTLs bound it without `[history]`.
+-- older than `queue.retention` and `queue.dead_retention` (PostgreSQL away that long) are dropped:
+-- that bounds Redis' memory as the TTLs bound it without `[history]`. The stream's count of
+-- deliveries (KEYS[5]) follows both, so the backlog is known without reading the entries.
 -- A lease taken without a hash (its token starts with `~`, see claim.lua) holds while the
 -- delivery's score is still the one the claim gave it; its settle makes the hash, endpoint
 -- included, unless its first attempt succeeded: then the attempt log alone is left, and readers
@@ -48,12 +51,12 @@ local dead_retention = tonumber(ARGV[3])
 local keep = tonumber(ARGV[4])
 local history = keep > 0
 local now_s = tostring(now)
--- Stream ids are `<ms>-<seq>`: what is older than Redis keeps finished records without
--- `[history]` (PostgreSQL away that long) is trimmed, once per call that appended: a `MINID` on
--- each `XADD` doubled the append's own time (`INFO commandstats`: 2.5-3.9 µs per `XADD` with it,
--- 1.3-1.7 without).
-local min_id = tostring(now - math.max(retention, dead_retention) * 1000)
-local appended_history = false
+-- Stream ids are `<ms>-<seq>`: entries of this ms or older hold deliveries that finished longer
+-- ago than Redis keeps finished records without `[history]` (PostgreSQL away that long); they are
+-- dropped as the call that appends next finds them.
+local expired_ms = tostring(now - math.max(retention, dead_retention) * 1000 - 1)
+-- The history entries of this call's finished deliveries, appended as one stream entry at the end.
+local entries = {}
 local results = {}
 local at = 6
 -- ARGV per settlement.
@@ -114,10 +117,9 @@ local function to_history(id, d, logkey, state, record, appended, last_error)
   end
   -- One field, `v1`: the entry's parts packed in order (strings, nil where absent), so Redis
   -- stores, and the writer reads, one value per entry instead of a dozen (see `packed.rs`).
-  appended_history = true
-  redis.call('XADD', KEYS[4], '*', 'v1', cmsgpack.pack(id, d[3] or '',
+  entries[#entries + 1] = cmsgpack.pack(id, d[3] or '',
     state .. ' ' .. now_s .. ' ' .. attempts .. ' ' .. (d[5] or '0'), last_error, log, event_record, older,
-    d[6] or nil, d[7] or nil))
+    d[6] or nil, d[7] or nil)
 end
 
 -- Sets a settled delivery's fields: its lease released (or its hash made, endpoint included), the
@@ -303,8 +305,7 @@ for i = 1, tonumber(ARGV[5]) do
           -- A first attempt's success of a lease without a hash: the gateway knew all the entry
           -- holds (its log is this one record) and packed it, with the finish time the admin API
           -- shows for it (see `redis/batch.rs`). Nothing to read back or pack here.
-          appended_history = true
-          redis.call('XADD', KEYS[4], '*', 'v1', entry)
+          entries[#entries + 1] = entry
         else
           to_history(id, d, logkey, 'succeeded', record, appended, last_error)
         end
@@ -315,7 +316,25 @@ end
 if #leaving > 2 then
   redis.call(unpack(leaving))
 end
-if appended_history then
-  redis.call('XTRIM', KEYS[4], 'MINID', '~', min_id)
+if #entries > 0 then
+  -- One entry for the call's finished deliveries: `n`, how many, and `v2`, each one's packed parts
+  -- packed in turn (a string each). An entry per delivery cost Redis an `XADD` and the writer a
+  -- reply entry to parse per delivery.
+  redis.call('XADD', KEYS[4], '*', 'n', tostring(#entries), 'v2', cmsgpack.pack(unpack(entries)))
+  redis.call('INCRBY', KEYS[5], #entries)
+  local expired = redis.call('XRANGE', KEYS[4], '-', expired_ms, 'COUNT', 100)
+  if #expired > 0 then
+    local ids, gone = { 'XDEL', KEYS[4] }, 0
+    for _, e in ipairs(expired) do
+      ids[#ids + 1] = e[1]
+      for j = 1, #e[2], 2 do
+        if e[2][j] == 'n' then
+          gone = gone + tonumber(e[2][j + 1])
+        end
+      end
+    end
+    redis.call(unpack(ids))
+    redis.call('DECRBY', KEYS[5], gone)
+  end
 end
 return results
