@@ -48,7 +48,7 @@ pub(super) struct Settlement {
     action: &'static str,
     delay_ms: u64,
     last_error: String,
-    /// Its history stream entry, packed here when the gateway holds all of it (see
+    /// Its packed parts for the history stream, packed here when the gateway holds all of them (see
     /// [`history_entry`]); empty otherwise, and the script packs it.
     entry: Vec<u8>,
     /// Its event's id without `evt_` (the event record's key ends with it), so the script need not
@@ -56,7 +56,7 @@ pub(super) struct Settlement {
     event: String,
 }
 
-/// The history stream entry of a first attempt's success on a lease without a hash (the common
+/// The packed history parts of a first attempt's success on a lease without a hash (the common
 /// case), packed as `scripts/settle.lua` packs one: delivery, endpoint, `succeeded <finished>
 /// <attempts> <lapsed>`, no error, the attempt log (this one record), the event record as the claim
 /// handed it out. The gateway holds all of that, so the script neither reads the record back nor

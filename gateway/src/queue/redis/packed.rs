@@ -1,8 +1,10 @@
-//! The history stream entry's one field (`v1`, written by `scripts/settle.lua`): its parts packed
-//! by Redis' `cmsgpack.pack`, one MessagePack value after another. The script packs strings only,
-//! or nil where a part is absent, so this reads just those: a string (fixstr, str8/16/32, or bin
-//! of the same sizes) or nil (false counts as nil, as in Lua). The gateway packs the entry of a
-//! first attempt's success itself, the same way ([`pack`]).
+//! A finished delivery's parts on their way to history, packed by Redis' `cmsgpack.pack` (see
+//! `scripts/settle.lua`), one MessagePack value after another; and the `v2` field of a history
+//! stream entry, which packs the packed deliveries of one settle call in turn, a string each (the
+//! previous version's `v1` field held one delivery's). The script packs strings only, or nil where
+//! a part is absent, so this reads just those: a string (fixstr, str8/16/32, or bin of the same
+//! sizes) or nil (false counts as nil, as in Lua). The gateway packs the parts of a first
+//! attempt's success itself, the same way ([`pack`]).
 
 /// Packs `parts` as `cmsgpack.pack` packs Lua strings and nils.
 pub(super) fn pack(parts: &[Option<&[u8]>]) -> Vec<u8> {
