@@ -115,8 +115,8 @@ local function to_history(id, d, logkey, state, record, appended, last_error)
   else
     event_record = redis.call('GET', record_key(id)) or ''
   end
-  -- One field, `v1`: the entry's parts packed in order (strings, nil where absent), so Redis
-  -- stores, and the writer reads, one value per entry instead of a dozen (see `packed.rs`).
+  -- The delivery's parts packed in order (strings, nil where absent): one value for Redis to keep
+  -- and the writer to read instead of a dozen (see `packed.rs`).
   entries[#entries + 1] = cmsgpack.pack(id, d[3] or '',
     state .. ' ' .. now_s .. ' ' .. attempts .. ' ' .. (d[5] or '0'), last_error, log, event_record, older,
     d[6] or nil, d[7] or nil)
