@@ -44,6 +44,7 @@ mod history;
 mod latency;
 mod load;
 mod memory;
+mod options;
 mod plugin_calls;
 mod process;
 mod redis_stats;
@@ -60,83 +61,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use load::{percentile, produce, produce_to, start_raw_server, start_receiver};
+use options::{options, Options};
 use tokio::sync::Notify;
 
 /// mimalloc: markedly cheaper than glibc malloc for the many small, short-lived allocations of
 /// HTTP and Redis work (measured with the benchmark).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Options {
-    events: usize,
-    /// `--events` was given (phases with a default of their own keep it otherwise).
-    events_given: bool,
-    producers: usize,
-    plugin: bool,
-    shards: u32,
-    embedded: bool,
-    scale: bool,
-    memory: bool,
-    history: bool,
-    search: bool,
-    log: bool,
-    peak: bool,
-    latency: bool,
-    backlog: bool,
-    steps: bool,
-    /// `--rounds N`; each phase that takes it has its own default.
-    rounds: Option<usize>,
-}
-
-fn options() -> anyhow::Result<Options> {
-    let mut options = Options {
-        events: 30_000,
-        events_given: false,
-        producers: 64,
-        plugin: true,
-        shards: 1,
-        embedded: false,
-        scale: false,
-        memory: false,
-        history: false,
-        search: false,
-        log: false,
-        peak: false,
-        latency: false,
-        backlog: false,
-        steps: false,
-        rounds: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--events" => {
-                options.events = args.next().context("--events N")?.parse()?;
-                options.events_given = true;
-            }
-            "--producers" => options.producers = args.next().context("--producers N")?.parse()?,
-            "--no-plugin" => options.plugin = false,
-            "--scale" => options.scale = true,
-            "--memory" => options.memory = true,
-            "--history" => options.history = true,
-            "--search" => options.search = true,
-            "--log" => options.log = true,
-            "--peak" => options.peak = true,
-            "--latency" => options.latency = true,
-            "--backlog" => options.backlog = true,
-            "--steps" => options.steps = true,
-            "--rounds" => options.rounds = Some(args.next().context("--rounds N")?.parse::<usize>()?.max(1)),
-            "--shards" => options.shards = args.next().context("--shards N")?.parse()?,
-            "--backend" => match args.next().as_deref() {
-                Some("redis") => options.embedded = false,
-                Some("embedded") => options.embedded = true,
-                _ => bail!("--backend redis|embedded"),
-            },
-            other => bail!("unknown argument {other}; see the doc comment of bench.rs"),
-        }
-    }
-    Ok(options)
-}
 
 struct Redis(Child);
 

@@ -11,7 +11,9 @@
 //! | --- | --- | --- |
 //! | `<prefix>:{s<n>}:queue` | ZSET | delivery id → next attempt (or lease expiry), ms; a fraction marks a delivery no hash describes yet: `.5` queued (half a ms early), `.25` leased |
 //! | `<prefix>:{s<n>}:dead` | ZSET | dead-lettered delivery id → time buried, ms |
-//! | `<prefix>:{s<n>}:history` | STREAM | with `[history]`: one entry per finished delivery (state, attempts, attempt log, own headers and body, its event's record), appended by the settlement that finished it and deleted once PostgreSQL committed it ([`export`]) |
+//! | `<prefix>:{s<n>}:history:v2` | STREAM | with `[history]`: one entry per settle call that finished deliveries (`n`: how many; `v2`: each one's state, attempts, attempt log, own headers and body and its event's record, packed), appended by that call and deleted once PostgreSQL committed them ([`export`]) |
+//! | `<prefix>:{s<n>}:history:v2:n` | STRING | how many deliveries the entries of `history:v2` hold (the history backlog) |
+//! | `<prefix>:{s<n>}:history` | STREAM | the previous version's: one entry per finished delivery; drained by this one's writer |
 //! | `<prefix>:{s<n>}:done` | ZSET | the previous version's index of finished deliveries not yet in history (id → time finished); drained by this one's writer |
 //! | `<prefix>:{s<n>}:done:writer` | STRING | with `[history]`: the gateway whose history writer holds the shard, with a TTL |
 //! | `<prefix>:{s<n>}:e:<event ulid>` | STRING | the event record (its id without `evt_`: the key then fits a smaller allocation) ([`record`]): open and dead delivery counts, source, type, each delivery's endpoint, kept headers, body |
