@@ -907,3 +907,49 @@ async fn the_history_stream_drops_entries_older_than_the_retention_while_postgre
     assert_eq!(read, want);
     assert_eq!(backlog().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_finished_delivery_whose_record_cannot_be_read_is_left_out_and_holds_up_no_other() {
+    use sluice::queue::Queue;
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await;
+    let toml =
+        format!("[redis]\nurl = \"{}\"\n[history]\npostgres_url = \"postgres://127.0.0.1:1/unreached\"\n", redis.url());
+    let store = sluice::queue::Store::open(&sluice::config::from_toml(&toml).unwrap()).unwrap();
+    let ids: Vec<String> =
+        (0..3).map(|_| sluice::id::format_delivery(sluice::id::delivery_of(sluice::id::new_event(), 1))).collect();
+    let attempt =
+        r#"{"attempt":1,"at":1,"outcome":"success","status":200,"error":null,"latency_ms":1.5,"response":"ok"}"#;
+    let record = "00\nshop\norder_created\norders\n\ncontent-type:application/json\n\n{\"order_id\":41}";
+    // One settle call's entry, as settle.lua packs it: a readable delivery, one whose attempt log is
+    // not JSON, one whose event record is not a record, and parts that are not packed at all.
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "local ok = cmsgpack.pack(ARGV[1], 'orders', ARGV[4], '', ARGV[5], ARGV[6], nil, nil, nil) \
+             local bad_log = cmsgpack.pack(ARGV[2], 'orders', ARGV[4], '', 'not json\\n', ARGV[6], nil, nil, nil) \
+             local bad_record = cmsgpack.pack(ARGV[3], 'orders', ARGV[4], '', ARGV[5], 'zz\\nno record', nil, nil, nil) \
+             redis.call('XADD', KEYS[1], '*', 'n', '4', 'v2', cmsgpack.pack(bad_log, ok, bad_record, '\\5')) \
+             redis.call('INCRBY', KEYS[2], 4)",
+        )
+        .arg(2)
+        .arg("sluice:{s0}:history:v2")
+        .arg("sluice:{s0}:history:v2:n")
+        .arg(&ids[0])
+        .arg(&ids[1])
+        .arg(&ids[2])
+        .arg("succeeded 1 1 0")
+        .arg(format!("{attempt}\n"))
+        .arg(record)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(store.depth(&[]).await.unwrap().history_backlog, Some(4));
+    let batch = store.finished(0, 10).await.unwrap();
+    let read: Vec<&str> = batch.iter().map(|f| f.delivery.id.as_str()).collect();
+    assert_eq!(read, vec![ids[0].as_str()], "the readable delivery comes, the rest are left out");
+    store.mark_exported(0, &batch, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(store.depth(&[]).await.unwrap().history_backlog, Some(0));
+    let left: u64 = redis::cmd("XLEN").arg("sluice:{s0}:history:v2").query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0, "the entry went with the batch");
+    assert!(store.finished(0, 10).await.unwrap().is_empty());
+}

@@ -95,6 +95,21 @@ pub(super) async fn finished_of(
     })
 }
 
+/// [`finished_of`], or `None` (logged) when what Redis holds of the delivery cannot be read: the
+/// batch goes on without it, where an error would hold up every other delivery's way to history,
+/// round after round (PostgreSQL would refuse the whole batch for one bad attempt log, too).
+async fn readable(queue: &RedisQueue, parts: Parts, entry: Option<String>) -> Result<Option<Finished>, QueueError> {
+    let delivery = id::format_delivery(parts.delivery);
+    match finished_of(queue, parts, entry).await {
+        Ok(finished) => Ok(Some(finished)),
+        Err(error @ (QueueError::Corrupt(_) | QueueError::Json(_))) => {
+            tracing::error!(%delivery, %error, "A finished delivery whose record cannot be read was left out of history.");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// A stream entry's id (`<ms>-<seq>`) as numbers, ordered as Redis orders them.
 fn entry_id(entry: &str) -> Option<(u64, u64)> {
     let (ms, seq) = entry.split_once('-')?;
@@ -256,22 +271,21 @@ impl RedisQueue {
                 let packed = take(&mut fields, "v2");
                 let deliveries = packed.as_deref().and_then(super::packed::unpack).unwrap_or_default();
                 let handle = format!("v2 {entry} {count}");
-                let mut readable = 0;
+                let mut read = 0;
                 for delivery in &deliveries {
-                    match delivery.and_then(packed_parts) {
-                        Some(parts) => {
-                            finished.push(finished_of(self, parts, Some(handle.clone())).await?);
-                            readable += 1;
-                        }
-                        None => {
-                            tracing::error!(entry = %entry, "An unreadable delivery in the history stream was dropped.")
-                        }
+                    let Some(parts) = delivery.and_then(packed_parts) else {
+                        tracing::error!(entry = %entry, "An unreadable delivery in the history stream was dropped.");
+                        continue;
+                    };
+                    if let Some(done) = readable(self, parts, Some(handle.clone())).await? {
+                        finished.push(done);
+                        read += 1;
                     }
                 }
-                if readable != deliveries.len() || deliveries.len() as u64 != count {
-                    tracing::error!(entry = %entry, count, read = readable, "A history stream entry held fewer readable deliveries than it counts.");
+                if read != deliveries.len() || deliveries.len() as u64 != count {
+                    tracing::error!(entry = %entry, count, read, "A history stream entry held fewer readable deliveries than it counts.");
                 }
-                if readable == 0 {
+                if read == 0 {
                     // No row of the batch stands for it: drop it now, or it stays at the head.
                     let deleted: u64 = redis::cmd("XDEL").arg(&stream).arg(&entry).query_async(&mut conn).await?;
                     if deleted == 1 && count > 0 {
@@ -311,12 +325,14 @@ impl RedisQueue {
             let mut unreadable = Vec::new();
             for (entry, fields) in entries {
                 after = format!("({entry}");
-                match parts_of(fields) {
-                    Some(parts) => finished.push(finished_of(self, parts, Some(entry)).await?),
-                    None => {
-                        tracing::error!(entry = %entry, "An unreadable history stream entry was dropped.");
-                        unreadable.push(entry);
-                    }
+                let Some(parts) = parts_of(fields) else {
+                    tracing::error!(entry = %entry, "An unreadable history stream entry was dropped.");
+                    unreadable.push(entry);
+                    continue;
+                };
+                match readable(self, parts, Some(entry.clone())).await? {
+                    Some(done) => finished.push(done),
+                    None => unreadable.push(entry),
                 }
             }
             if !unreadable.is_empty() {
