@@ -157,6 +157,18 @@ fn entries_of(reply: redis::Value) -> Result<Vec<(String, Fields)>, QueueError> 
     Ok(out)
 }
 
+/// Up to `count` entries of `stream` after `after` (`-` for its head, `(<id>` past an entry).
+async fn read_after(
+    conn: &mut super::conn::Conn,
+    stream: &str,
+    after: &str,
+    count: usize,
+) -> Result<Vec<(String, Fields)>, QueueError> {
+    let reply: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg(after).arg("+").arg("COUNT").arg(count).query_async(conn).await?;
+    entries_of(reply)
+}
+
 /// An entry of the history stream, read: one packed field (`v1`), or, written by the previous
 /// version, one field a part. See `scripts/settle.lua` for the parts.
 fn parts_of(mut fields: Fields) -> Option<Parts> {
@@ -252,15 +264,7 @@ impl RedisQueue {
             // about as many entries as fill the batch, and never more than CHUNK deliveries' worth
             // of the largest ones in one call.
             let want = ((limit - finished.len()) / 32).clamp(1, CHUNK / 16);
-            let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(&after)
-                .arg("+")
-                .arg("COUNT")
-                .arg(want)
-                .query_async(&mut conn)
-                .await?;
-            let entries = entries_of(reply)?;
+            let entries = read_after(&mut conn, &stream, &after, want).await?;
             let short = entries.len() < want;
             for (entry, mut fields) in entries {
                 after = format!("({entry}");
@@ -312,15 +316,7 @@ impl RedisQueue {
         let mut after = "-".to_string();
         while finished.len() < limit {
             let want = (limit - finished.len()).min(CHUNK);
-            let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(&after)
-                .arg("+")
-                .arg("COUNT")
-                .arg(want)
-                .query_async(&mut conn)
-                .await?;
-            let entries = entries_of(reply)?;
+            let entries = read_after(&mut conn, &stream, &after, want).await?;
             let short = entries.len() < want;
             let mut unreadable = Vec::new();
             for (entry, fields) in entries {
