@@ -834,9 +834,6 @@ async fn the_history_stream_drops_entries_older_than_the_retention_while_postgre
     use sluice::queue::{Queue, Settle};
     let redis = RedisServer::start().await;
     let mut conn = redis.connection().await;
-    // One entry a node: the trim is approximate (whole nodes only), and exact with this.
-    let _: () =
-        redis::cmd("CONFIG").arg("SET").arg("stream-node-max-entries").arg(1).query_async(&mut conn).await.unwrap();
     // No writer runs, and PostgreSQL is never reached: what waits for it is only ever trimmed.
     let toml = format!(
         "[redis]\nurl = \"{}\"\n[queue]\nretention = \"1s\"\ndead_retention = \"1s\"\n\
